@@ -1,0 +1,304 @@
+//! The command line: `serve`, `check-config`, `sign`, and the automatic FastCGI / CGI
+//! start-up when a spawner or web server runs the binary without a command.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::core::signature::sign;
+use crate::listen::{self, ListenAddr};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wechat-fcgi",
+    version,
+    about = "FastCGI/CGI responder for a WeChat Official Account callback URL"
+)]
+struct Cli {
+    /// Config file (also WECHAT_FCGI_CONFIG); used when started without a command.
+    #[arg(long, global = true, env = "WECHAT_FCGI_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve FastCGI (listener: --listen, systemd, fd 0, or [server] listen).
+    Serve {
+        /// unix:PATH or tcp:HOST:PORT; overrides every other source.
+        #[arg(long, value_parser = ListenAddr::parse)]
+        listen: Option<ListenAddr>,
+    },
+    /// Check the config file and exit (0 when it is valid), like `nginx -t`.
+    CheckConfig,
+    /// Print a signed query string (and optionally a sample message or a curl line).
+    Sign {
+        /// The account token.
+        #[arg(long)]
+        token: String,
+        /// Unix time to sign (default: now).
+        #[arg(long)]
+        timestamp: Option<u64>,
+        /// Nonce to sign (default: random digits).
+        #[arg(long)]
+        nonce: Option<String>,
+        /// Add an echostr, as WeChat's URL handshake does.
+        #[arg(long)]
+        echostr: Option<String>,
+        /// Build a sample text message with this Content.
+        #[arg(long, conflicts_with = "event")]
+        text: Option<String>,
+        /// Build a sample event (subscribe, CLICK, ...).
+        #[arg(long)]
+        event: Option<String>,
+        /// EventKey for --event.
+        #[arg(long, requires = "event")]
+        event_key: Option<String>,
+        /// The follower's OpenID in the sample message.
+        #[arg(long, default_value = "oFollower0000000000000000001")]
+        from: String,
+        /// The account's original id in the sample message.
+        #[arg(long, default_value = "gh_0123456789ab")]
+        to: String,
+        /// Print a complete curl command for this URL instead.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+/// The entry point behind `main`: returns the process exit code.
+pub fn run() -> anyhow::Result<ExitCode> {
+    init_logging();
+    if crate::cgi::is_cgi() {
+        // CGI: argv may carry words from a query without `=`, so only --config is read.
+        let config = load(cgi_config_path().as_deref())?;
+        crate::cgi::run(&config.responder, &config.server.limits)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Serve { listen }) => serve(cli.config.as_deref(), listen.as_ref()),
+        None if listen::fd_is_listening_socket(0) => serve(cli.config.as_deref(), None),
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            Ok(ExitCode::from(2))
+        }
+        Some(Command::CheckConfig) => check_config(cli.config.as_deref()),
+        Some(Command::Sign {
+            token,
+            timestamp,
+            nonce,
+            echostr,
+            text,
+            event,
+            event_key,
+            from,
+            to,
+            url,
+        }) => {
+            let timestamp = timestamp.unwrap_or_else(unix_now);
+            let nonce = nonce.unwrap_or_else(|| {
+                use rand_core::RngCore;
+                (rand_core::OsRng.next_u32() % 1_000_000_000).to_string()
+            });
+            let message = match (text, event) {
+                (Some(content), _) => Some(sample_text(&to, &from, timestamp, &content)),
+                (None, Some(event)) => Some(sample_event(
+                    &to,
+                    &from,
+                    timestamp,
+                    &event,
+                    event_key.as_deref(),
+                )),
+                (None, None) => None,
+            };
+            let mut query = signed_query(&token, timestamp, &nonce);
+            if let Some(e) = &echostr {
+                query.push_str("&echostr=");
+                query.extend(form_urlencoded::byte_serialize(e.as_bytes()));
+            }
+            if message.is_some() {
+                query.push_str("&openid=");
+                query.extend(form_urlencoded::byte_serialize(from.as_bytes()));
+            }
+            match (url, message) {
+                (Some(url), Some(body)) => println!(
+                    "curl -sS -H 'Content-Type: text/xml' --data-binary {} {}",
+                    shell_quote(&body),
+                    shell_quote(&format!("{url}?{query}"))
+                ),
+                (Some(url), None) => {
+                    println!("curl -sS {}", shell_quote(&format!("{url}?{query}")))
+                }
+                (None, Some(body)) => println!("{query}\n{body}"),
+                (None, None) => println!("{query}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `signature=..&timestamp=..&nonce=..` for this token.
+pub fn signed_query(token: &str, timestamp: u64, nonce: &str) -> String {
+    let ts = timestamp.to_string();
+    let signature = sign(&mut [token.as_bytes(), ts.as_bytes(), nonce.as_bytes()]);
+    let signature = String::from_utf8_lossy(&signature).into_owned();
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("signature", &signature)
+        .append_pair("timestamp", &ts)
+        .append_pair("nonce", nonce);
+    q.finish()
+}
+
+/// A text message as WeChat sends it.
+pub fn sample_text(to: &str, from: &str, create_time: u64, content: &str) -> String {
+    let mut out = Vec::new();
+    let cdata = |out: &mut Vec<u8>, s: &str| crate::core::reply::cdata(out, s);
+    out.extend_from_slice(b"<xml><ToUserName>");
+    cdata(&mut out, to);
+    out.extend_from_slice(b"</ToUserName><FromUserName>");
+    cdata(&mut out, from);
+    out.extend_from_slice(format!("</FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content>").as_bytes());
+    cdata(&mut out, content);
+    out.extend_from_slice(
+        format!(
+            "</Content><MsgId>{}</MsgId></xml>",
+            24_000_000_000_000_000u64 + create_time
+        )
+        .as_bytes(),
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An event as WeChat sends it.
+pub fn sample_event(
+    to: &str,
+    from: &str,
+    create_time: u64,
+    event: &str,
+    key: Option<&str>,
+) -> String {
+    let mut out = Vec::new();
+    let cdata = |out: &mut Vec<u8>, s: &str| crate::core::reply::cdata(out, s);
+    out.extend_from_slice(b"<xml><ToUserName>");
+    cdata(&mut out, to);
+    out.extend_from_slice(b"</ToUserName><FromUserName>");
+    cdata(&mut out, from);
+    out.extend_from_slice(format!("</FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event>").as_bytes());
+    cdata(&mut out, event);
+    out.extend_from_slice(b"</Event>");
+    if let Some(key) = key {
+        out.extend_from_slice(b"<EventKey>");
+        cdata(&mut out, key);
+        out.extend_from_slice(b"</EventKey>");
+    }
+    out.extend_from_slice(b"</xml>");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn cgi_config_path() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("WECHAT_FCGI_CONFIG").map(PathBuf::from)
+}
+
+fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let Some(path) = path else {
+        anyhow::bail!("no config file: give --config FILE or set WECHAT_FCGI_CONFIG");
+    };
+    let config = Config::load(path)?;
+    for w in &config.warnings {
+        tracing::warn!("config: {w}");
+    }
+    Ok(config)
+}
+
+fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let Some(path) = path else {
+        anyhow::bail!("no config file: give --config FILE or set WECHAT_FCGI_CONFIG");
+    };
+    match Config::load(path) {
+        Ok(config) => {
+            for w in &config.warnings {
+                println!("warning: {w}");
+            }
+            println!(
+                "{}: ok ({} rules, default reply: {})",
+                path.display(),
+                config.responder.rules.rules.len(),
+                if config.responder.rules.default.is_some() {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Result<ExitCode> {
+    let config = load(config_path)?;
+    let (listener, source) = listen::acquire(
+        flag,
+        config.server.listen.as_ref(),
+        config.server.socket_mode,
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+            let _ = stop_tx.send(true);
+        });
+        tracing::info!(listen = %source, rules = config.responder.rules.rules.len(), "wechat-fcgi serving");
+        let responder = Arc::new(config.responder);
+        crate::fcgi::server::serve(listener, responder, config.server.limits, stop_rx).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("WECHAT_FCGI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}

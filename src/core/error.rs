@@ -1,0 +1,126 @@
+//! Why a request was refused: one variant per cause, and the one place that turns a
+//! cause into the status code and short reason the client sees.
+
+use std::fmt;
+
+/// A request the core refuses. `Display` is the full cause for the log; `reason()` is
+/// the short text for the client; `status()` is the HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// A query parameter the signature check needs is absent.
+    MissingParam(&'static str),
+    /// A signed query parameter appears more than once.
+    DuplicateParam(&'static str),
+    /// `signature` (or `msg_signature`) does not match the token.
+    BadSignature(&'static str),
+    /// The HTTP method is neither GET (handshake) nor POST (message).
+    MethodNotAllowed(String),
+    /// The body is larger than `[server] max_body_bytes`.
+    BodyTooLarge { limit: usize },
+    /// The FastCGI params are larger than `[server] max_params_bytes`.
+    ParamsTooLarge { limit: usize },
+    /// The FastCGI params do not decode as name-value pairs.
+    BadParams,
+    /// The body's length differs from CONTENT_LENGTH.
+    BodyLength { expected: usize, got: usize },
+    /// The request did not arrive within `[server] read_timeout_secs`.
+    ReadTimeout,
+    /// The body is not well-formed XML, or uses something we refuse (DOCTYPE, entities).
+    MalformedXml(String),
+    /// A field every message of this kind must have is absent.
+    MissingField(&'static str),
+    /// A field has a value of the wrong form (e.g. a non-numeric CreateTime).
+    BadField(&'static str),
+}
+
+impl Rejection {
+    /// The HTTP status code for this cause.
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::MissingParam(_)
+            | Rejection::DuplicateParam(_)
+            | Rejection::BadSignature(_) => 403,
+            Rejection::MethodNotAllowed(_) => 405,
+            Rejection::BodyTooLarge { .. } => 413,
+            Rejection::ParamsTooLarge { .. } => 431,
+            Rejection::ReadTimeout => 408,
+            Rejection::BadParams
+            | Rejection::BodyLength { .. }
+            | Rejection::MalformedXml(_)
+            | Rejection::MissingField(_)
+            | Rejection::BadField(_) => 400,
+        }
+    }
+
+    /// A short reason for the client: enough to act on, nothing secret.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::MissingParam(_) => "missing signature parameters",
+            Rejection::DuplicateParam(_) => "duplicate signature parameter",
+            Rejection::BadSignature(_) => "bad signature",
+            Rejection::MethodNotAllowed(_) => "method not allowed",
+            Rejection::BodyTooLarge { .. } => "body too large",
+            Rejection::ParamsTooLarge { .. } => "request headers too large",
+            Rejection::BadParams => "malformed request",
+            Rejection::BodyLength { .. } => "body length does not match Content-Length",
+            Rejection::ReadTimeout => "request timed out",
+            Rejection::MalformedXml(_) => "malformed XML body",
+            Rejection::MissingField(_) => "message field missing",
+            Rejection::BadField(_) => "message field malformed",
+        }
+    }
+
+    /// A short machine-friendly name for the log's `outcome=` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::MissingParam(_) => "missing_param",
+            Rejection::DuplicateParam(_) => "duplicate_param",
+            Rejection::BadSignature(_) => "bad_signature",
+            Rejection::MethodNotAllowed(_) => "bad_method",
+            Rejection::BodyTooLarge { .. } => "body_too_large",
+            Rejection::ParamsTooLarge { .. } => "params_too_large",
+            Rejection::BadParams => "bad_params",
+            Rejection::BodyLength { .. } => "body_length",
+            Rejection::ReadTimeout => "read_timeout",
+            Rejection::MalformedXml(_) => "malformed_xml",
+            Rejection::MissingField(_) => "missing_field",
+            Rejection::BadField(_) => "bad_field",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::MissingParam(name) => write!(f, "query parameter `{name}` is missing"),
+            Rejection::DuplicateParam(name) => {
+                write!(f, "query parameter `{name}` appears more than once")
+            }
+            Rejection::BadSignature(name) => {
+                write!(f, "`{name}` does not match the configured token")
+            }
+            Rejection::MethodNotAllowed(m) => write!(f, "method {m:?} is not GET or POST"),
+            Rejection::BodyTooLarge { limit } => {
+                write!(f, "body is larger than max_body_bytes = {limit}")
+            }
+            Rejection::ParamsTooLarge { limit } => {
+                write!(
+                    f,
+                    "FastCGI params are larger than max_params_bytes = {limit}"
+                )
+            }
+            Rejection::BadParams => f.write_str("FastCGI params do not decode as name-value pairs"),
+            Rejection::BodyLength { expected, got } => {
+                write!(f, "body is {got} bytes but CONTENT_LENGTH says {expected}")
+            }
+            Rejection::ReadTimeout => {
+                f.write_str("request did not arrive within read_timeout_secs")
+            }
+            Rejection::MalformedXml(why) => write!(f, "XML body: {why}"),
+            Rejection::MissingField(name) => write!(f, "message has no <{name}>"),
+            Rejection::BadField(name) => write!(f, "message field <{name}> is malformed"),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}

@@ -1,0 +1,228 @@
+//! Passive replies (PROTOCOL.md §4): the types, their TOML/JSON shape, and rendering to
+//! the XML WeChat expects, CDATA-safe.
+
+use serde::Deserialize;
+
+/// A passive reply. Deserialises from the shape used in the config file and by reply
+/// programs: `{ text = "Hi" }`, `{ image = { media_id = "..." } }`, `{ news = [ {...} ] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    Text(String),
+    Image {
+        media_id: String,
+    },
+    Voice {
+        media_id: String,
+    },
+    Video {
+        media_id: String,
+        #[serde(default)]
+        title: Option<String>,
+        #[serde(default)]
+        description: Option<String>,
+    },
+    Music {
+        #[serde(default)]
+        title: Option<String>,
+        #[serde(default)]
+        description: Option<String>,
+        #[serde(default)]
+        music_url: Option<String>,
+        #[serde(default)]
+        hq_music_url: Option<String>,
+        thumb_media_id: String,
+    },
+    News(Vec<Article>),
+    /// Hand the conversation to the customer-service system; `kf_account` picks an agent.
+    TransferCustomerService {
+        #[serde(default)]
+        kf_account: Option<String>,
+    },
+}
+
+/// One article of a news reply.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Article {
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub pic_url: String,
+    #[serde(default)]
+    pub url: String,
+}
+
+/// Most articles a news reply may carry (WeChat's current limit is 8; see PROTOCOL.md §4).
+pub const MAX_ARTICLES: usize = 8;
+
+impl Reply {
+    /// The `MsgType` of this reply.
+    pub fn msg_type(&self) -> &'static str {
+        match self {
+            Reply::Text(_) => "text",
+            Reply::Image { .. } => "image",
+            Reply::Voice { .. } => "voice",
+            Reply::Video { .. } => "video",
+            Reply::Music { .. } => "music",
+            Reply::News(_) => "news",
+            Reply::TransferCustomerService { .. } => "transfer_customer_service",
+        }
+    }
+
+    /// Problems that make this reply unusable (for config checks).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self {
+            Reply::News(articles) if articles.is_empty() => {
+                out.push("news reply has no articles".to_owned())
+            }
+            Reply::News(articles) if articles.len() > MAX_ARTICLES => out.push(format!(
+                "news reply has {} articles, WeChat takes at most {MAX_ARTICLES}",
+                articles.len()
+            )),
+            Reply::Image { media_id }
+            | Reply::Voice { media_id }
+            | Reply::Video { media_id, .. }
+                if media_id.is_empty() =>
+            {
+                out.push("media_id is empty".to_owned())
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Render as the reply XML. `to` is the follower (the message's FromUserName), `from`
+    /// the account (the message's ToUserName); `create_time` comes from the caller's clock.
+    pub fn render(&self, to: &str, from: &str, create_time: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"<xml><ToUserName>");
+        cdata(out, to);
+        out.extend_from_slice(b"</ToUserName><FromUserName>");
+        cdata(out, from);
+        out.extend_from_slice(b"</FromUserName><CreateTime>");
+        out.extend_from_slice(create_time.to_string().as_bytes());
+        out.extend_from_slice(b"</CreateTime><MsgType>");
+        cdata(out, self.msg_type());
+        out.extend_from_slice(b"</MsgType>");
+        match self {
+            Reply::Text(content) => element(out, "Content", content),
+            Reply::Image { media_id } => {
+                out.extend_from_slice(b"<Image>");
+                element(out, "MediaId", media_id);
+                out.extend_from_slice(b"</Image>");
+            }
+            Reply::Voice { media_id } => {
+                out.extend_from_slice(b"<Voice>");
+                element(out, "MediaId", media_id);
+                out.extend_from_slice(b"</Voice>");
+            }
+            Reply::Video {
+                media_id,
+                title,
+                description,
+            } => {
+                out.extend_from_slice(b"<Video>");
+                element(out, "MediaId", media_id);
+                optional(out, "Title", title);
+                optional(out, "Description", description);
+                out.extend_from_slice(b"</Video>");
+            }
+            Reply::Music {
+                title,
+                description,
+                music_url,
+                hq_music_url,
+                thumb_media_id,
+            } => {
+                out.extend_from_slice(b"<Music>");
+                optional(out, "Title", title);
+                optional(out, "Description", description);
+                optional(out, "MusicUrl", music_url);
+                optional(out, "HQMusicUrl", hq_music_url);
+                element(out, "ThumbMediaId", thumb_media_id);
+                out.extend_from_slice(b"</Music>");
+            }
+            Reply::News(articles) => {
+                out.extend_from_slice(b"<ArticleCount>");
+                out.extend_from_slice(articles.len().to_string().as_bytes());
+                out.extend_from_slice(b"</ArticleCount><Articles>");
+                for a in articles {
+                    out.extend_from_slice(b"<item>");
+                    element(out, "Title", &a.title);
+                    element(out, "Description", &a.description);
+                    element(out, "PicUrl", &a.pic_url);
+                    element(out, "Url", &a.url);
+                    out.extend_from_slice(b"</item>");
+                }
+                out.extend_from_slice(b"</Articles>");
+            }
+            Reply::TransferCustomerService { kf_account } => {
+                if let Some(account) = kf_account {
+                    out.extend_from_slice(b"<TransInfo>");
+                    element(out, "KfAccount", account);
+                    out.extend_from_slice(b"</TransInfo>");
+                }
+            }
+        }
+        out.extend_from_slice(b"</xml>");
+    }
+}
+
+fn element(out: &mut Vec<u8>, name: &str, text: &str) {
+    out.push(b'<');
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'>');
+    cdata(out, text);
+    out.extend_from_slice(b"</");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'>');
+}
+
+fn optional(out: &mut Vec<u8>, name: &str, text: &Option<String>) {
+    if let Some(text) = text {
+        element(out, name, text);
+    }
+}
+
+/// Write `text` as CDATA. A CDATA section cannot contain `]]>`, so each occurrence is
+/// split across two sections: `]]` ends one, `>` starts the next.
+pub fn cdata(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(b"<![CDATA[");
+    let mut rest = text;
+    while let Some(at) = rest.find("]]>") {
+        out.extend_from_slice(&rest.as_bytes()[..at + 2]);
+        out.extend_from_slice(b"]]><![CDATA[");
+        rest = &rest[at + 2..];
+    }
+    out.extend_from_slice(rest.as_bytes());
+    out.extend_from_slice(b"]]>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cdata_string(text: &str) -> String {
+        let mut out = Vec::new();
+        cdata(&mut out, text);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn cdata_table() {
+        let rows = [
+            ("", "<![CDATA[]]>"),
+            ("plain", "<![CDATA[plain]]>"),
+            ("a]]>b", "<![CDATA[a]]]]><![CDATA[>b]]>"),
+            ("]]>]]>", "<![CDATA[]]]]><![CDATA[>]]]]><![CDATA[>]]>"),
+            ("]]]>", "<![CDATA[]]]]]><![CDATA[>]]>"),
+            ("]>", "<![CDATA[]>]]>"),
+            ("<&>", "<![CDATA[<&>]]>"),
+        ];
+        for (text, expected) in rows {
+            assert_eq!(cdata_string(text), expected, "{text:?}");
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! One FastCGI connection as a sans-IO state machine: records in, complete requests and
+//! protocol answers out. The server feeds it decoded records and writes what it emits.
+
+use super::params;
+use super::record::{self, BeginRequest, Record};
+use crate::core::Rejection;
+
+/// Limits the connection enforces while a request arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    pub max_params_bytes: usize,
+    pub max_body_bytes: usize,
+    /// Reported as FCGI_MAX_CONNS and FCGI_MAX_REQS.
+    pub max_connections: usize,
+}
+
+/// A request whose params and stdin have fully arrived (or that was refused early).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub request_id: u16,
+    pub keep_conn: bool,
+    pub params: HttpParams,
+    /// The body, or why the request is refused before the core sees it.
+    pub body: Result<Vec<u8>, Rejection>,
+}
+
+/// The CGI variables the responder uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpParams {
+    pub method: String,
+    pub query: String,
+    pub content_length: Option<usize>,
+    pub remote_addr: String,
+}
+
+/// What went wrong on the connection. `Fatal` means close it; the rest are logged and
+/// the connection goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// A record we ignore, as the spec says (e.g. STDIN for an id never begun).
+    Ignored(String),
+    /// The connection cannot go on (e.g. a malformed BEGIN_REQUEST).
+    Fatal(String),
+}
+
+/// State of one connection: at most one request at a time (FCGI_MPXS_CONNS = 0).
+#[derive(Debug)]
+pub struct Connection {
+    limits: ConnLimits,
+    active: Option<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    id: u16,
+    keep_conn: bool,
+    params: Vec<u8>,
+    decoded: Option<HttpParams>,
+    stdin: Vec<u8>,
+}
+
+impl Connection {
+    pub fn new(limits: ConnLimits) -> Connection {
+        Connection {
+            limits,
+            active: None,
+        }
+    }
+
+    /// Whether a request has begun and not yet been handed out.
+    pub fn in_request(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// The id of the request in progress, if any (to answer it on a read timeout).
+    pub fn active_request(&self) -> Option<(u16, bool)> {
+        self.active.as_ref().map(|p| (p.id, p.keep_conn))
+    }
+
+    /// Forget the request in progress (after the server answered it early).
+    pub fn drop_active(&mut self) {
+        self.active = None;
+    }
+
+    /// Take one record. Protocol answers (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST for
+    /// refused or aborted requests) are appended to `out`. Returns a complete request, or
+    /// an event to log.
+    pub fn on_record(
+        &mut self,
+        rec: Record<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Ready>, ConnEvent> {
+        if rec.request_id == 0 {
+            return self.on_management(rec, out);
+        }
+        match rec.record_type {
+            record::BEGIN_REQUEST => self.on_begin(rec, out),
+            record::ABORT_REQUEST => {
+                if self.is_active(rec.request_id) {
+                    self.active = None;
+                    record::write_end_request(out, rec.request_id, 0, record::REQUEST_COMPLETE);
+                    Err(ConnEvent::Ignored(format!(
+                        "request {} aborted by the client",
+                        rec.request_id
+                    )))
+                } else {
+                    Err(ConnEvent::Ignored(format!(
+                        "ABORT_REQUEST for inactive id {}",
+                        rec.request_id
+                    )))
+                }
+            }
+            record::PARAMS => self.on_params(rec),
+            record::STDIN => self.on_stdin(rec),
+            other => Err(ConnEvent::Ignored(format!(
+                "record type {other} for request {} is not for an application",
+                rec.request_id
+            ))),
+        }
+    }
+
+    fn is_active(&self, id: u16) -> bool {
+        matches!(&self.active, Some(p) if p.id == id)
+    }
+
+    fn on_management(
+        &mut self,
+        rec: Record<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Ready>, ConnEvent> {
+        if rec.record_type != record::GET_VALUES {
+            record::write_unknown_type(out, rec.record_type);
+            return Err(ConnEvent::Ignored(format!(
+                "management record type {} answered with UNKNOWN_TYPE",
+                rec.record_type
+            )));
+        }
+        let max = self.limits.max_connections.to_string();
+        let mut answer = Vec::new();
+        for pair in params::pairs(rec.content) {
+            let Ok((name, _)) = pair else {
+                break;
+            };
+            let value: &[u8] = match name {
+                b"FCGI_MAX_CONNS" | b"FCGI_MAX_REQS" => max.as_bytes(),
+                b"FCGI_MPXS_CONNS" => b"0",
+                _ => continue,
+            };
+            params::write_pair(&mut answer, name, value);
+        }
+        record::write_record(out, record::GET_VALUES_RESULT, 0, &answer);
+        Ok(None)
+    }
+
+    fn on_begin(&mut self, rec: Record<'_>, out: &mut Vec<u8>) -> Result<Option<Ready>, ConnEvent> {
+        let Some(begin) = BeginRequest::parse(rec.content) else {
+            return Err(ConnEvent::Fatal(format!(
+                "BEGIN_REQUEST for request {} has a {}-byte body, expected 8",
+                rec.request_id,
+                rec.content.len()
+            )));
+        };
+        if let Some(active) = &self.active {
+            if active.id == rec.request_id {
+                return Err(ConnEvent::Ignored(format!(
+                    "second BEGIN_REQUEST for active request {}",
+                    rec.request_id
+                )));
+            }
+            record::write_end_request(out, rec.request_id, 0, record::CANT_MPX_CONN);
+            return Err(ConnEvent::Ignored(format!(
+                "BEGIN_REQUEST for request {} while {} is active: CANT_MPX_CONN",
+                rec.request_id, active.id
+            )));
+        }
+        if begin.role != record::ROLE_RESPONDER {
+            record::write_end_request(out, rec.request_id, 0, record::UNKNOWN_ROLE);
+            return Err(ConnEvent::Ignored(format!(
+                "request {} asks for role {}, only Responder (1) is served: UNKNOWN_ROLE",
+                rec.request_id, begin.role
+            )));
+        }
+        self.active = Some(Pending {
+            id: rec.request_id,
+            keep_conn: begin.keep_conn(),
+            params: Vec::new(),
+            decoded: None,
+            stdin: Vec::new(),
+        });
+        Ok(None)
+    }
+
+    fn on_params(&mut self, rec: Record<'_>) -> Result<Option<Ready>, ConnEvent> {
+        let limits = self.limits;
+        let Some(p) = self.active.as_mut().filter(|p| p.id == rec.request_id) else {
+            return Err(ConnEvent::Ignored(format!(
+                "PARAMS for inactive request {}",
+                rec.request_id
+            )));
+        };
+        if p.decoded.is_some() {
+            return Err(ConnEvent::Ignored(format!(
+                "PARAMS after the end of params for request {}",
+                rec.request_id
+            )));
+        }
+        if !rec.content.is_empty() {
+            if p.params.len() + rec.content.len() > limits.max_params_bytes {
+                let early = self.refuse(Rejection::ParamsTooLarge {
+                    limit: limits.max_params_bytes,
+                });
+                return Ok(Some(early));
+            }
+            p.params.extend_from_slice(rec.content);
+            return Ok(None);
+        }
+        // End of params: decode them once.
+        let mut http = HttpParams::default();
+        let mut bad = false;
+        for pair in params::pairs(&p.params) {
+            let Ok((name, value)) = pair else {
+                bad = true;
+                break;
+            };
+            let text = || String::from_utf8_lossy(value).into_owned();
+            match name {
+                b"REQUEST_METHOD" => http.method = text(),
+                b"QUERY_STRING" => http.query = text(),
+                b"REMOTE_ADDR" => http.remote_addr = text(),
+                b"CONTENT_LENGTH" => {
+                    http.content_length = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                }
+                _ => {}
+            }
+        }
+        p.params = Vec::new();
+        p.decoded = Some(http);
+        if bad {
+            return Ok(Some(self.refuse(Rejection::BadParams)));
+        }
+        if let Some(len) = p.decoded.as_ref().and_then(|h| h.content_length) {
+            if len > limits.max_body_bytes {
+                return Ok(Some(self.refuse(Rejection::BodyTooLarge {
+                    limit: limits.max_body_bytes,
+                })));
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_stdin(&mut self, rec: Record<'_>) -> Result<Option<Ready>, ConnEvent> {
+        let limits = self.limits;
+        let Some(p) = self.active.as_mut().filter(|p| p.id == rec.request_id) else {
+            return Err(ConnEvent::Ignored(format!(
+                "STDIN for inactive request {}",
+                rec.request_id
+            )));
+        };
+        if p.decoded.is_none() {
+            return Err(ConnEvent::Fatal(format!(
+                "STDIN before the end of PARAMS for request {}",
+                rec.request_id
+            )));
+        }
+        if !rec.content.is_empty() {
+            if p.stdin.len() + rec.content.len() > limits.max_body_bytes {
+                return Ok(Some(self.refuse(Rejection::BodyTooLarge {
+                    limit: limits.max_body_bytes,
+                })));
+            }
+            p.stdin.extend_from_slice(rec.content);
+            return Ok(None);
+        }
+        let Some(p) = self.active.take() else {
+            return Ok(None); // unreachable: checked above
+        };
+        let params = p.decoded.unwrap_or_default();
+        let body = match params.content_length {
+            Some(len) if len != p.stdin.len() => Err(Rejection::BodyLength {
+                expected: len,
+                got: p.stdin.len(),
+            }),
+            _ => Ok(p.stdin),
+        };
+        Ok(Some(Ready {
+            request_id: p.id,
+            keep_conn: p.keep_conn,
+            params,
+            body,
+        }))
+    }
+
+    /// Answer the active request now with a refusal; later records for it are ignored.
+    fn refuse(&mut self, rejection: Rejection) -> Ready {
+        // Only called with an active request; an empty one is a harmless fallback.
+        let p = self.active.take();
+        let (request_id, keep_conn, params) = match p {
+            Some(p) => (p.id, p.keep_conn, p.decoded.unwrap_or_default()),
+            None => (0, false, HttpParams::default()),
+        };
+        Ready {
+            request_id,
+            keep_conn,
+            params,
+            body: Err(rejection),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The tokio FastCGI server: accepts connections (bounded), reads records into the
+//! connection state machine, and writes each batch of answers in one write.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Semaphore};
+
+use super::conn::{ConnEvent, ConnLimits, Connection, Ready};
+use super::record;
+use crate::config::Limits;
+use crate::core::{Rejection, Responder};
+use crate::http;
+use crate::listen::Listener;
+
+/// Serve FastCGI on `listener` until `shutdown` turns true, then let in-flight requests
+/// finish for up to `limits.drain_timeout`.
+pub async fn serve(
+    listener: Listener,
+    responder: Arc<Responder>,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = TokioListener::from_std(listener)?;
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        // Take a slot before accepting: past max_connections, peers wait in the backlog.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p?,
+            _ = shutdown.changed() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // Back off briefly: EMFILE and friends persist for a moment.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let responder = responder.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            match stream {
+                Stream::Tcp(s) => serve_connection(s, &responder, limits, shutdown).await,
+                Stream::Unix(s) => serve_connection(s, &responder, limits, shutdown).await,
+            }
+            drop(permit);
+        });
+    }
+    // Drain: wait until every connection gave its slot back, or the drain timeout.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(limits.drain_timeout, slots.acquire_many(all)).await {
+        Ok(_) => tracing::info!("all connections finished; exiting"),
+        Err(_) => tracing::warn!(
+            "drain timeout ({}s) reached with connections still open; exiting",
+            limits.drain_timeout.as_secs()
+        ),
+    }
+    Ok(())
+}
+
+/// Serve one connection until the peer closes it, a request without keep-conn is
+/// answered, a timeout passes, or shutdown is asked while it is idle.
+pub async fn serve_connection<S>(
+    mut stream: S,
+    responder: &Responder,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn = Connection::new(ConnLimits {
+        max_params_bytes: limits.max_params_bytes,
+        max_body_bytes: limits.max_body_bytes,
+        max_connections: limits.max_connections,
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(4 * 1024);
+    let mut request_started: Option<Instant> = None;
+    loop {
+        let busy = conn.in_request() || !buf.is_empty();
+        let deadline = match request_started {
+            Some(t) if busy => t + limits.read_timeout,
+            _ => Instant::now() + limits.idle_timeout,
+        };
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => r,
+            _ = shutdown.changed(), if !busy => return,
+        };
+        let n = match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "connection read failed");
+                return;
+            }
+            Err(_) if busy => {
+                // A request started but did not finish in time: answer it, then close.
+                if let Some((id, _)) = conn.active_request() {
+                    conn.drop_active();
+                    let ready = Ready {
+                        request_id: id,
+                        keep_conn: false,
+                        params: Default::default(),
+                        body: Err(Rejection::ReadTimeout),
+                    };
+                    answer(
+                        responder,
+                        ready,
+                        request_started.unwrap_or_else(Instant::now),
+                        &mut out,
+                    );
+                    let _ = stream.write_all(&out).await;
+                } else {
+                    tracing::warn!(
+                        "connection closed: partial record not completed within read_timeout_secs"
+                    );
+                }
+                return;
+            }
+            Err(_) => return, // idle keep-alive connection timed out
+        };
+        if n == 0 {
+            if busy {
+                tracing::warn!(
+                    buffered = buf.len(),
+                    "peer closed the connection in the middle of a request"
+                );
+            }
+            return;
+        }
+        if request_started.is_none() {
+            request_started = Some(Instant::now());
+        }
+        let mut close = false;
+        let mut used = 0;
+        loop {
+            let (rec, len) = match record::decode(&buf[used..]) {
+                Ok(Some(decoded)) => decoded,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "closing connection: undecodable record");
+                    close = true;
+                    break;
+                }
+            };
+            used += len;
+            match conn.on_record(rec, &mut out) {
+                Ok(None) => {}
+                Ok(Some(ready)) => {
+                    let keep = ready.keep_conn;
+                    answer(
+                        responder,
+                        ready,
+                        request_started.unwrap_or_else(Instant::now),
+                        &mut out,
+                    );
+                    request_started = None;
+                    if !keep {
+                        close = true;
+                        break;
+                    }
+                }
+                Err(ConnEvent::Ignored(what)) => tracing::debug!("fastcgi: {what}"),
+                Err(ConnEvent::Fatal(what)) => {
+                    tracing::warn!("closing connection: {what}");
+                    close = true;
+                    break;
+                }
+            }
+        }
+        buf.drain(..used);
+        if buf.is_empty() && !conn.in_request() {
+            request_started = None;
+        } else if request_started.is_none() {
+            request_started = Some(Instant::now());
+        }
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(&out).await {
+                tracing::debug!(error = %e, "connection write failed");
+                return;
+            }
+            out.clear();
+        }
+        if close {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Run the core for a ready request and append STDOUT + END_REQUEST to `out`.
+fn answer(responder: &Responder, ready: Ready, started: Instant, out: &mut Vec<u8>) {
+    let body = ready.body.as_deref().map_err(Clone::clone);
+    let response = http::respond(
+        responder,
+        &ready.params.method,
+        &ready.params.query,
+        body,
+        started,
+    );
+    let mut stdout = Vec::with_capacity(128 + response.body.len());
+    http::write_response(&mut stdout, &response);
+    record::write_stream(out, record::STDOUT, ready.request_id, &stdout);
+    record::write_end_request(out, ready.request_id, 0, record::REQUEST_COMPLETE);
+}
+
+enum TokioListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl TokioListener {
+    fn from_std(listener: Listener) -> anyhow::Result<TokioListener> {
+        Ok(match listener {
+            Listener::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                TokioListener::Tcp(tokio::net::TcpListener::from_std(l)?)
+            }
+            Listener::Unix(l) => {
+                l.set_nonblocking(true)?;
+                TokioListener::Unix(tokio::net::UnixListener::from_std(l)?)
+            }
+        })
+    }
+
+    async fn accept(&self) -> std::io::Result<Stream> {
+        match self {
+            TokioListener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            TokioListener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+        }
+    }
+}

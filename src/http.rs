@@ -1,0 +1,103 @@
+//! What the FastCGI server and the CGI adapter share: calling the core with the clock
+//! and OS randomness, the CGI response framing, and the one-line request log.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::core::{Outcome, Rejection, Request, Responder, Response};
+
+/// Answer one request: the core for a body that arrived, the refusal otherwise. Logs the
+/// request line.
+pub fn respond(
+    responder: &Responder,
+    method: &str,
+    query: &str,
+    body: Result<&[u8], Rejection>,
+    started: Instant,
+) -> Response {
+    let response = match body {
+        Ok(body) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            responder.handle(
+                &Request {
+                    method,
+                    query,
+                    body,
+                },
+                now,
+                &mut rand_core::OsRng,
+            )
+        }
+        Err(rejection) => Response::rejected(rejection),
+    };
+    log_request(method, &response, started.elapsed());
+    response
+}
+
+/// Append the CGI/FastCGI response: `Status:`, `Content-Type:`, `Content-Length:`, body.
+pub fn write_response(out: &mut Vec<u8>, response: &Response) {
+    out.reserve(96 + response.body.len());
+    out.extend_from_slice(b"Status: ");
+    out.extend_from_slice(response.status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason_phrase(response.status).as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(response.content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    out.extend_from_slice(response.body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&response.body);
+}
+
+/// One line per request on stderr: method, outcome, status, message type, latency; a
+/// refusal is a warning that also names its cause.
+pub fn log_request(method: &str, response: &Response, latency: Duration) {
+    let latency_us = latency.as_micros() as u64;
+    match &response.outcome {
+        Outcome::Rejected(cause) => tracing::warn!(
+            method,
+            outcome = response.outcome.label(),
+            status = response.status,
+            latency_us,
+            %cause,
+            "request refused"
+        ),
+        Outcome::Reply {
+            msg_type,
+            rule,
+            reply_type,
+        } => tracing::info!(
+            method,
+            outcome = "reply",
+            status = response.status,
+            msg_type = msg_type.as_str(),
+            rule = rule.as_str(),
+            reply_type,
+            latency_us,
+            "request"
+        ),
+        other => tracing::info!(
+            method,
+            outcome = other.label(),
+            status = response.status,
+            msg_type = other.msg_type(),
+            latency_us,
+            "request"
+        ),
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
