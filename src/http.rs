@@ -56,8 +56,8 @@ pub fn log_request(method: &str, response: &Response, latency: Duration) {
     let latency_us = latency.as_micros() as u64;
     match &response.outcome {
         Outcome::Rejected(cause) => tracing::warn!(
-            method,
-            outcome = response.outcome.label(),
+            %method,
+            outcome = %response.outcome.label(),
             status = response.status,
             latency_us,
             %cause,
@@ -68,20 +68,20 @@ pub fn log_request(method: &str, response: &Response, latency: Duration) {
             rule,
             reply_type,
         } => tracing::info!(
-            method,
-            outcome = "reply",
+            %method,
+            outcome = %"reply",
             status = response.status,
-            msg_type = msg_type.as_str(),
-            rule = rule.as_str(),
-            reply_type,
+            %msg_type,
+            %rule,
+            %reply_type,
             latency_us,
             "request"
         ),
         other => tracing::info!(
-            method,
-            outcome = other.label(),
+            %method,
+            outcome = %other.label(),
             status = response.status,
-            msg_type = other.msg_type(),
+            msg_type = %other.msg_type(),
             latency_us,
             "request"
         ),

@@ -55,7 +55,7 @@ impl Rejection {
     /// A short reason for the client: enough to act on, nothing secret.
     pub fn reason(&self) -> &'static str {
         match self {
-            Rejection::MissingParam(_) => "missing signature parameters",
+            Rejection::MissingParam(_) => "missing query parameter",
             Rejection::DuplicateParam(_) => "duplicate signature parameter",
             Rejection::BadSignature(_) => "bad signature",
             Rejection::MethodNotAllowed(_) => "method not allowed",

@@ -1,0 +1,268 @@
+//! Test harness: start the real binary (FastCGI on a socket handed over as fd 0, as
+//! spawn-fcgi does), a real nginx in front of it, and talk plain HTTP/1.0 to nginx.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "testtoken123";
+pub const BIN: &str = env!("CARGO_BIN_EXE_wechat-fcgi");
+
+pub const RULES: &str = r#"
+[[rule]]
+name = "greeting"
+text = ["hi", "你好"]
+reply = { text = "Hello!" }
+[[rule]]
+event = "subscribe"
+reply = { text = "Welcome!" }
+[default]
+reply = { text = "Sorry, I did not understand." }
+"#;
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("wechat-fcgi-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop; its stderr goes to a file we can read.
+pub struct Proc {
+    pub child: Child,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Send a signal and wait for exit, returning the exit status.
+    pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), sig);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "process did not exit after signal {sig}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Write a config with our test token and these extra lines.
+pub fn write_config(dir: &TempDir, extra: &str) -> PathBuf {
+    let path = dir.path("wechat-fcgi.toml");
+    std::fs::write(&path, format!("[account]\ntoken = \"{TOKEN}\"\n{extra}")).unwrap();
+    path
+}
+
+/// Start `wechat-fcgi serve` on a fresh loopback listener passed as fd 0 (as spawn-fcgi
+/// does). Returns the process and the FastCGI address.
+pub fn start_server(dir: &TempDir, config: &Path) -> (Proc, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stderr = dir.path("server.log");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdin(Stdio::from(OwnedFd::from(listener)))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .env_remove("WECHAT_FCGI_CONFIG")
+        .env_remove("LISTEN_FDS")
+        .spawn()
+        .unwrap();
+    (Proc { child, stderr }, addr)
+}
+
+/// Wait until the log contains `needle`.
+pub fn wait_for_log(p: &Proc, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let log = p.log();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "log never showed {needle:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A free loopback port (bound then released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The nginx binary, or a clear failure telling how to get it.
+pub fn nginx_bin() -> PathBuf {
+    for p in [
+        "/usr/sbin/nginx",
+        "/usr/local/sbin/nginx",
+        "/usr/local/nginx/sbin/nginx",
+    ] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("nginx not found: run scripts/test.sh, which installs it (apt-get install nginx)");
+}
+
+/// Start nginx on a free loopback port with `/wechat` passed to `fastcgi` (host:port
+/// or unix:path) through a keepalive upstream. Returns nginx and its HTTP port.
+pub fn start_nginx(dir: &TempDir, fastcgi: &str) -> (Proc, u16) {
+    let port = free_port();
+    let root = dir.0.display();
+    let user = if unsafe_is_root() { "user root;" } else { "" };
+    let conf = format!(
+        r#"{user}
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/client_body;
+    fastcgi_temp_path {root}/fastcgi_temp;
+    proxy_temp_path {root}/proxy_temp;
+    scgi_temp_path {root}/scgi_temp;
+    uwsgi_temp_path {root}/uwsgi_temp;
+    upstream wechat_fcgi {{
+        server {fastcgi};
+        keepalive 8;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /wechat {{
+            fastcgi_pass wechat_fcgi;
+            fastcgi_keep_conn on;
+            fastcgi_param REQUEST_METHOD $request_method;
+            fastcgi_param QUERY_STRING $query_string;
+            fastcgi_param CONTENT_TYPE $content_type;
+            fastcgi_param CONTENT_LENGTH $content_length;
+            fastcgi_param REQUEST_URI $request_uri;
+            fastcgi_param REMOTE_ADDR $remote_addr;
+            fastcgi_param SERVER_PROTOCOL $server_protocol;
+            client_max_body_size 1m;
+        }}
+    }}
+}}
+"#
+    );
+    let conf_path = dir.path("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let stderr = dir.path("nginx.stderr");
+    let child = Command::new(nginx_bin())
+        .arg("-p")
+        .arg(&dir.0)
+        .arg("-c")
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let p = Proc { child, stderr };
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nginx did not start: {}\n{}",
+            p.log(),
+            std::fs::read_to_string(dir.path("nginx-error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (p, port)
+}
+
+fn unsafe_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// A plain HTTP/1.0 request; returns (status, body).
+pub fn http(port: u16, method: &str, target: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let head = format!(
+        "{method} {target} HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response has a header");
+    let status_line = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (status, resp[split + 4..].to_vec())
+}
+
+/// The signed query for this timestamp and nonce.
+pub fn signed(ts: u64, nonce: &str) -> String {
+    wechat_fcgi::cli::signed_query(TOKEN, ts, nonce)
+}

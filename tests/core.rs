@@ -1,0 +1,676 @@
+//! Core tests, table-driven: every sample message under tests/data/messages parsed to
+//! its typed value, refusals, reply rendering, and the responder's decisions.
+
+use wechat_fcgi::config::Config;
+use wechat_fcgi::core::message::{Event, Kind, Message};
+use wechat_fcgi::core::reply::{Article, Reply};
+use wechat_fcgi::core::{Outcome, Rejection, Request, Responder};
+
+fn sample(name: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/data/messages/{name}.xml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn s(x: &str) -> String {
+    x.to_owned()
+}
+
+#[test]
+fn every_sample_message_parses_to_its_type() {
+    let md5 = |x: &str| vec![s(x)];
+    let rows: Vec<(&str, &str, Kind)> = vec![
+        (
+            "text",
+            "text",
+            Kind::Text {
+                content: s("this is a test"),
+                msg_id: Some(1234567890123456),
+            },
+        ),
+        (
+            "text-tricky",
+            "text",
+            Kind::Text {
+                content: s("  你好 👋 \u{2}ctl\u{1d} ]]> end <&> "),
+                msg_id: Some(24000000000000001),
+            },
+        ),
+        (
+            "text-escaped",
+            "text",
+            Kind::Text {
+                content: s("a <b> & 😀 你"),
+                msg_id: Some(2),
+            },
+        ),
+        (
+            "image",
+            "image",
+            Kind::Image {
+                pic_url: s("http://mmbiz.qpic.cn/pic"),
+                media_id: s("media_id_img"),
+                msg_id: Some(1234567890123457),
+            },
+        ),
+        (
+            "voice",
+            "voice",
+            Kind::Voice {
+                media_id: s("media_id_voice"),
+                format: s("amr"),
+                recognition: Some(s("腾讯微信团队")),
+                msg_id: Some(1234567890123458),
+            },
+        ),
+        (
+            "video",
+            "video",
+            Kind::Video {
+                media_id: s("media_id_video"),
+                thumb_media_id: s("thumb_video"),
+                msg_id: Some(1234567890123459),
+            },
+        ),
+        (
+            "shortvideo",
+            "shortvideo",
+            Kind::ShortVideo {
+                media_id: s("media_id_sv"),
+                thumb_media_id: s("thumb_sv"),
+                msg_id: Some(1234567890123460),
+            },
+        ),
+        (
+            "location",
+            "location",
+            Kind::Location {
+                location_x: 23.134521,
+                location_y: 113.358803,
+                scale: 20.0,
+                label: s("位置信息"),
+                msg_id: Some(1234567890123461),
+            },
+        ),
+        (
+            "link",
+            "link",
+            Kind::Link {
+                title: s("公众平台官网链接"),
+                description: s("公众平台官网链接"),
+                url: s("https://mp.weixin.qq.com/"),
+                msg_id: Some(1234567890123462),
+            },
+        ),
+        (
+            "miniprogrampage",
+            "miniprogrampage",
+            Kind::MiniProgramPage {
+                title: s("Title"),
+                app_id: s("wxabcdef0123456789"),
+                page_path: s("pages/index"),
+                msg_id: Some(1234567890123463),
+            },
+        ),
+        ("unknown-type", "hologram", Kind::Unknown),
+        (
+            "event-subscribe",
+            "event:subscribe",
+            Kind::Event(Event::Subscribe {
+                scene: None,
+                ticket: None,
+            }),
+        ),
+        (
+            "event-subscribe-qrscene",
+            "event:subscribe",
+            Kind::Event(Event::Subscribe {
+                scene: Some(s("123123")),
+                ticket: Some(s("TICKET")),
+            }),
+        ),
+        (
+            "event-unsubscribe",
+            "event:unsubscribe",
+            Kind::Event(Event::Unsubscribe),
+        ),
+        (
+            "event-scan",
+            "event:SCAN",
+            Kind::Event(Event::Scan {
+                scene: s("SCENE_VALUE"),
+                ticket: Some(s("TICKET")),
+            }),
+        ),
+        (
+            "event-location",
+            "event:LOCATION",
+            Kind::Event(Event::Location {
+                latitude: 23.137466,
+                longitude: 113.352425,
+                precision: 119.38504,
+            }),
+        ),
+        (
+            "event-click",
+            "event:CLICK",
+            Kind::Event(Event::Click {
+                key: s("V1001_TODAY_MUSIC"),
+            }),
+        ),
+        (
+            "event-view",
+            "event:VIEW",
+            Kind::Event(Event::View {
+                url: s("https://www.qq.com/"),
+                menu_id: Some(s("1")),
+            }),
+        ),
+        (
+            "event-scancode_push",
+            "event:scancode_push",
+            Kind::Event(Event::ScancodePush {
+                key: s("6"),
+                scan_type: s("qrcode"),
+                scan_result: s("1"),
+            }),
+        ),
+        (
+            "event-scancode_waitmsg",
+            "event:scancode_waitmsg",
+            Kind::Event(Event::ScancodeWaitmsg {
+                key: s("6"),
+                scan_type: s("qrcode"),
+                scan_result: s("2"),
+            }),
+        ),
+        (
+            "event-pic_sysphoto",
+            "event:pic_sysphoto",
+            Kind::Event(Event::PicSysphoto {
+                key: s("6"),
+                pic_md5s: md5("1b5f7c23b5bf75682a53e7b6d163e185"),
+            }),
+        ),
+        (
+            "event-pic_photo_or_album",
+            "event:pic_photo_or_album",
+            Kind::Event(Event::PicPhotoOrAlbum {
+                key: s("6"),
+                pic_md5s: vec![
+                    s("5a75aaca956d97be686719218f275c6b"),
+                    s("0f3ac7dc4ba4d2bb0bfb3c7d2e0a9a11"),
+                ],
+            }),
+        ),
+        (
+            "event-pic_weixin",
+            "event:pic_weixin",
+            Kind::Event(Event::PicWeixin {
+                key: s("6"),
+                pic_md5s: md5("5a75aaca956d97be686719218f275c6b"),
+            }),
+        ),
+        (
+            "event-location_select",
+            "event:location_select",
+            Kind::Event(Event::LocationSelect {
+                key: s("6"),
+                location_x: s("23"),
+                location_y: s("113"),
+                scale: s("15"),
+                label: s(" 广州市海珠区客村艺苑路 106号"),
+                poiname: s(""),
+            }),
+        ),
+        (
+            "event-view_miniprogram",
+            "event:view_miniprogram",
+            Kind::Event(Event::ViewMiniprogram {
+                key: s("pages/index/index"),
+                menu_id: Some(s("MENUID")),
+            }),
+        ),
+        (
+            "event-TEMPLATESENDJOBFINISH",
+            "event:TEMPLATESENDJOBFINISH",
+            Kind::Event(Event::TemplateSendJobFinish {
+                msg_id: Some(200163836),
+                status: s("success"),
+            }),
+        ),
+        (
+            "event-MASSSENDJOBFINISH",
+            "event:MASSSENDJOBFINISH",
+            Kind::Event(Event::MassSendJobFinish {
+                msg_id: Some(1000001625),
+                status: s("err(30003)"),
+            }),
+        ),
+        (
+            "event-PUBLISHJOBFINISH",
+            "event:PUBLISHJOBFINISH",
+            Kind::Event(Event::PublishJobFinish {
+                publish_id: s("2247503051"),
+                publish_status: Some(s("0")),
+            }),
+        ),
+        (
+            "event-unknown",
+            "event:brand_new_event",
+            Kind::Event(Event::Unknown {
+                event: s("brand_new_event"),
+            }),
+        ),
+    ];
+    let files = std::fs::read_dir(format!(
+        "{}/tests/data/messages",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .count();
+    assert_eq!(files, rows.len(), "every sample file has a row");
+    for (name, label, kind) in rows {
+        let m = Message::parse(&sample(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(m.kind, kind, "{name}");
+        assert_eq!(m.type_label(), label, "{name}");
+        assert_eq!(m.to_user_name, "gh_0123456789ab", "{name}");
+        assert_eq!(m.from_user_name, "oFollower0000000000000000001", "{name}");
+        assert_eq!(m.create_time, 1700000000, "{name}");
+    }
+}
+
+#[test]
+fn unknown_fields_are_kept_raw() {
+    let m = Message::parse(&sample("unknown-type")).unwrap();
+    assert_eq!(m.field("Depth"), Some("3"));
+    assert!(m.fields.iter().any(|f| f.name == "Nested"));
+    let m = Message::parse(&sample("text")).unwrap();
+    assert_eq!(m.field("MsgDataId"), Some("xxxx"));
+}
+
+#[test]
+fn malformed_messages_are_refused_with_their_cause() {
+    let head = "<ToUserName>a</ToUserName><FromUserName>b</FromUserName>";
+    let rows: Vec<(String, Rejection)> = vec![
+        (format!("<xml>{head}<MsgType>text</MsgType><Content>x</Content></xml>"), Rejection::MissingField("CreateTime")),
+        (
+            format!("<xml>{head}<CreateTime>soon</CreateTime><MsgType>text</MsgType><Content>x</Content></xml>"),
+            Rejection::BadField("CreateTime"),
+        ),
+        (format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>text</MsgType></xml>"), Rejection::MissingField("Content")),
+        (
+            format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>text</MsgType><Content>x</Content><MsgId>x1</MsgId></xml>"),
+            Rejection::BadField("MsgId"),
+        ),
+        (format!("<xml>{head}<CreateTime>1</CreateTime></xml>"), Rejection::MissingField("MsgType")),
+        ("<xml><FromUserName>b</FromUserName></xml>".to_owned(), Rejection::MissingField("ToUserName")),
+        (
+            format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>event</MsgType></xml>"),
+            Rejection::MissingField("Event"),
+        ),
+    ];
+    for (body, expected) in rows {
+        assert_eq!(Message::parse(body.as_bytes()), Err(expected), "{body}");
+    }
+}
+
+#[test]
+fn hostile_xml_is_refused_as_malformed() {
+    let deep = format!(
+        "<xml>{}{}</xml>",
+        "<a>".repeat(10_000),
+        "</a>".repeat(10_000)
+    );
+    let laughs = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]><xml><Content>&lol2;</Content></xml>"#;
+    let rows: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("doctype", laughs.as_bytes().to_vec(), "DOCTYPE"),
+        (
+            "undefined entity",
+            b"<xml><Content>&lol;</Content></xml>".to_vec(),
+            "undefined entity",
+        ),
+        ("deep nesting", deep.into_bytes(), "nesting"),
+        (
+            "invalid utf-8",
+            b"<xml><Content>\xff\xfe</Content></xml>".to_vec(),
+            "UTF-8",
+        ),
+        (
+            "invalid utf-8 in cdata",
+            b"<xml><Content><![CDATA[\xc3]]></Content></xml>".to_vec(),
+            "UTF-8",
+        ),
+        (
+            "unclosed",
+            b"<xml><Content>x</Content>".to_vec(),
+            "end of document",
+        ),
+        ("mismatched", b"<xml><a></b></xml>".to_vec(), "at byte"),
+        ("empty", b"".to_vec(), "no root"),
+        (
+            "two roots",
+            b"<xml></xml><xml></xml>".to_vec(),
+            "after the root",
+        ),
+        ("text outside", b"hello".to_vec(), "outside"),
+    ];
+    for (what, body, needle) in rows {
+        match Message::parse(&body) {
+            Err(Rejection::MalformedXml(why)) => assert!(why.contains(needle), "{what}: {why}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_reply_type_renders_exactly() {
+    let head = "<xml><ToUserName><![CDATA[oF]]></ToUserName><FromUserName><![CDATA[gh]]></FromUserName><CreateTime>42</CreateTime>";
+    let rows: Vec<(Reply, String)> = vec![
+        (
+            Reply::Text(s("Hi ]]> 👋")),
+            format!("{head}<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[Hi ]]]]><![CDATA[> 👋]]></Content></xml>"),
+        ),
+        (
+            Reply::Image { media_id: s("m1") },
+            format!("{head}<MsgType><![CDATA[image]]></MsgType><Image><MediaId><![CDATA[m1]]></MediaId></Image></xml>"),
+        ),
+        (
+            Reply::Voice { media_id: s("m2") },
+            format!("{head}<MsgType><![CDATA[voice]]></MsgType><Voice><MediaId><![CDATA[m2]]></MediaId></Voice></xml>"),
+        ),
+        (
+            Reply::Video { media_id: s("m3"), title: Some(s("T")), description: None },
+            format!("{head}<MsgType><![CDATA[video]]></MsgType><Video><MediaId><![CDATA[m3]]></MediaId><Title><![CDATA[T]]></Title></Video></xml>"),
+        ),
+        (
+            Reply::Music {
+                title: Some(s("T")),
+                description: Some(s("D")),
+                music_url: Some(s("http://m")),
+                hq_music_url: Some(s("http://hq")),
+                thumb_media_id: s("th"),
+            },
+            format!("{head}<MsgType><![CDATA[music]]></MsgType><Music><Title><![CDATA[T]]></Title><Description><![CDATA[D]]></Description><MusicUrl><![CDATA[http://m]]></MusicUrl><HQMusicUrl><![CDATA[http://hq]]></HQMusicUrl><ThumbMediaId><![CDATA[th]]></ThumbMediaId></Music></xml>"),
+        ),
+        (
+            Reply::News(vec![Article { title: s("A"), description: s("B"), pic_url: s("http://p"), url: s("http://u") }]),
+            format!("{head}<MsgType><![CDATA[news]]></MsgType><ArticleCount>1</ArticleCount><Articles><item><Title><![CDATA[A]]></Title><Description><![CDATA[B]]></Description><PicUrl><![CDATA[http://p]]></PicUrl><Url><![CDATA[http://u]]></Url></item></Articles></xml>"),
+        ),
+        (
+            Reply::TransferCustomerService { kf_account: None },
+            format!("{head}<MsgType><![CDATA[transfer_customer_service]]></MsgType></xml>"),
+        ),
+        (
+            Reply::TransferCustomerService { kf_account: Some(s("kf@acct")) },
+            format!("{head}<MsgType><![CDATA[transfer_customer_service]]></MsgType><TransInfo><KfAccount><![CDATA[kf@acct]]></KfAccount></TransInfo></xml>"),
+        ),
+    ];
+    for (reply, expected) in rows {
+        let mut out = Vec::new();
+        reply.render("oF", "gh", 42, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), expected, "{reply:?}");
+    }
+}
+
+const TOKEN: &str = "testtoken123";
+
+fn responder(rules: &str) -> Responder {
+    let text = format!("[account]\ntoken = \"{TOKEN}\"\n{rules}");
+    Config::parse(&text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .responder
+}
+
+fn query(ts: &str, nonce: &str, extra: &str) -> String {
+    let mut q = wechat_fcgi::cli::signed_query(TOKEN, ts.parse().unwrap(), nonce);
+    q.push_str(extra);
+    q
+}
+
+const RULES: &str = r#"
+[[rule]]
+text = ["hi", "你好"]
+reply = { text = "Hello!" }
+[[rule]]
+event = "subscribe"
+reply = { text = "Welcome!" }
+[[rule]]
+event = "CLICK"
+key = "V1001"
+reply = { image = { media_id = "MID" } }
+[default]
+reply = { text = "Sorry, I did not understand." }
+"#;
+
+#[test]
+fn responder_decisions() {
+    let r = responder(RULES);
+    let good = query("1700000000", "42", "");
+    let text = |c: &str| wechat_fcgi::cli::sample_text("gh", "oF", 1, c);
+    let event = |e: &str, k: Option<&str>| wechat_fcgi::cli::sample_event("gh", "oF", 1, e, k);
+    // (method, query, body, status, body contains, outcome label)
+    let rows: Vec<(&str, String, String, u16, &str, &str)> = vec![
+        (
+            "GET",
+            query("1700000000", "42", "&echostr=abc123"),
+            s(""),
+            200,
+            "abc123",
+            "handshake",
+        ),
+        (
+            "GET",
+            format!(
+                "{}&echostr=abc123",
+                good.replace("signature=", "signature=0")
+            ),
+            s(""),
+            403,
+            "bad signature",
+            "bad_signature",
+        ),
+        (
+            "GET",
+            query("1700000000", "43", "&echostr=abc123"),
+            s(""),
+            200,
+            "abc123",
+            "handshake",
+        ),
+        (
+            "GET",
+            format!("{}&echostr=abc123", good.replace("nonce=42", "nonce=43")),
+            s(""),
+            403,
+            "bad signature",
+            "bad_signature",
+        ),
+        (
+            "GET",
+            good.clone(),
+            s(""),
+            403,
+            "missing query parameter",
+            "missing_param",
+        ),
+        (
+            "GET",
+            s("timestamp=1&nonce=2&echostr=x"),
+            s(""),
+            403,
+            "missing",
+            "missing_param",
+        ),
+        (
+            "GET",
+            format!("{good}&echostr=x&signature=a"),
+            s(""),
+            403,
+            "duplicate",
+            "duplicate_param",
+        ),
+        (
+            "POST",
+            good.clone(),
+            text("hi"),
+            200,
+            "<Content><![CDATA[Hello!]]></Content>",
+            "reply",
+        ),
+        (
+            "POST",
+            good.clone(),
+            text("  你好\n"),
+            200,
+            "Hello!",
+            "reply",
+        ),
+        (
+            "POST",
+            good.clone(),
+            text("Hi"),
+            200,
+            "Sorry, I did not understand.",
+            "reply",
+        ),
+        (
+            "POST",
+            good.clone(),
+            event("subscribe", None),
+            200,
+            "Welcome!",
+            "reply",
+        ),
+        (
+            "POST",
+            good.clone(),
+            event("CLICK", Some("V1001")),
+            200,
+            "<MediaId><![CDATA[MID]]></MediaId>",
+            "reply",
+        ),
+        (
+            "POST",
+            good.clone(),
+            event("CLICK", Some("OTHER")),
+            200,
+            "success",
+            "success",
+        ),
+        (
+            "POST",
+            good.clone(),
+            event("unsubscribe", None),
+            200,
+            "success",
+            "success",
+        ),
+        (
+            "POST",
+            good.clone(),
+            String::from_utf8(sample("unknown-type")).unwrap(),
+            200,
+            "success",
+            "success",
+        ),
+        (
+            "POST",
+            good.replace("nonce=42", "nonce=43"),
+            text("hi"),
+            403,
+            "bad signature",
+            "bad_signature",
+        ),
+        (
+            "POST",
+            s("openid=x"),
+            text("hi"),
+            403,
+            "missing",
+            "missing_param",
+        ),
+        (
+            "POST",
+            good.clone(),
+            s("<xml>"),
+            400,
+            "malformed XML",
+            "malformed_xml",
+        ),
+        (
+            "PUT",
+            good.clone(),
+            s(""),
+            405,
+            "method not allowed",
+            "bad_method",
+        ),
+    ];
+    for (method, q, body, status, needle, label) in rows {
+        let resp = r.handle(
+            &Request {
+                method,
+                query: &q,
+                body: body.as_bytes(),
+            },
+            1_800_000_000,
+            &mut rand_core::OsRng,
+        );
+        let text = String::from_utf8_lossy(&resp.body);
+        assert_eq!(resp.status, status, "{method} {q} {body}: {text}");
+        assert!(text.contains(needle), "{method} {q} {body}: {text}");
+        assert_eq!(resp.outcome.label(), label, "{method} {q} {body}");
+        if status != 200 {
+            assert!(!text.contains("abc123"), "a refusal never echoes: {text}");
+        }
+    }
+}
+
+#[test]
+fn reply_swaps_names_and_uses_the_clock_passed_in() {
+    let r = responder(RULES);
+    let body = wechat_fcgi::cli::sample_text("gh_acct", "oUser", 1, "hi");
+    let resp = r.handle(
+        &Request {
+            method: "POST",
+            query: &query("5", "6", ""),
+            body: body.as_bytes(),
+        },
+        1_234_567,
+        &mut rand_core::OsRng,
+    );
+    assert_eq!(
+        String::from_utf8(resp.body).unwrap(),
+        "<xml><ToUserName><![CDATA[oUser]]></ToUserName><FromUserName><![CDATA[gh_acct]]></FromUserName><CreateTime>1234567</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[Hello!]]></Content></xml>"
+    );
+    assert_eq!(
+        resp.outcome,
+        Outcome::Reply {
+            msg_type: s("text"),
+            rule: s("rule[0]"),
+            reply_type: "text"
+        }
+    );
+}
+
+#[test]
+fn no_default_means_success() {
+    let r = responder("[[rule]]\ntext = \"hi\"\nreply = { text = \"x\" }\n");
+    let body = wechat_fcgi::cli::sample_text("gh", "oF", 1, "other");
+    let resp = r.handle(
+        &Request {
+            method: "POST",
+            query: &query("1", "2", ""),
+            body: body.as_bytes(),
+        },
+        1,
+        &mut rand_core::OsRng,
+    );
+    assert_eq!(
+        (resp.status, resp.body.as_slice()),
+        (200, b"success".as_slice())
+    );
+}
