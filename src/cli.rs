@@ -75,9 +75,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
     init_logging();
     if crate::cgi::is_cgi() {
         // CGI: argv may carry words from a query without `=`, so only --config is read.
-        let config = load(cgi_config_path().as_deref())?;
-        crate::cgi::run(&config.responder, &config.server.limits)?;
-        return Ok(ExitCode::SUCCESS);
+        return match load(cgi_config_path().as_deref()) {
+            Ok(config) => {
+                crate::cgi::run(&config.responder, &config.server.limits)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                // The web server shows stdout to the client and stderr in its error log.
+                tracing::error!("CGI: {e:#}");
+                print!("Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nserver misconfigured\n");
+                Ok(ExitCode::from(1))
+            }
+        };
     }
     let cli = Cli::parse();
     match cli.command {

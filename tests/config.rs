@@ -1,0 +1,132 @@
+//! Config loading: every problem is reported with the key it is about; the CLI's
+//! `check-config` and `sign` behave as documented.
+
+mod common;
+use common::*;
+
+use std::process::Command;
+use wechat_fcgi::config::Config;
+
+const OK_ACCOUNT: &str = "[account]\ntoken = \"abc123\"\n";
+
+#[test]
+fn bad_configs_name_the_key() {
+    let rows: Vec<(String, &str)> = vec![
+        ("".into(), "missing field `account`"),
+        ("[account]\n".into(), "missing field `token`"),
+        ("[account]\ntoken = \"ab\"\n".into(), "account.token: must be 3 to 32"),
+        ("[account]\ntoken = \"has space\"\n".into(), "account.token: must contain only"),
+        (format!("{OK_ACCOUNT}mode = \"secure\"\n"), "account.mode: \"secure\" is not one of"),
+        (format!("{OK_ACCOUNT}appid = \"wx-1\"\n"), "account.appid"),
+        (format!("{OK_ACCOUNT}tokn = \"x\"\n"), "unknown field `tokn`"),
+        (format!("[server]\nlisten = \"9000\"\n{OK_ACCOUNT}"), "server.listen: \"9000\": expected unix:PATH or tcp:HOST:PORT"),
+        (format!("[server]\nsocket_mode = \"rw\"\n{OK_ACCOUNT}"), "server.socket_mode"),
+        (format!("[server]\nmax_body_bytes = 0\n{OK_ACCOUNT}"), "server.max_body_bytes: must be greater than 0"),
+        (format!("[server]\nmax_body_bytes = -1\n{OK_ACCOUNT}"), "max_body_bytes"),
+        (format!("[server]\nread_timeout_secs = 0\n{OK_ACCOUNT}"), "server.read_timeout_secs"),
+        (format!("{OK_ACCOUNT}[[rule]]\nreply = {{ text = \"x\" }}\n"), "rule[0]: matches nothing"),
+        (format!("{OK_ACCOUNT}[[rule]]\nname = \"both\"\ntext = \"a\"\nevent = \"CLICK\"\nreply = {{ text = \"x\" }}\n"), "rule[0] (both): has both"),
+        (format!("{OK_ACCOUNT}[[rule]]\nevent = \"clik\"\nreply = {{ text = \"x\" }}\n"), "rule[0].event: \"clik\" is not a known event"),
+        (format!("{OK_ACCOUNT}[[rule]]\ntext = []\nreply = {{ text = \"x\" }}\n"), "rule[0].text: needs at least one"),
+        (format!("{OK_ACCOUNT}[[rule]]\ntext = \"a\"\nkey = \"k\"\nreply = {{ text = \"x\" }}\n"), "rule[0].key: only goes with `event`"),
+        (format!("{OK_ACCOUNT}[[rule]]\ntext = \"a\"\nreply = {{ txt = \"x\" }}\n"), "unknown variant `txt`"),
+        (format!("{OK_ACCOUNT}[[rule]]\ntext = \"a\"\nreply = {{ news = [] }}\n"), "rule[0].reply: news reply has no articles"),
+        (format!("{OK_ACCOUNT}[[rule]]\ntext = \"a\"\nreply = {{ image = {{ media_id = \"\" }} }}\n"), "rule[0].reply: media_id is empty"),
+        (format!("{OK_ACCOUNT}[default]\nreply = {{ voice = {{ mediaid = \"x\" }} }}\n"), "unexpected keys in table: mediaid"),
+    ];
+    for (text, needle) in rows {
+        let err = Config::parse(&text).expect_err(&text).to_string();
+        assert!(
+            err.contains(needle),
+            "config:\n{text}\nerror: {err}\nexpected: {needle}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = "[server]\nmax_connections = 0\n[account]\ntoken = \"x\"\n[[rule]]\nevent = \"nope\"\nreply = { text = \"a\" }\n[[rule]]\nreply = { text = \"b\" }\n";
+    let err = Config::parse(text).unwrap_err();
+    assert_eq!(err.problems.len(), 4, "{err}");
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let path = format!("{}/conf/wechat-fcgi.toml", env!("CARGO_MANIFEST_DIR"));
+    let config = Config::load(std::path::Path::new(&path)).unwrap();
+    assert!(config.responder.rules.rules.len() >= 2);
+    assert!(config.responder.rules.default.is_some());
+}
+
+#[test]
+fn check_config_exit_codes() {
+    let dir = TempDir::new("check");
+    let good = write_config(&dir, RULES);
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 rules, default reply: yes)"));
+    let bad = dir.path("bad.toml");
+    std::fs::write(&bad, "[account]\ntoken = \"secret-token-value!\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("account.token"), "{err}");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "a bad config stops start-up");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("account.token"));
+}
+
+#[test]
+fn sign_prints_a_query_the_server_accepts() {
+    let out = Command::new(BIN)
+        .args([
+            "sign",
+            "--token",
+            TOKEN,
+            "--timestamp",
+            "1409659813",
+            "--nonce",
+            "1372623149",
+            "--text",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let query = lines.next().unwrap();
+    let body = lines.next().unwrap();
+    // Independent value, from Python's hashlib:
+    // sha1("".join(sorted(["testtoken123", "1409659813", "1372623149"])).encode())
+    assert_eq!(
+        query,
+        "signature=fe23aa77749afb286659de90bed7a1103be81bcb&timestamp=1409659813&nonce=1372623149&openid=oFollower0000000000000000001"
+    );
+    let r = Config::parse(&format!("[account]\ntoken = \"{TOKEN}\"\n{RULES}"))
+        .unwrap()
+        .responder;
+    let resp = r.handle(
+        &wechat_fcgi::core::Request {
+            method: "POST",
+            query,
+            body: body.as_bytes(),
+        },
+        1,
+        &mut rand_core::OsRng,
+    );
+    assert_eq!(resp.status, 200);
+    assert!(String::from_utf8_lossy(&resp.body).contains("Hello!"));
+}
