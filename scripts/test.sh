@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install what the tests need (nginx, libfcgi-bin's cgi-fcgi) when missing, then run
+# every test. Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v cgi-fcgi >/dev/null 2>&1 || need+=(libfcgi-bin)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "== installing ${need[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# The Debian package starts a system nginx on port 80; the tests start their own on a
+# free loopback port and do not need it.
+
+echo "== cargo test"
+cargo test --all-targets "$@"
