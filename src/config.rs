@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::core::crypto::AesKey;
 use crate::core::reply::Reply;
 use crate::core::rules::{Matcher, Rule, Rules, KNOWN_EVENTS};
 use crate::core::signature::Token;
-use crate::core::{Account, Mode, Responder};
+use crate::core::{Account, Crypto, Mode, Responder};
 use crate::listen::ListenAddr;
 
 /// A loaded, validated config.
@@ -151,6 +152,8 @@ struct RawAccount {
     token: String,
     appid: Option<String>,
     mode: Option<String>,
+    encoding_aes_key: Option<String>,
+    previous_encoding_aes_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -269,13 +272,8 @@ impl RawAccount {
         }
         let mode = match self.mode.as_deref().unwrap_or("plain") {
             "plain" => Some(Mode::Plain),
-            "compat" | "safe" => {
-                problems.push(
-                    "account.mode: compat and safe need message encryption, which this version does not have yet"
-                        .to_owned(),
-                );
-                None
-            }
+            "compat" => Some(Mode::Compat),
+            "safe" => Some(Mode::Safe),
             other => {
                 problems.push(format!(
                     "account.mode: {other:?} is not one of \"plain\", \"compat\", \"safe\""
@@ -283,10 +281,51 @@ impl RawAccount {
                 None
             }
         };
+        let mut key = |name: &str, value: Option<&str>| match value.map(AesKey::parse) {
+            None => None,
+            Some(Ok(key)) => Some(key),
+            Some(Err(e)) => {
+                problems.push(format!("account.{name}: {e}"));
+                None
+            }
+        };
+        let current = key("encoding_aes_key", self.encoding_aes_key.as_deref());
+        let previous = key(
+            "previous_encoding_aes_key",
+            self.previous_encoding_aes_key.as_deref(),
+        );
+        if self.encoding_aes_key.is_none() {
+            if matches!(mode, Some(Mode::Compat | Mode::Safe)) {
+                problems.push(format!(
+                    "account.encoding_aes_key: required when mode = {:?} (the EncodingAESKey from the admin panel)",
+                    self.mode.as_deref().unwrap_or_default()
+                ));
+            }
+            if self.previous_encoding_aes_key.is_some() {
+                problems.push(
+                    "account.previous_encoding_aes_key: only goes with encoding_aes_key".to_owned(),
+                );
+            }
+        }
+        if self.encoding_aes_key.is_some() && self.appid.is_none() {
+            problems.push(
+                "account.appid: required with encoding_aes_key (every encrypted message ends with it)"
+                    .to_owned(),
+            );
+        }
+        let crypto = match (current, &self.appid) {
+            (Some(key), Some(appid)) => Some(Crypto {
+                key,
+                previous_key: previous,
+                appid: appid.clone(),
+            }),
+            _ => None,
+        };
         Some(Account {
             token: token?,
             appid: self.appid,
             mode: mode?,
+            crypto,
         })
     }
 }

@@ -116,3 +116,131 @@ fn nginx_end_to_end() {
     assert!(log.contains("outcome=handshake"), "{log}");
     assert!(!log.contains(TOKEN), "the token is never logged");
 }
+
+/// The wechatpy-made vector `text-emoji` (tests/data/message-crypto.json).
+mod vector {
+    pub const TOKEN: &str = "4yN275N7g3cY7t2znnG7U7h4MbU7wT42";
+    pub const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    pub const APPID: &str = "wx0123456789abcdef";
+}
+
+#[test]
+fn nginx_safe_and_compat_modes() {
+    use wechat_fcgi::core::crypto::{self, AesKey};
+    use wechat_fcgi::core::message::{parse_fields, Value};
+    let key = AesKey::parse(vector::KEY).unwrap();
+    let inner = wechat_fcgi::cli::sample_text("gh_acct", "oUser", 1_700_000_000, "hi");
+    let encrypt = crypto::encrypt(&key, vector::APPID, inner.as_bytes(), &[5; 16]);
+    let (ts, nonce) = ("1700000000", "31337");
+    let signature = wechat_fcgi::cli::signed_query(vector::TOKEN, 1_700_000_000, nonce);
+    let msg_signature = wechat_fcgi::core::signature::sign(&mut [
+        vector::TOKEN.as_bytes(),
+        ts.as_bytes(),
+        nonce.as_bytes(),
+        encrypt.as_bytes(),
+    ]);
+    let enc_query = format!(
+        "{signature}&openid=oUser&encrypt_type=aes&msg_signature={}",
+        String::from_utf8_lossy(&msg_signature)
+    );
+    let envelope = format!("<xml><ToUserName><![CDATA[gh_acct]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
+    // Compat mode also sends the plaintext fields beside <Encrypt>.
+    let compat_envelope = inner.replace(
+        "</xml>",
+        &format!("<Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"),
+    );
+    for (mode, body) in [("safe", &envelope), ("compat", &compat_envelope)] {
+        let dir = TempDir::new(&format!("nginx-{mode}"));
+        let config = dir.path("c.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[account]\ntoken = \"{}\"\nappid = \"{}\"\nmode = \"{mode}\"\nencoding_aes_key = \"{}\"\n{RULES}",
+                vector::TOKEN,
+                vector::APPID,
+                vector::KEY
+            ),
+        )
+        .unwrap();
+        let (server, fcgi) = start_server(&dir, &config);
+        let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
+
+        let (status, reply) = http(
+            port,
+            "POST",
+            &format!("/wechat?{enc_query}"),
+            body.as_bytes(),
+        );
+        assert_eq!(
+            status,
+            200,
+            "{mode}: {}\n{}",
+            String::from_utf8_lossy(&reply),
+            server.log()
+        );
+        let fields = parse_fields(&reply).unwrap();
+        let get = |n: &str| match &fields
+            .iter()
+            .find(|f| f.name == n)
+            .unwrap_or_else(|| panic!("{n}"))
+            .value
+        {
+            Value::Text(t) => t.clone(),
+            Value::Children(_) => panic!("{n}"),
+        };
+        crypto::verify_msg_signature(
+            vector::TOKEN.as_bytes(),
+            &get("TimeStamp"),
+            &get("Nonce"),
+            &get("Encrypt"),
+            &get("MsgSignature"),
+        )
+        .unwrap_or_else(|e| panic!("{mode}: reply msg_signature: {e}"));
+        let opened =
+            String::from_utf8(crypto::decrypt(&key, vector::APPID, &get("Encrypt")).unwrap())
+                .unwrap();
+        assert!(
+            opened.contains("<Content><![CDATA[Hello!]]></Content>"),
+            "{mode}: {opened}"
+        );
+        assert!(
+            opened.contains("<ToUserName><![CDATA[oUser]]></ToUserName>"),
+            "{opened}"
+        );
+
+        // A plaintext POST: refused in safe mode, answered in plaintext in compat mode.
+        let (status, text) = http(
+            port,
+            "POST",
+            &format!("/wechat?{signature}&openid=oUser"),
+            inner.as_bytes(),
+        );
+        let text = String::from_utf8_lossy(&text);
+        match mode {
+            "safe" => {
+                assert_eq!(status, 403, "{text}");
+                assert!(text.contains("plaintext message refused in safe mode"));
+            }
+            _ => {
+                assert_eq!(status, 200);
+                assert!(
+                    text.contains("<Content><![CDATA[Hello!]]></Content>")
+                        && !text.contains("<Encrypt>"),
+                    "{text}"
+                );
+            }
+        }
+        // A tampered msg_signature: 403, logged with the SDK code.
+        let tampered = enc_query.replace("msg_signature=", "msg_signature=f");
+        let (status, _) = http(
+            port,
+            "POST",
+            &format!("/wechat?{tampered}"),
+            body.as_bytes(),
+        );
+        assert_eq!(status, 403);
+        let log = server.log();
+        assert!(log.contains("WXBizMsgCrypt -40001"), "{log}");
+        assert!(!log.contains(vector::KEY), "the key is never logged");
+    }
+}

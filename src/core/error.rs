@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::crypto::CryptoError;
+
 /// A request the core refuses. `Display` is the full cause for the log; `reason()` is
 /// the short text for the client; `status()` is the HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +27,14 @@ pub enum Rejection {
     BodyLength { expected: usize, got: usize },
     /// The request did not arrive within `[server] read_timeout_secs`.
     ReadTimeout,
+    /// An encrypted message failed a check (its own variant per cause, with SDK code).
+    Crypto(CryptoError),
+    /// `encrypt_type=aes` but no `encoding_aes_key` is configured.
+    EncryptedWithoutKey,
+    /// A plaintext POST while `mode = "safe"` (a downgrade is never accepted).
+    PlaintextInSafeMode,
+    /// `encrypt_type` is neither absent, `raw` nor `aes`.
+    UnknownEncryptType(String),
     /// The body is not well-formed XML, or uses something we refuse (DOCTYPE, entities).
     MalformedXml(String),
     /// A field every message of this kind must have is absent.
@@ -44,6 +54,9 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } => 413,
             Rejection::ParamsTooLarge { .. } => 431,
             Rejection::ReadTimeout => 408,
+            Rejection::Crypto(e) => e.status(),
+            Rejection::EncryptedWithoutKey | Rejection::PlaintextInSafeMode => 403,
+            Rejection::UnknownEncryptType(_) => 400,
             Rejection::BadParams
             | Rejection::BodyLength { .. }
             | Rejection::MalformedXml(_)
@@ -64,6 +77,13 @@ impl Rejection {
             Rejection::BadParams => "malformed request",
             Rejection::BodyLength { .. } => "body length does not match Content-Length",
             Rejection::ReadTimeout => "request timed out",
+            Rejection::Crypto(e) if e.status() == 403 => "bad encrypted message",
+            Rejection::Crypto(_) => "malformed encrypted message",
+            Rejection::EncryptedWithoutKey => {
+                "encrypted message but no encoding_aes_key configured"
+            }
+            Rejection::PlaintextInSafeMode => "plaintext message refused in safe mode",
+            Rejection::UnknownEncryptType(_) => "unknown encrypt_type",
             Rejection::MalformedXml(_) => "malformed XML body",
             Rejection::MissingField(_) => "message field missing",
             Rejection::BadField(_) => "message field malformed",
@@ -82,6 +102,16 @@ impl Rejection {
             Rejection::BadParams => "bad_params",
             Rejection::BodyLength { .. } => "body_length",
             Rejection::ReadTimeout => "read_timeout",
+            Rejection::Crypto(CryptoError::BadMsgSignature) => "bad_msg_signature",
+            Rejection::Crypto(CryptoError::Xml(_)) => "crypto_xml",
+            Rejection::Crypto(CryptoError::AppIdMismatch) => "appid_mismatch",
+            Rejection::Crypto(CryptoError::BadCiphertext) => "bad_ciphertext",
+            Rejection::Crypto(CryptoError::BadPadding) => "bad_padding",
+            Rejection::Crypto(CryptoError::BadLength) => "bad_length",
+            Rejection::Crypto(CryptoError::BadBase64) => "bad_base64",
+            Rejection::EncryptedWithoutKey => "encrypted_without_key",
+            Rejection::PlaintextInSafeMode => "plaintext_in_safe_mode",
+            Rejection::UnknownEncryptType(_) => "unknown_encrypt_type",
             Rejection::MalformedXml(_) => "malformed_xml",
             Rejection::MissingField(_) => "missing_field",
             Rejection::BadField(_) => "bad_field",
@@ -116,6 +146,14 @@ impl fmt::Display for Rejection {
             Rejection::ReadTimeout => {
                 f.write_str("request did not arrive within read_timeout_secs")
             }
+            Rejection::Crypto(e) => write!(f, "encrypted message: {e}"),
+            Rejection::EncryptedWithoutKey => f.write_str(
+                "encrypt_type=aes but [account] encoding_aes_key is not set (admin panel in compat or safe mode?)",
+            ),
+            Rejection::PlaintextInSafeMode => f.write_str(
+                "plaintext POST while mode = \"safe\" (a proxy dropping encrypt_type, or the admin panel not in safe mode?)",
+            ),
+            Rejection::UnknownEncryptType(t) => write!(f, "encrypt_type={t:?} is not aes or raw"),
             Rejection::MalformedXml(why) => write!(f, "XML body: {why}"),
             Rejection::MissingField(name) => write!(f, "message has no <{name}>"),
             Rejection::BadField(name) => write!(f, "message field <{name}> is malformed"),

@@ -1,6 +1,7 @@
 //! The sans-IO core: a request's method, query and body in, a response out. No sockets,
 //! clock, environment or randomness inside: `now` and the random source are arguments.
 
+pub mod crypto;
 pub mod error;
 pub mod message;
 pub mod query;
@@ -10,11 +11,15 @@ pub mod signature;
 
 use rand_core::RngCore;
 
+use crypto::{AesKey, CryptoError};
 pub use error::Rejection;
 use message::Message;
 use query::CallbackQuery;
 use rules::Rules;
 use signature::Token;
+
+/// Content type of reply XML (plain or encrypted envelope).
+pub const REPLY_CONTENT_TYPE: &str = "application/xml; charset=utf-8";
 
 /// How the account's messages travel (admin panel: 明文 / 兼容 / 安全模式).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +35,18 @@ pub struct Account {
     pub token: Token,
     pub appid: Option<String>,
     pub mode: Mode,
+    /// Present when an `encoding_aes_key` is configured (required in compat and safe).
+    pub crypto: Option<Crypto>,
+}
+
+/// What message encryption needs: the key, the previous key during a rotation, and
+/// the AppID every encrypted message must end with.
+#[derive(Debug, Clone)]
+pub struct Crypto {
+    pub key: AesKey,
+    /// Tried when the current key fails (the docs recommend it during key rotation).
+    pub previous_key: Option<AesKey>,
+    pub appid: String,
 }
 
 /// Everything the core needs to answer: the account and the rules.
@@ -133,7 +150,7 @@ impl Responder {
         &self,
         request: &Request<'_>,
         now: u64,
-        _rng: &mut dyn RngCore,
+        rng: &mut dyn RngCore,
     ) -> Result<Response, Rejection> {
         let query = CallbackQuery::parse(request.query)?;
         match request.method {
@@ -149,8 +166,35 @@ impl Responder {
             }
             "POST" => {
                 self.check_signature(&query)?;
-                let message = Message::parse(request.body)?;
-                Ok(self.answer(&message, now))
+                let encrypted = match query.encrypt_type.as_deref() {
+                    None | Some("") | Some("raw") => false,
+                    Some("aes") => true,
+                    Some(other) => return Err(Rejection::UnknownEncryptType(other.to_owned())),
+                };
+                if !encrypted {
+                    if self.account.mode == Mode::Safe {
+                        return Err(Rejection::PlaintextInSafeMode);
+                    }
+                    let message = Message::parse(request.body)?;
+                    return Ok(self.answer(&message, now));
+                }
+                let crypto = self
+                    .account
+                    .crypto
+                    .as_ref()
+                    .ok_or(Rejection::EncryptedWithoutKey)?;
+                let (inner, key) = self.open_envelope(crypto, &query, request.body)?;
+                let message = Message::parse(&inner).map_err(|e| match e {
+                    Rejection::MalformedXml(why) => {
+                        Rejection::Crypto(CryptoError::Xml(format!("inner message: {why}")))
+                    }
+                    other => other,
+                })?;
+                let mut response = self.answer(&message, now);
+                if response.content_type == REPLY_CONTENT_TYPE {
+                    response.body = self.seal(crypto, key, &response.body, now, rng);
+                }
+                Ok(response)
             }
             other => Err(Rejection::MethodNotAllowed(other.to_owned())),
         }
@@ -171,6 +215,74 @@ impl Responder {
         }
     }
 
+    /// Verify `msg_signature` and decrypt `<Encrypt>`; returns the inner XML and the key
+    /// that opened it (the reply is sealed with the same key).
+    fn open_envelope<'c>(
+        &self,
+        crypto: &'c Crypto,
+        query: &CallbackQuery,
+        body: &[u8],
+    ) -> Result<(Vec<u8>, &'c AesKey), Rejection> {
+        let (_, timestamp, nonce) = query.signed_triple()?;
+        let msg_signature = query
+            .msg_signature
+            .as_deref()
+            .ok_or(Rejection::MissingParam("msg_signature"))?;
+        let fields = message::parse_fields(body).map_err(|e| match e {
+            Rejection::MalformedXml(why) => {
+                Rejection::Crypto(CryptoError::Xml(format!("envelope: {why}")))
+            }
+            other => other,
+        })?;
+        let encrypt = fields
+            .iter()
+            .find(|f| f.name == "Encrypt")
+            .and_then(|f| match &f.value {
+                message::Value::Text(t) => Some(t.as_str()),
+                message::Value::Children(_) => None,
+            })
+            .ok_or_else(|| {
+                Rejection::Crypto(CryptoError::Xml("envelope has no <Encrypt>".into()))
+            })?;
+        crypto::verify_msg_signature(
+            self.account.token.as_bytes(),
+            timestamp,
+            nonce,
+            encrypt,
+            msg_signature,
+        )
+        .map_err(Rejection::Crypto)?;
+        match crypto::decrypt(&crypto.key, &crypto.appid, encrypt) {
+            Ok(inner) => Ok((inner, &crypto.key)),
+            Err(first) => match &crypto.previous_key {
+                // Base64 does not depend on the key: no point trying the other one.
+                Some(previous) if first != CryptoError::BadBase64 => {
+                    crypto::decrypt(previous, &crypto.appid, encrypt)
+                        .map(|inner| (inner, previous))
+                        .map_err(|_| Rejection::Crypto(first))
+                }
+                _ => Err(Rejection::Crypto(first)),
+            },
+        }
+    }
+
+    /// Encrypt a rendered reply into the signed envelope, with a fresh random prefix and
+    /// nonce.
+    fn seal(
+        &self,
+        crypto: &Crypto,
+        key: &AesKey,
+        reply: &[u8],
+        now: u64,
+        rng: &mut dyn RngCore,
+    ) -> Vec<u8> {
+        let mut random = [0u8; 16];
+        rng.fill_bytes(&mut random);
+        let encrypt = crypto::encrypt(key, &crypto.appid, reply, &random);
+        let nonce = (rng.next_u32() % 1_000_000_000).to_string();
+        crypto::envelope(self.account.token.as_bytes(), &encrypt, now, &nonce)
+    }
+
     /// Pick the reply for a parsed message and render it.
     fn answer(&self, message: &Message, now: u64) -> Response {
         let msg_type = message.type_label();
@@ -185,7 +297,7 @@ impl Responder {
                 );
                 Response {
                     status: 200,
-                    content_type: "application/xml; charset=utf-8",
+                    content_type: REPLY_CONTENT_TYPE,
                     body,
                     outcome: Outcome::Reply {
                         msg_type,
