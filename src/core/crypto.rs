@@ -2,7 +2,9 @@
 //! from the EncodingAESKey, a random 16-byte prefix, a length, the message, the AppID,
 //! and PKCS#7 padding to 32 bytes. Randomness comes in as an argument.
 
-use aes::cipher::{block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use aes::cipher::{
+    block_padding::NoPadding, BlockDecryptMut, BlockEncryptMut, InnerIvInit, KeyInit,
+};
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
@@ -14,9 +16,21 @@ type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 /// The padding block size WXBizMsgCrypt uses (not AES's 16).
 const PAD_BLOCK: usize = 32;
 
-/// The 32-byte AES key decoded from a 43-character EncodingAESKey. `Debug` is redacted.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AesKey([u8; 32]);
+/// The 32-byte AES key decoded from a 43-character EncodingAESKey, with its key schedule
+/// expanded once. `Debug` is redacted.
+#[derive(Clone)]
+pub struct AesKey {
+    key: [u8; 32],
+    cipher: aes::Aes256,
+}
+
+impl PartialEq for AesKey {
+    fn eq(&self, other: &AesKey) -> bool {
+        bool::from(self.key.ct_eq(&other.key))
+    }
+}
+
+impl Eq for AesKey {}
 
 impl std::fmt::Debug for AesKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,12 +59,16 @@ impl AesKey {
         let key: [u8; 32] = bytes
             .try_into()
             .map_err(|_| "does not decode to 32 bytes")?;
-        Ok(AesKey(key))
+        Ok(AesKey {
+            key,
+            cipher: aes::Aes256::new(&key.into()),
+        })
     }
 
+    /// WXBizMsgCrypt's IV: the key's first 16 bytes.
     fn iv(&self) -> [u8; 16] {
         let mut iv = [0u8; 16];
-        iv.copy_from_slice(&self.0[..16]);
+        iv.copy_from_slice(&self.key[..16]);
         iv
     }
 }
@@ -147,7 +165,7 @@ pub fn decrypt(key: &AesKey, appid: &str, encrypt: &str) -> Result<Vec<u8>, Cryp
     if buf.is_empty() || buf.len() % 16 != 0 {
         return Err(CryptoError::BadCiphertext);
     }
-    let plain = Aes256CbcDec::new(&key.0.into(), &key.iv().into())
+    let plain = Aes256CbcDec::inner_iv_init(key.cipher.clone(), &key.iv().into())
         .decrypt_padded_mut::<NoPadding>(&mut buf)
         .map_err(|_| CryptoError::BadCiphertext)?;
     let pad = usize::from(*plain.last().ok_or(CryptoError::BadCiphertext)?);
@@ -187,7 +205,7 @@ pub fn encrypt(key: &AesKey, appid: &str, msg: &[u8], random: &[u8; 16]) -> Stri
     buf.resize(unpadded + pad, pad as u8);
     let len = buf.len();
     // The buffer is a whole number of blocks (32 divides it), so NoPadding cannot fail.
-    let cipher = Aes256CbcEnc::new(&key.0.into(), &key.iv().into())
+    let cipher = Aes256CbcEnc::inner_iv_init(key.cipher.clone(), &key.iv().into())
         .encrypt_padded_mut::<NoPadding>(&mut buf, len)
         .map(|c| c.to_vec())
         .unwrap_or_default();

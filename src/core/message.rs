@@ -1,6 +1,8 @@
 //! Inbound messages and events: the XML body parsed (quick-xml) into typed values, with
 //! every element also kept raw so unknown types and fields are never lost.
 
+use std::borrow::Cow;
+
 use quick_xml::events::Event as XmlEvent;
 use quick_xml::Reader;
 
@@ -11,101 +13,105 @@ pub const MAX_DEPTH: usize = 16;
 
 /// One XML element: its name and either its text or its child elements.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Field {
-    pub name: String,
-    pub value: Value,
+pub struct Field<'a> {
+    pub name: &'a str,
+    pub value: Value<'a>,
 }
 
 /// An element's content. Whitespace between child elements is dropped; text is kept
 /// exactly (CDATA and escaped text alike), with no end-of-line normalisation.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Text(String),
-    Children(Vec<Field>),
+pub enum Value<'a> {
+    /// Borrowed from the body unless it had escapes or several text/CDATA parts.
+    Text(Cow<'a, str>),
+    Children(Vec<Field<'a>>),
 }
 
 /// A message or event as WeChat sent it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Message {
+pub struct Message<'a> {
     /// The Official Account's original id (`gh_...`).
-    pub to_user_name: String,
+    pub to_user_name: Str<'a>,
     /// The follower's OpenID.
-    pub from_user_name: String,
+    pub from_user_name: Str<'a>,
     pub create_time: u64,
     /// `MsgType` exactly as sent.
-    pub msg_type: String,
+    pub msg_type: Str<'a>,
     /// The typed view of the message.
-    pub kind: Kind,
+    pub kind: Kind<'a>,
     /// Every child of the root element, in document order (the raw view).
-    pub fields: Vec<Field>,
+    pub fields: Vec<Field<'a>>,
 }
+
+/// Text borrowed from the request body where possible.
+pub type Str<'a> = Cow<'a, str>;
 
 /// A message's type and the values specific to it (PROTOCOL.md §3).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Kind {
+pub enum Kind<'a> {
     Text {
-        content: String,
+        content: Str<'a>,
         msg_id: Option<u64>,
     },
     Image {
-        pic_url: String,
-        media_id: String,
+        pic_url: Str<'a>,
+        media_id: Str<'a>,
         msg_id: Option<u64>,
     },
     Voice {
-        media_id: String,
-        format: String,
-        recognition: Option<String>,
+        media_id: Str<'a>,
+        format: Str<'a>,
+        recognition: Option<Str<'a>>,
         msg_id: Option<u64>,
     },
     Video {
-        media_id: String,
-        thumb_media_id: String,
+        media_id: Str<'a>,
+        thumb_media_id: Str<'a>,
         msg_id: Option<u64>,
     },
     ShortVideo {
-        media_id: String,
-        thumb_media_id: String,
+        media_id: Str<'a>,
+        thumb_media_id: Str<'a>,
         msg_id: Option<u64>,
     },
     Location {
         location_x: f64,
         location_y: f64,
         scale: f64,
-        label: String,
+        label: Str<'a>,
         msg_id: Option<u64>,
     },
     Link {
-        title: String,
-        description: String,
-        url: String,
+        title: Str<'a>,
+        description: Str<'a>,
+        url: Str<'a>,
         msg_id: Option<u64>,
     },
     MiniProgramPage {
-        title: String,
-        app_id: String,
-        page_path: String,
+        title: Str<'a>,
+        app_id: Str<'a>,
+        page_path: Str<'a>,
         msg_id: Option<u64>,
     },
-    Event(Event),
+    Event(Event<'a>),
     /// A `MsgType` this version does not know; its fields are in `Message::fields`.
     Unknown,
 }
 
 /// `MsgType=event`: the `Event` value and its specific fields.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub enum Event<'a> {
     /// Follow. `scene` is the EventKey without its `qrscene_` prefix when the follower
     /// came through a parameter QR code.
     Subscribe {
-        scene: Option<String>,
-        ticket: Option<String>,
+        scene: Option<Str<'a>>,
+        ticket: Option<Str<'a>>,
     },
     Unsubscribe,
     /// A follower scanned a parameter QR code; `scene` is the EventKey.
     Scan {
-        scene: String,
-        ticket: Option<String>,
+        scene: Str<'a>,
+        ticket: Option<Str<'a>>,
     },
     Location {
         latitude: f64,
@@ -113,77 +119,78 @@ pub enum Event {
         precision: f64,
     },
     Click {
-        key: String,
+        key: Str<'a>,
     },
     View {
-        url: String,
-        menu_id: Option<String>,
+        url: Str<'a>,
+        menu_id: Option<Str<'a>>,
     },
     ScancodePush {
-        key: String,
-        scan_type: String,
-        scan_result: String,
+        key: Str<'a>,
+        scan_type: Str<'a>,
+        scan_result: Str<'a>,
     },
     ScancodeWaitmsg {
-        key: String,
-        scan_type: String,
-        scan_result: String,
+        key: Str<'a>,
+        scan_type: Str<'a>,
+        scan_result: Str<'a>,
     },
     PicSysphoto {
-        key: String,
-        pic_md5s: Vec<String>,
+        key: Str<'a>,
+        pic_md5s: Vec<Str<'a>>,
     },
     PicPhotoOrAlbum {
-        key: String,
-        pic_md5s: Vec<String>,
+        key: Str<'a>,
+        pic_md5s: Vec<Str<'a>>,
     },
     PicWeixin {
-        key: String,
-        pic_md5s: Vec<String>,
+        key: Str<'a>,
+        pic_md5s: Vec<Str<'a>>,
     },
     LocationSelect {
-        key: String,
-        location_x: String,
-        location_y: String,
-        scale: String,
-        label: String,
-        poiname: String,
+        key: Str<'a>,
+        location_x: Str<'a>,
+        location_y: Str<'a>,
+        scale: Str<'a>,
+        label: Str<'a>,
+        poiname: Str<'a>,
     },
     ViewMiniprogram {
-        key: String,
-        menu_id: Option<String>,
+        key: Str<'a>,
+        menu_id: Option<Str<'a>>,
     },
     /// Note WeChat spells this event's id `MsgID`.
     TemplateSendJobFinish {
         msg_id: Option<u64>,
-        status: String,
+        status: Str<'a>,
     },
     MassSendJobFinish {
         msg_id: Option<u64>,
-        status: String,
+        status: Str<'a>,
     },
     PublishJobFinish {
-        publish_id: String,
-        publish_status: Option<String>,
+        publish_id: Str<'a>,
+        publish_status: Option<Str<'a>>,
     },
     /// An `Event` this version does not know, as sent.
     Unknown {
-        event: String,
+        event: Str<'a>,
     },
 }
 
-impl Message {
+impl<'a> Message<'a> {
     /// Parse a message body. Refuses DOCTYPE and entity declarations, undefined entities,
     /// invalid UTF-8, nesting deeper than [`MAX_DEPTH`], and missing or malformed
     /// common fields; accepts any unknown type or field.
-    pub fn parse(body: &[u8]) -> Result<Message, Rejection> {
+    pub fn parse(body: &'a [u8]) -> Result<Message<'a>, Rejection> {
         let fields = parse_fields(body)?;
         Message::from_fields(fields)
     }
 
     /// Build the typed view from parsed fields.
-    pub fn from_fields(fields: Vec<Field>) -> Result<Message, Rejection> {
+    pub fn from_fields(fields: Vec<Field<'a>>) -> Result<Message<'a>, Rejection> {
         let f = Lookup(&fields);
+        // `f` borrows `fields`; the typed values are cheap clones of borrowed text.
         let to_user_name = f.required("ToUserName")?;
         let from_user_name = f.required("FromUserName")?;
         let create_time = f
@@ -213,19 +220,22 @@ impl Message {
     pub fn type_label(&self) -> String {
         match &self.kind {
             Kind::Event(_) => format!("event:{}", self.field("Event").unwrap_or("")),
-            _ => self.msg_type.clone(),
+            _ => self.msg_type.to_string(),
         }
     }
 }
 
-/// Parse an XML document into the children of its root element.
-pub fn parse_fields(body: &[u8]) -> Result<Vec<Field>, Rejection> {
+/// Parse an XML document into the children of its root element. Names and plain text
+/// borrow from `body`.
+pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
     let bad = |why: String| Rejection::MalformedXml(why);
+    // Validate UTF-8 once; every name and text below is then a slice of `text`.
+    let text = utf8(body)?;
     let mut reader = Reader::from_reader(body);
     reader.config_mut().check_end_names = true;
-    // Stack of open elements: (name, text so far, children so far).
-    let mut stack: Vec<(String, String, Vec<Field>)> = Vec::new();
-    let mut root: Option<Vec<Field>> = None;
+    // Open elements: (name, text so far, children so far).
+    let mut stack: Vec<(&str, Cow<'_, str>, Vec<Field<'_>>)> = Vec::with_capacity(4);
+    let mut root: Option<Vec<Field<'_>>> = None;
     loop {
         let event = reader
             .read_event()
@@ -238,22 +248,22 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field>, Rejection> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(bad(format!("nesting deeper than {MAX_DEPTH}")));
                 }
-                let name = utf8(start.name().as_ref())?.to_owned();
-                stack.push((name, String::new(), Vec::new()));
+                let name = slice_of(text, start.name().as_ref())?;
+                stack.push((name, Cow::Borrowed(""), Vec::new()));
             }
             XmlEvent::Empty(start) => {
-                let name = utf8(start.name().as_ref())?.to_owned();
+                let name = slice_of(text, start.name().as_ref())?;
                 match stack.last_mut() {
                     Some((_, _, children)) => children.push(Field {
                         name,
-                        value: Value::Text(String::new()),
+                        value: Value::Text(Cow::Borrowed("")),
                     }),
                     None if root.is_none() => root = Some(Vec::new()),
                     None => return Err(bad("content after the root element".into())),
                 }
             }
             XmlEvent::End(_) => {
-                // check_end_names guarantees the stack is not empty here.
+                // check_end_names guarantees a matching open element.
                 let Some((name, text, children)) = stack.pop() else {
                     return Err(bad("unexpected end tag".into()));
                 };
@@ -272,18 +282,18 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field>, Rejection> {
                     }
                 }
             }
-            XmlEvent::Text(text) => {
-                let s = text.decode().map_err(|e| bad(format!("text: {e}")))?;
+            XmlEvent::Text(t) => {
+                let piece = slice_of(text, &t)?;
                 match stack.last_mut() {
-                    Some((_, buf, _)) => buf.push_str(&s),
-                    None if s.trim_ascii().is_empty() => {}
+                    Some((_, buf, _)) => append(buf, piece),
+                    None if piece.trim_ascii().is_empty() => {}
                     None => return Err(bad("text outside the root element".into())),
                 }
             }
             XmlEvent::CData(cdata) => {
-                let s = utf8(&cdata)?;
+                let piece = slice_of(text, &cdata)?;
                 match stack.last_mut() {
-                    Some((_, buf, _)) => buf.push_str(s),
+                    Some((_, buf, _)) => append(buf, piece),
                     None => return Err(bad("CDATA outside the root element".into())),
                 }
             }
@@ -306,7 +316,7 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field>, Rejection> {
                     Err(e) => return Err(bad(format!("character reference: {e}"))),
                 };
                 match stack.last_mut() {
-                    Some((_, buf, _)) => buf.push(ch),
+                    Some((_, buf, _)) => buf.to_mut().push(ch),
                     None => return Err(bad("reference outside the root element".into())),
                 }
             }
@@ -321,27 +331,66 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field>, Rejection> {
     root.ok_or_else(|| bad("no root element".into()))
 }
 
+/// `text` without `prefix`, staying borrowed when it was.
+fn strip_prefix<'a>(text: Str<'a>, prefix: &str) -> Option<Str<'a>> {
+    match text {
+        Cow::Borrowed(t) => t.strip_prefix(prefix).map(Cow::Borrowed),
+        Cow::Owned(t) => t
+            .strip_prefix(prefix)
+            .map(|rest| Cow::Owned(rest.to_owned())),
+    }
+}
+
+/// The part of `text` that `part` is. quick-xml's slice reader hands out names and text
+/// that point into the body, but only with the event's lifetime; finding the same bytes
+/// in `text` by address (safe arithmetic, bounds- and boundary-checked) keeps the body's
+/// lifetime and skips validating UTF-8 again.
+fn slice_of<'a>(text: &'a str, part: &[u8]) -> Result<&'a str, Rejection> {
+    let offset = (part.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    match text.get(offset..offset.wrapping_add(part.len())) {
+        Some(same) if same.as_ptr() == part.as_ptr() => Ok(same),
+        _ => Err(Rejection::MalformedXml("text outside the body".into())),
+    }
+}
+
+/// Add a text piece to an element's text, allocating only when there are several.
+fn append<'a>(buf: &mut Cow<'a, str>, piece: &'a str) {
+    if buf.is_empty() {
+        *buf = Cow::Borrowed(piece);
+    } else {
+        buf.to_mut().push_str(piece);
+    }
+}
+
 fn utf8(bytes: &[u8]) -> Result<&str, Rejection> {
     std::str::from_utf8(bytes).map_err(|_| Rejection::MalformedXml("invalid UTF-8".into()))
 }
 
 /// Field access by name over a list of fields (WeChat's messages have ~10 fields, so a
 /// linear scan beats a map).
-struct Lookup<'a>(&'a [Field]);
+struct Lookup<'f, 'a>(&'f [Field<'a>]);
 
-impl<'a> Lookup<'a> {
-    fn get(&self, name: &str) -> Option<&'a Value> {
+impl<'f, 'a> Lookup<'f, 'a> {
+    fn get(&self, name: &str) -> Option<&'f Value<'a>> {
         self.0.iter().find(|f| f.name == name).map(|f| &f.value)
     }
 
-    fn text(&self, name: &str) -> Option<&'a str> {
+    fn text(&self, name: &str) -> Option<&'f str> {
         match self.get(name)? {
             Value::Text(s) => Some(s),
             Value::Children(_) => None,
         }
     }
 
-    fn required(&self, name: &'static str) -> Result<String, Rejection> {
+    /// The text as a cheap clone (free when it borrows the body).
+    fn optional(&self, name: &str) -> Option<Str<'a>> {
+        match self.get(name)? {
+            Value::Text(s) => Some(s.clone()),
+            Value::Children(_) => None,
+        }
+    }
+
+    fn required(&self, name: &'static str) -> Result<Str<'a>, Rejection> {
         match self.get(name) {
             Some(Value::Text(s)) => Ok(s.clone()),
             Some(Value::Children(_)) => Err(Rejection::BadField(name)),
@@ -349,12 +398,8 @@ impl<'a> Lookup<'a> {
         }
     }
 
-    fn or_empty(&self, name: &str) -> String {
-        self.text(name).unwrap_or("").to_owned()
-    }
-
-    fn optional(&self, name: &str) -> Option<String> {
-        self.text(name).map(str::to_owned)
+    fn or_empty(&self, name: &str) -> Str<'a> {
+        self.optional(name).unwrap_or(Cow::Borrowed(""))
     }
 
     fn number<T: std::str::FromStr>(&self, name: &'static str) -> Result<Option<T>, Rejection> {
@@ -373,14 +418,14 @@ impl<'a> Lookup<'a> {
         Ok(self.number::<f64>(name)?.unwrap_or(0.0))
     }
 
-    fn child(&self, name: &str) -> Lookup<'a> {
+    fn child(&self, name: &str) -> Lookup<'f, 'a> {
         match self.get(name) {
             Some(Value::Children(children)) => Lookup(children),
             _ => Lookup(&[]),
         }
     }
 
-    fn pic_md5s(&self) -> Vec<String> {
+    fn pic_md5s(&self) -> Vec<Str<'a>> {
         let list = self.child("SendPicsInfo");
         let Some(Value::Children(items)) = list.get("PicList") else {
             return Vec::new();
@@ -394,7 +439,7 @@ impl<'a> Lookup<'a> {
             .collect()
     }
 
-    fn kind(&self, msg_type: &str) -> Result<Kind, Rejection> {
+    fn kind(&self, msg_type: &str) -> Result<Kind<'a>, Rejection> {
         let msg_id = || self.number::<u64>("MsgId");
         Ok(match msg_type {
             "text" => Kind::Text {
@@ -446,7 +491,7 @@ impl<'a> Lookup<'a> {
         })
     }
 
-    fn event(&self) -> Result<Event, Rejection> {
+    fn event(&self) -> Result<Event<'a>, Rejection> {
         let event = self.required("Event")?;
         let key = || self.or_empty("EventKey");
         let scan = || {
@@ -461,9 +506,8 @@ impl<'a> Lookup<'a> {
         Ok(match e.as_str() {
             "subscribe" => Event::Subscribe {
                 scene: self
-                    .text("EventKey")
-                    .and_then(|k| k.strip_prefix("qrscene_"))
-                    .map(str::to_owned),
+                    .optional("EventKey")
+                    .and_then(|k| strip_prefix(k, "qrscene_")),
                 ticket: self.optional("Ticket"),
             },
             "unsubscribe" => Event::Unsubscribe,

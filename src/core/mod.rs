@@ -160,7 +160,7 @@ impl Responder {
                 Ok(Response {
                     status: 200,
                     content_type: "text/plain; charset=utf-8",
-                    body: echostr.into_bytes(),
+                    body: echostr.into_owned().into_bytes(),
                     outcome: Outcome::Handshake,
                 })
             }
@@ -238,7 +238,7 @@ impl Responder {
             .iter()
             .find(|f| f.name == "Encrypt")
             .and_then(|f| match &f.value {
-                message::Value::Text(t) => Some(t.as_str()),
+                message::Value::Text(t) => Some(t.as_ref()),
                 message::Value::Children(_) => None,
             })
             .ok_or_else(|| {

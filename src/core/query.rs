@@ -1,26 +1,30 @@
 //! The callback's query string: the signed parameters WeChat adds to the URL.
 
+use std::borrow::Cow;
+
 use super::error::Rejection;
 
 /// The parameters WeChat puts on the callback URL. Unknown keys are ignored; a signed
 /// key given twice is refused (which of the two would be checked is ambiguous).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CallbackQuery {
-    pub signature: Option<String>,
-    pub timestamp: Option<String>,
-    pub nonce: Option<String>,
-    pub echostr: Option<String>,
-    pub openid: Option<String>,
-    pub encrypt_type: Option<String>,
-    pub msg_signature: Option<String>,
+pub struct CallbackQuery<'a> {
+    pub signature: Option<Cow<'a, str>>,
+    pub timestamp: Option<Cow<'a, str>>,
+    pub nonce: Option<Cow<'a, str>>,
+    pub echostr: Option<Cow<'a, str>>,
+    pub openid: Option<Cow<'a, str>>,
+    pub encrypt_type: Option<Cow<'a, str>>,
+    pub msg_signature: Option<Cow<'a, str>>,
 }
 
-impl CallbackQuery {
+impl<'a> CallbackQuery<'a> {
     /// Parse an `application/x-www-form-urlencoded` query string (without the `?`).
-    pub fn parse(query: &str) -> Result<CallbackQuery, Rejection> {
+    /// Values without escapes borrow from `query`.
+    pub fn parse(query: &'a str) -> Result<CallbackQuery<'a>, Rejection> {
         let mut q = CallbackQuery::default();
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            let (slot, name) = match key.as_ref() {
+        for pair in query.split('&') {
+            let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            let (slot, name) = match key {
                 "signature" => (&mut q.signature, "signature"),
                 "timestamp" => (&mut q.timestamp, "timestamp"),
                 "nonce" => (&mut q.nonce, "nonce"),
@@ -33,7 +37,7 @@ impl CallbackQuery {
             if slot.is_some() {
                 return Err(Rejection::DuplicateParam(name));
             }
-            *slot = Some(value.into_owned());
+            *slot = Some(decode(raw));
         }
         Ok(q)
     }
@@ -56,13 +60,24 @@ impl CallbackQuery {
     }
 }
 
+/// Form-decode a value (`+` is a space, `%XX` a byte), borrowing when there is nothing
+/// to decode. Invalid UTF-8 after decoding is replaced, as browsers do.
+fn decode(raw: &str) -> Cow<'_, str> {
+    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(raw);
+    }
+    let spaced = raw.replace('+', " ");
+    let bytes: Cow<'_, [u8]> = percent_encoding::percent_decode_str(&spaced).into();
+    Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parse_table() {
-        type Row = (&'static str, Result<CallbackQuery, Rejection>);
+        type Row = (&'static str, Result<CallbackQuery<'static>, Rejection>);
         let full = CallbackQuery {
             signature: Some("abc".into()),
             timestamp: Some("1".into()),
@@ -83,7 +98,7 @@ mod tests {
             (
                 "signature",
                 Ok(CallbackQuery {
-                    signature: Some(String::new()),
+                    signature: Some("".into()),
                     ..Default::default()
                 }),
             ),
@@ -105,6 +120,24 @@ mod tests {
         for (query, expected) in rows {
             assert_eq!(CallbackQuery::parse(query), expected, "{query:?}");
         }
+    }
+
+    #[test]
+    fn decode_table() {
+        let rows = [
+            ("abc", "abc"),
+            ("a+b", "a b"),
+            ("a%20b%2Bc", "a b+c"),
+            ("%E4%BD%A0", "你"),
+            ("%ff", "\u{fffd}"),
+            ("%", "%"),
+            ("%zz", "%zz"),
+            ("=x", "=x"),
+        ];
+        for (raw, expected) in rows {
+            assert_eq!(decode(raw), expected, "{raw}");
+        }
+        assert!(matches!(decode("plain123"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -191,13 +191,26 @@ fn optional(out: &mut Vec<u8>, name: &str, text: &Option<String>) {
 pub fn cdata(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(b"<![CDATA[");
     let mut rest = text;
-    while let Some(at) = rest.find("]]>") {
+    while let Some(at) = find_cdata_end(rest.as_bytes()) {
         out.extend_from_slice(&rest.as_bytes()[..at + 2]);
         out.extend_from_slice(b"]]><![CDATA[");
         rest = &rest[at + 2..];
     }
     out.extend_from_slice(rest.as_bytes());
     out.extend_from_slice(b"]]>");
+}
+
+/// Where `]]>` starts in `bytes` (a plain scan: reply texts are short and rarely
+/// contain `]`, which beats building a substring searcher per call).
+fn find_cdata_end(bytes: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 2 < bytes.len() {
+        if bytes[i] == b']' && bytes[i + 1] == b']' && bytes[i + 2] == b'>' {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]
