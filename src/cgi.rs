@@ -5,7 +5,8 @@ use std::io::{Read, Write};
 use std::time::Instant;
 
 use crate::config::Limits;
-use crate::core::{Rejection, Responder};
+use crate::core::Rejection;
+use crate::engine::Engine;
 use crate::http;
 
 /// Whether this process was started as a CGI program: fd 0 is not a listening socket
@@ -18,8 +19,8 @@ pub fn is_cgi() -> bool {
 
 /// Answer one CGI request: variables from `var`, the body from `stdin`, the response
 /// (headers and body) returned as bytes for stdout.
-pub fn respond(
-    responder: &Responder,
+pub async fn respond(
+    engine: &Engine,
     limits: &Limits,
     var: impl Fn(&str) -> Option<String>,
     stdin: impl Read,
@@ -28,26 +29,31 @@ pub fn respond(
     let method = var("REQUEST_METHOD").unwrap_or_default();
     let query = var("QUERY_STRING").unwrap_or_default();
     let body = read_body(var("CONTENT_LENGTH"), limits.max_body_bytes, stdin);
-    let response = http::respond(
-        responder,
-        &method,
-        &query,
-        body.as_deref().map_err(Clone::clone),
-        started,
-    );
+    let response = engine
+        .answer(
+            &method,
+            &query,
+            body.as_deref().map_err(Clone::clone),
+            started,
+        )
+        .await;
     let mut out = Vec::with_capacity(128 + response.body.len());
     http::write_response(&mut out, &response);
     out
 }
 
-/// Run as a CGI program: answer the one request and return.
-pub fn run(responder: &Responder, limits: &Limits) -> anyhow::Result<()> {
-    let out = respond(
-        responder,
+/// Run as a CGI program: answer the one request and return. (The retry cache lives
+/// only as long as the process, so CGI answers each retry anew.)
+pub fn run(engine: &Engine, limits: &Limits) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let out = runtime.block_on(respond(
+        engine,
         limits,
         |k| std::env::var(k).ok(),
         std::io::stdin().lock(),
-    );
+    ));
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&out)?;
     stdout.flush()?;

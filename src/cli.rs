@@ -77,7 +77,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         // CGI: argv may carry words from a query without `=`, so only --config is read.
         return match load(cgi_config_path().as_deref()) {
             Ok(config) => {
-                crate::cgi::run(&config.responder, &config.server.limits)?;
+                let engine = crate::engine::Engine::new(config.responder, config.server.engine);
+                crate::cgi::run(&engine, &config.server.limits)?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -116,7 +117,10 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 (rand_core::OsRng.next_u32() % 1_000_000_000).to_string()
             });
             let message = match (text, event) {
-                (Some(content), _) => Some(sample_text(&to, &from, timestamp, &content)),
+                (Some(content), _) => Some(sample_text_with_id(&to, &from, timestamp, &content, {
+                    use rand_core::RngCore;
+                    rand_core::OsRng.next_u64() >> 8
+                })),
                 (None, Some(event)) => Some(sample_event(
                     &to,
                     &from,
@@ -164,8 +168,29 @@ pub fn signed_query(token: &str, timestamp: u64, nonce: &str) -> String {
     q.finish()
 }
 
-/// A text message as WeChat sends it.
+/// A text message as WeChat sends it, with a MsgId derived from its other values (the
+/// same message twice is a retry; different content is a different message).
 pub fn sample_text(to: &str, from: &str, create_time: u64, content: &str) -> String {
+    // FNV-1a over the values: stable, and distinct for distinct messages in practice.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in from
+        .bytes()
+        .chain(content.bytes())
+        .chain(create_time.to_le_bytes())
+    {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    sample_text_with_id(to, from, create_time, content, h >> 8)
+}
+
+/// A text message as WeChat sends it, with this MsgId.
+pub fn sample_text_with_id(
+    to: &str,
+    from: &str,
+    create_time: u64,
+    content: &str,
+    msg_id: u64,
+) -> String {
     let mut out = Vec::new();
     let cdata = |out: &mut Vec<u8>, s: &str| crate::core::reply::cdata(out, s);
     out.extend_from_slice(b"<xml><ToUserName>");
@@ -174,13 +199,7 @@ pub fn sample_text(to: &str, from: &str, create_time: u64, content: &str) -> Str
     cdata(&mut out, from);
     out.extend_from_slice(format!("</FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content>").as_bytes());
     cdata(&mut out, content);
-    out.extend_from_slice(
-        format!(
-            "</Content><MsgId>{}</MsgId></xml>",
-            24_000_000_000_000_000u64 + create_time
-        )
-        .as_bytes(),
-    );
+    out.extend_from_slice(format!("</Content><MsgId>{msg_id}</MsgId></xml>").as_bytes());
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -274,6 +293,7 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
 
 fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
+    let config_path = config_path.map(Path::to_path_buf);
     let (listener, source) = listen::acquire(
         flag,
         config.server.listen.as_ref(),
@@ -294,10 +314,49 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
             let _ = stop_tx.send(true);
         });
         tracing::info!(listen = %source, rules = config.responder.rules.rules.len(), "wechat-fcgi serving");
-        let responder = Arc::new(config.responder);
-        crate::fcgi::server::serve(listener, responder, config.server.limits, stop_rx).await
+        let engine = Arc::new(crate::engine::Engine::new(config.responder, config.server.engine));
+        let server_settings = config.server.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let reloading = engine.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                reload(&reloading, config_path.as_deref(), &server_settings);
+            }
+        });
+        crate::fcgi::server::serve(listener, engine, config.server.limits, stop_rx).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: load the config again and put its rules in force; keep the old ones when
+/// the new file is invalid. `[server]` settings need a restart.
+fn reload(
+    engine: &crate::engine::Engine,
+    path: Option<&Path>,
+    running: &crate::config::ServerConfig,
+) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: no config file to reload");
+        return;
+    };
+    match Config::load(path) {
+        Ok(config) => {
+            for w in &config.warnings {
+                tracing::warn!("config: {w}");
+            }
+            if &config.server != running {
+                tracing::warn!(
+                    "SIGHUP: [server] settings changed; they take effect after a restart"
+                );
+            }
+            let rules = config.responder.rules.rules.len();
+            engine.reload(config.responder);
+            tracing::info!(rules, "SIGHUP: config reloaded");
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: config not reloaded, the previous one stays in force: {e:#}")
+        }
+    }
 }
 
 fn init_logging() {

@@ -7,9 +7,14 @@ use serde::Deserialize;
 
 use crate::core::crypto::AesKey;
 use crate::core::reply::Reply;
-use crate::core::rules::{Matcher, Rule, Rules, KNOWN_EVENTS};
+use std::sync::Arc;
+
+use crate::core::rules::{
+    Action, Matcher, Program, Rule, Rules, Template, TemplateReply, KNOWN_EVENTS, KNOWN_MSG_TYPES,
+};
 use crate::core::signature::Token;
 use crate::core::{Account, Crypto, Mode, Responder};
+use crate::engine::EngineConfig;
 use crate::listen::ListenAddr;
 
 /// A loaded, validated config.
@@ -28,6 +33,10 @@ pub struct ServerConfig {
     /// Permission bits of a Unix socket we create.
     pub socket_mode: u32,
     pub limits: Limits,
+    pub engine: EngineConfig,
+    /// Requests whose timestamp is further than this from our clock are refused
+    /// (0: no check). The retry cache keeps answers at least this long.
+    pub timestamp_window_secs: u64,
 }
 
 /// Explicit limits; see README "Limits" for what each protects against.
@@ -81,15 +90,22 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Read and parse a config file.
+    /// Read and parse a config file. Relative program paths are relative to its folder.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        Config::parse(&text).map_err(|e| anyhow::anyhow!("config {}:\n{e}", path.display()))
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse_in(&text, base)
+            .map_err(|e| anyhow::anyhow!("config {}:\n{e}", path.display()))
     }
 
-    /// Parse config text.
+    /// Parse config text; relative program paths are relative to the current folder.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    /// Parse config text; relative program paths are relative to `base`.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             problems: vec![e.to_string().trim_end().to_owned()],
         })?;
@@ -98,15 +114,25 @@ impl Config {
         let server = raw.server.validate(&mut problems);
         let account = raw.account.validate(&mut problems);
         let mut rules = Vec::new();
+        let mut check = Check {
+            problems: &mut problems,
+            warnings: &mut warnings,
+            base,
+        };
         for (i, rule) in raw.rule.into_iter().enumerate() {
-            if let Some(rule) = rule.validate(i, &mut problems, &mut warnings) {
+            if let Some(rule) = rule.validate(i, &mut check) {
                 rules.push(rule);
             }
         }
-        let default = raw.default.map(|d| d.reply);
-        if let Some(reply) = &default {
-            check_reply(reply, "default.reply", &mut problems, &mut warnings);
-        }
+        let default = raw.default.and_then(|d| {
+            let raw = RawAction {
+                reply: d.reply,
+                replies: d.replies,
+                run: d.run,
+                fallback: d.fallback,
+            };
+            raw.validate("default", &TemplateVars::default(), &mut check)
+        });
         match (server, account) {
             (Some(server), Some(account)) if problems.is_empty() => Ok(Config {
                 server,
@@ -144,6 +170,10 @@ struct RawServer {
     idle_timeout_secs: Option<u64>,
     read_timeout_secs: Option<u64>,
     drain_timeout_secs: Option<u64>,
+    reply_budget_ms: Option<u64>,
+    max_programs: Option<usize>,
+    retry_cache_entries: Option<usize>,
+    timestamp_window_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -161,9 +191,24 @@ struct RawAccount {
 struct RawRule {
     name: Option<String>,
     text: Option<OneOrMany>,
+    contains: Option<OneOrMany>,
+    prefix: Option<OneOrMany>,
+    regex: Option<String>,
+    ignore_case: Option<bool>,
     event: Option<String>,
     key: Option<String>,
-    reply: Reply,
+    msg_type: Option<String>,
+    reply: Option<Reply>,
+    replies: Option<Vec<Reply>>,
+    run: Option<RawRun>,
+    fallback: Option<Reply>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    command: Vec<String>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -176,7 +221,10 @@ enum OneOrMany {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefault {
-    reply: Reply,
+    reply: Option<Reply>,
+    replies: Option<Vec<Reply>>,
+    run: Option<RawRun>,
+    fallback: Option<Reply>,
 }
 
 impl RawServer {
@@ -202,25 +250,20 @@ impl RawServer {
                 }
             },
         };
-        let mut positive = |key: &str, value: Option<usize>, default: usize| match value {
-            Some(0) => {
-                problems.push(format!("server.{key}: must be greater than 0"));
-                default
-            }
-            Some(v) => v,
-            None => default,
-        };
-        let max_body_bytes = positive(
+        let max_body_bytes = positive_or(
+            problems,
             "max_body_bytes",
             self.max_body_bytes,
             defaults.max_body_bytes,
         );
-        let max_params_bytes = positive(
+        let max_params_bytes = positive_or(
+            problems,
             "max_params_bytes",
             self.max_params_bytes,
             defaults.max_params_bytes,
         );
-        let max_connections = positive(
+        let max_connections = positive_or(
+            problems,
             "max_connections",
             self.max_connections,
             defaults.max_connections,
@@ -243,11 +286,60 @@ impl RawServer {
             read_timeout: secs(self.read_timeout_secs, defaults.read_timeout),
             drain_timeout: secs(self.drain_timeout_secs, defaults.drain_timeout),
         };
+        let defaults = EngineConfig::default();
+        let reply_budget_ms = self
+            .reply_budget_ms
+            .unwrap_or(defaults.reply_budget.as_millis() as u64);
+        if !(100..=4900).contains(&reply_budget_ms) {
+            problems.push(format!(
+                "server.reply_budget_ms: {reply_budget_ms} must be 100 to 4900 (WeChat gives up after 5000)"
+            ));
+        }
+        let max_programs = positive_or(
+            problems,
+            "max_programs",
+            self.max_programs,
+            defaults.max_programs,
+        );
+        let cache_entries = positive_or(
+            problems,
+            "retry_cache_entries",
+            self.retry_cache_entries,
+            defaults.cache_entries,
+        );
+        let timestamp_window_secs = self.timestamp_window_secs.unwrap_or(300);
+        // Keep answers for the whole window (a replay inside it is answered from the
+        // cache), and at least as long as WeChat's three tries.
+        let retention = Duration::from_secs(timestamp_window_secs.max(300) + 15);
+        let engine = EngineConfig {
+            reply_budget: Duration::from_millis(reply_budget_ms),
+            max_programs,
+            cache_entries,
+            cache_retention: retention,
+        };
         Some(ServerConfig {
             listen,
             socket_mode,
             limits,
+            engine,
+            timestamp_window_secs,
         })
+    }
+}
+
+fn positive_or(
+    problems: &mut Vec<String>,
+    key: &str,
+    value: Option<usize>,
+    default: usize,
+) -> usize {
+    match value {
+        Some(0) => {
+            problems.push(format!("server.{key}: must be greater than 0"));
+            default
+        }
+        Some(v) => v,
+        None => default,
     }
 }
 
@@ -330,13 +422,36 @@ impl RawAccount {
     }
 }
 
+/// Where problems and warnings go while checking, and the folder programs are
+/// relative to.
+struct Check<'a> {
+    problems: &'a mut Vec<String>,
+    warnings: &'a mut Vec<String>,
+    base: &'a Path,
+}
+
+/// What a rule's templates may use besides from/to/content/scene: regex captures.
+#[derive(Default)]
+struct TemplateVars {
+    groups: usize,
+    names: Vec<String>,
+}
+
+/// The part of a rule (or `[default]`) that says what to answer.
+struct RawAction {
+    reply: Option<Reply>,
+    replies: Option<Vec<Reply>>,
+    run: Option<RawRun>,
+    fallback: Option<Reply>,
+}
+
+/// Largest `run.timeout_ms`: WeChat's three tries span 15 s.
+pub const MAX_PROGRAM_TIMEOUT_MS: u64 = 15_000;
+/// `run.timeout_ms` when not given.
+pub const DEFAULT_PROGRAM_TIMEOUT_MS: u64 = 3_000;
+
 impl RawRule {
-    fn validate(
-        self,
-        index: usize,
-        problems: &mut Vec<String>,
-        warnings: &mut Vec<String>,
-    ) -> Option<Rule> {
+    fn validate(self, index: usize, check: &mut Check<'_>) -> Option<Rule> {
         let label = match &self.name {
             Some(name) => format!("rule[{index}] ({name})"),
             None => format!("rule[{index}]"),
@@ -345,66 +460,271 @@ impl RawRule {
             .name
             .clone()
             .unwrap_or_else(|| format!("rule[{index}]"));
-        let before = problems.len();
-        check_reply(&self.reply, &format!("{label}.reply"), problems, warnings);
-        let matcher = match (self.text, self.event) {
-            (Some(_), Some(_)) => {
-                problems.push(format!(
-                    "{label}: has both `text` and `event`; a rule matches one thing"
-                ));
-                None
-            }
-            (None, None) => {
-                problems.push(format!(
-                    "{label}: matches nothing; give it `text` or `event`"
-                ));
-                None
-            }
-            (Some(text), None) => {
-                if self.key.is_some() {
-                    problems.push(format!("{label}.key: only goes with `event`"));
-                }
-                let words: Vec<String> = match text {
-                    OneOrMany::One(w) => vec![w],
-                    OneOrMany::Many(ws) => ws,
-                };
-                let words: Vec<String> = words.into_iter().map(|w| w.trim().to_owned()).collect();
-                if words.is_empty() || words.iter().any(String::is_empty) {
-                    problems.push(format!("{label}.text: needs at least one non-empty string"));
-                }
-                Some(Matcher::TextEquals(words))
-            }
-            (None, Some(event)) => {
-                if !KNOWN_EVENTS.iter().any(|k| k.eq_ignore_ascii_case(&event)) {
-                    problems.push(format!(
-                        "{label}.event: {event:?} is not a known event (one of {})",
-                        KNOWN_EVENTS.join(", ")
-                    ));
-                }
-                Some(Matcher::Event {
-                    event,
-                    key: self.key,
+        let before = check.problems.len();
+        let ignore_case = self.ignore_case.unwrap_or(false);
+        let given: Vec<&str> = [
+            ("text", self.text.is_some()),
+            ("contains", self.contains.is_some()),
+            ("prefix", self.prefix.is_some()),
+            ("regex", self.regex.is_some()),
+            ("event", self.event.is_some()),
+            ("msg_type", self.msg_type.is_some()),
+        ]
+        .iter()
+        .filter(|(_, present)| *present)
+        .map(|(k, _)| *k)
+        .collect();
+        if given.len() > 1 {
+            check.problems.push(format!(
+                "{label}: has {}; a rule matches one thing",
+                given.join(" and ")
+            ));
+            return None;
+        }
+        if self.key.is_some() && self.event.is_none() {
+            check
+                .problems
+                .push(format!("{label}.key: only goes with `event`"));
+        }
+        if self.ignore_case.is_some()
+            && !matches!(
+                given.first(),
+                Some(&("text" | "contains" | "prefix" | "regex"))
+            )
+        {
+            check.problems.push(format!(
+                "{label}.ignore_case: only goes with text, contains, prefix or regex"
+            ));
+        }
+        let mut vars = TemplateVars::default();
+        let mut words = |key: &str, list: OneOrMany| -> Vec<String> {
+            let words: Vec<String> = match list {
+                OneOrMany::One(w) => vec![w],
+                OneOrMany::Many(ws) => ws,
+            };
+            let words: Vec<String> = words
+                .into_iter()
+                .map(|w| {
+                    if ignore_case {
+                        w.trim().to_lowercase()
+                    } else {
+                        w.trim().to_owned()
+                    }
                 })
+                .collect();
+            if words.is_empty() || words.iter().any(String::is_empty) {
+                check.problems.push(format!(
+                    "{label}.{key}: needs at least one non-empty string"
+                ));
             }
+            words
         };
-        if problems.len() > before {
+        let matcher = if let Some(list) = self.text {
+            Some(Matcher::Text {
+                words: words("text", list),
+                ignore_case,
+            })
+        } else if let Some(list) = self.contains {
+            Some(Matcher::Contains {
+                words: words("contains", list),
+                ignore_case,
+            })
+        } else if let Some(list) = self.prefix {
+            Some(Matcher::Prefix {
+                words: words("prefix", list),
+                ignore_case,
+            })
+        } else if let Some(pattern) = self.regex {
+            match regex::RegexBuilder::new(&pattern)
+                .case_insensitive(ignore_case)
+                .size_limit(1 << 20)
+                .build()
+            {
+                Ok(re) => {
+                    vars.groups = re.captures_len() - 1;
+                    vars.names = re.capture_names().flatten().map(str::to_owned).collect();
+                    Some(Matcher::Regex(re))
+                }
+                Err(e) => {
+                    let first = e.to_string().lines().last().unwrap_or("").trim().to_owned();
+                    check.problems.push(format!(
+                        "{label}.regex: {pattern:?} does not compile: {first}"
+                    ));
+                    None
+                }
+            }
+        } else if let Some(event) = self.event {
+            if !KNOWN_EVENTS.iter().any(|k| k.eq_ignore_ascii_case(&event)) {
+                check.problems.push(format!(
+                    "{label}.event: {event:?} is not a known event (one of {})",
+                    KNOWN_EVENTS.join(", ")
+                ));
+            }
+            Some(Matcher::Event {
+                event,
+                key: self.key,
+            })
+        } else if let Some(t) = self.msg_type {
+            if !KNOWN_MSG_TYPES.iter().any(|k| k.eq_ignore_ascii_case(&t)) {
+                check.problems.push(format!(
+                    "{label}.msg_type: {t:?} is not a known MsgType (one of {})",
+                    KNOWN_MSG_TYPES.join(", ")
+                ));
+            }
+            Some(Matcher::MsgType(t))
+        } else {
+            check.problems.push(format!(
+                "{label}: matches nothing; give it text, contains, prefix, regex, event or msg_type"
+            ));
+            None
+        };
+        let raw = RawAction {
+            reply: self.reply,
+            replies: self.replies,
+            run: self.run,
+            fallback: self.fallback,
+        };
+        let action = raw.validate(&label, &vars, check);
+        if check.problems.len() > before {
             return None;
         }
         Some(Rule {
             name,
             matcher: matcher?,
-            reply: self.reply,
+            action: action?,
         })
     }
 }
 
-fn check_reply(reply: &Reply, key: &str, problems: &mut Vec<String>, warnings: &mut Vec<String>) {
+impl RawAction {
+    fn validate(self, label: &str, vars: &TemplateVars, check: &mut Check<'_>) -> Option<Action> {
+        let before = check.problems.len();
+        let given = [
+            self.reply.is_some(),
+            self.replies.is_some(),
+            self.run.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if given != 1 {
+            check.problems.push(format!(
+                "{label}: needs exactly one of `reply`, `replies` or `run`"
+            ));
+            return None;
+        }
+        if self.fallback.is_some() && self.run.is_none() {
+            check
+                .problems
+                .push(format!("{label}.fallback: only goes with `run`"));
+        }
+        let action = if let Some(reply) = self.reply {
+            Action::Replies(vec![template(
+                reply,
+                &format!("{label}.reply"),
+                vars,
+                check,
+            )])
+        } else if let Some(replies) = self.replies {
+            if replies.is_empty() {
+                check
+                    .problems
+                    .push(format!("{label}.replies: needs at least one reply"));
+            }
+            let list = replies
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| template(r, &format!("{label}.replies[{i}]"), vars, check))
+                .collect();
+            Action::Replies(list)
+        } else {
+            let run = self.run?;
+            let fallback = self
+                .fallback
+                .map(|f| template(f, &format!("{label}.fallback"), vars, check));
+            let timeout_ms = run.timeout_ms.unwrap_or(DEFAULT_PROGRAM_TIMEOUT_MS);
+            if !(1..=MAX_PROGRAM_TIMEOUT_MS).contains(&timeout_ms) {
+                check.problems.push(format!(
+                    "{label}.run.timeout_ms: must be 1 to {MAX_PROGRAM_TIMEOUT_MS}"
+                ));
+            }
+            let command = resolve_program(run.command, &format!("{label}.run.command"), check);
+            Action::Run {
+                program: Arc::new(Program {
+                    command,
+                    timeout_ms,
+                }),
+                fallback,
+            }
+        };
+        (check.problems.len() == before).then_some(action)
+    }
+}
+
+/// Check a reply and parse the template of its text.
+fn template(reply: Reply, key: &str, vars: &TemplateVars, check: &mut Check<'_>) -> TemplateReply {
+    check_reply(&reply, key, check);
+    let text = match &reply {
+        Reply::Text(t) => Template::parse(t, vars.groups, &vars.names).unwrap_or_else(|e| {
+            check.problems.push(format!("{key}: {e}"));
+            None
+        }),
+        _ => None,
+    };
+    TemplateReply { reply, text }
+}
+
+/// Check a program command: not empty, and its program readable and executable. A
+/// relative path with a `/` is made absolute against the config's folder; a bare name
+/// is looked up in PATH.
+fn resolve_program(mut command: Vec<String>, key: &str, check: &mut Check<'_>) -> Vec<String> {
+    let Some(program) = command.first().cloned() else {
+        check.problems.push(format!(
+            "{key}: is empty; give the program and its arguments"
+        ));
+        return command;
+    };
+    let path = if program.contains('/') {
+        let p = Path::new(&program);
+        Some(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            check.base.join(p)
+        })
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(&program))
+                .find(|p| p.is_file())
+        })
+    };
+    use std::os::unix::fs::PermissionsExt;
+    match path.as_ref().map(std::fs::metadata) {
+        Some(Ok(meta)) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
+            if let Some(p) = path {
+                command[0] = p.to_string_lossy().into_owned();
+            }
+        }
+        Some(Ok(_)) => check
+            .problems
+            .push(format!("{key}: {program:?} is not an executable file")),
+        Some(Err(e)) => check
+            .problems
+            .push(format!("{key}: {program:?} cannot be read: {e}")),
+        None => check
+            .problems
+            .push(format!("{key}: {program:?} is not found in PATH")),
+    }
+    command
+}
+
+fn check_reply(reply: &Reply, key: &str, check: &mut Check<'_>) {
     for p in reply.problems() {
-        problems.push(format!("{key}: {p}"));
+        check.problems.push(format!("{key}: {p}"));
     }
     if let Reply::News(articles) = reply {
         if articles.len() > 1 {
-            warnings.push(format!(
+            check.warnings.push(format!(
                 "{key}: news reply has {} articles; WeChat is reported to show only the first \
                  when answering a user's message",
                 articles.len()

@@ -1,43 +1,13 @@
-//! What the FastCGI server and the CGI adapter share: calling the core with the clock
-//! and OS randomness, the CGI response framing, and the one-line request log.
+//! What the FastCGI server and the CGI adapter share: the random source, the CGI
+//! response framing, and the one-line request log.
 
 use std::cell::RefCell;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
-use crate::core::{Outcome, Rejection, Request, Responder, Response};
-
-/// Answer one request: the core for a body that arrived, the refusal otherwise. Logs the
-/// request line.
-pub fn respond(
-    responder: &Responder,
-    method: &str,
-    query: &str,
-    body: Result<&[u8], Rejection>,
-    started: Instant,
-) -> Response {
-    let response = match body {
-        Ok(body) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            responder.handle(
-                &Request {
-                    method,
-                    query,
-                    body,
-                },
-                now,
-                &mut rand_core::OsRng,
-            )
-        }
-        Err(rejection) => Response::rejected(rejection),
-    };
-    log_request(method, &response, started.elapsed());
-    response
-}
+use crate::core::{Outcome, Response};
 
 /// The random source the shells give the core: ChaCha12 seeded once per thread from the
 /// OS, so a reply's random prefix and nonce cost no system call.
@@ -98,6 +68,7 @@ pub fn log_request(method: &str, response: &Response, latency: Duration) {
             msg_type,
             rule,
             reply_type,
+            via,
         } => tracing::info!(
             %method,
             outcome = %"reply",
@@ -105,6 +76,16 @@ pub fn log_request(method: &str, response: &Response, latency: Duration) {
             %msg_type,
             %rule,
             %reply_type,
+            via = via.label(),
+            latency_us,
+            "request"
+        ),
+        Outcome::Success { msg_type, via } => tracing::info!(
+            %method,
+            outcome = "success",
+            status = response.status,
+            %msg_type,
+            via = via.label(),
             latency_us,
             "request"
         ),
@@ -112,7 +93,6 @@ pub fn log_request(method: &str, response: &Response, latency: Duration) {
             %method,
             outcome = %other.label(),
             status = response.status,
-            msg_type = %other.msg_type(),
             latency_us,
             "request"
         ),

@@ -24,6 +24,7 @@ pub mod cgi;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod engine;
 pub mod fcgi;
 pub mod http;
 pub mod listen;

@@ -25,7 +25,7 @@ fn bad_configs_name_the_key() {
         (format!("[server]\nmax_body_bytes = -1\n{OK_ACCOUNT}"), "max_body_bytes"),
         (format!("[server]\nread_timeout_secs = 0\n{OK_ACCOUNT}"), "server.read_timeout_secs"),
         (format!("{OK_ACCOUNT}[[rule]]\nreply = {{ text = \"x\" }}\n"), "rule[0]: matches nothing"),
-        (format!("{OK_ACCOUNT}[[rule]]\nname = \"both\"\ntext = \"a\"\nevent = \"CLICK\"\nreply = {{ text = \"x\" }}\n"), "rule[0] (both): has both"),
+        (format!("{OK_ACCOUNT}[[rule]]\nname = \"both\"\ntext = \"a\"\nevent = \"CLICK\"\nreply = {{ text = \"x\" }}\n"), "rule[0] (both): has text and event; a rule matches one thing"),
         (format!("{OK_ACCOUNT}[[rule]]\nevent = \"clik\"\nreply = {{ text = \"x\" }}\n"), "rule[0].event: \"clik\" is not a known event"),
         (format!("{OK_ACCOUNT}[[rule]]\ntext = []\nreply = {{ text = \"x\" }}\n"), "rule[0].text: needs at least one"),
         (format!("{OK_ACCOUNT}[[rule]]\ntext = \"a\"\nkey = \"k\"\nreply = {{ text = \"x\" }}\n"), "rule[0].key: only goes with `event`"),

@@ -658,7 +658,8 @@ fn reply_swaps_names_and_uses_the_clock_passed_in() {
         Outcome::Reply {
             msg_type: s("text"),
             rule: s("rule[0]"),
-            reply_type: "text"
+            reply_type: "text",
+            via: wechat_fcgi::core::Via::Rule,
         }
     );
 }

@@ -216,6 +216,23 @@ impl<'a> Message<'a> {
         Lookup(&self.fields).text(name)
     }
 
+    /// The key that identifies this message across WeChat's retries: MsgId for
+    /// messages; FromUserName + CreateTime + Event + EventKey for events (which have no
+    /// MsgId, or one that names something else, like TEMPLATESENDJOBFINISH's MsgID).
+    pub fn retry_key(&self) -> String {
+        let from = &self.from_user_name;
+        match (&self.kind, self.field("MsgId")) {
+            (Kind::Event(_), _) => format!(
+                "e:{from}:{}:{}:{}",
+                self.create_time,
+                self.field("Event").unwrap_or(""),
+                self.field("EventKey").unwrap_or("")
+            ),
+            (_, Some(id)) if !id.trim().is_empty() => format!("m:{from}:{}", id.trim()),
+            _ => format!("u:{from}:{}:{}", self.create_time, self.msg_type),
+        }
+    }
+
     /// A short name of the type for logs: `text`, `image`, `event:CLICK`, ...
     pub fn type_label(&self) -> String {
         match &self.kind {
@@ -223,6 +240,37 @@ impl<'a> Message<'a> {
             _ => self.msg_type.to_string(),
         }
     }
+}
+
+/// The fields as a JSON object with WeChat's names (`MsgType`, `Content`, ...): text as
+/// strings, child elements as objects, repeated children (`PicList/item`) as arrays.
+pub fn to_json(fields: &[Field<'_>]) -> Vec<u8> {
+    fn value(v: &Value<'_>) -> serde_json::Value {
+        match v {
+            Value::Text(t) => serde_json::Value::String(t.to_string()),
+            Value::Children(c) => object(c),
+        }
+    }
+    fn object(fields: &[Field<'_>]) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (i, f) in fields.iter().enumerate() {
+            if fields[..i].iter().any(|earlier| earlier.name == f.name) {
+                continue; // gathered with its first occurrence
+            }
+            let same: Vec<serde_json::Value> = fields[i..]
+                .iter()
+                .filter(|g| g.name == f.name)
+                .map(|g| value(&g.value))
+                .collect();
+            let v = match <[serde_json::Value; 1]>::try_from(same) {
+                Ok([one]) => one,
+                Err(many) => serde_json::Value::Array(many),
+            };
+            map.insert(f.name.to_owned(), v);
+        }
+        serde_json::Value::Object(map)
+    }
+    serde_json::to_vec(&object(fields)).unwrap_or_default()
 }
 
 /// Parse an XML document into the children of its root element. Names and plain text

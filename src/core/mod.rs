@@ -15,7 +15,8 @@ use crypto::{AesKey, CryptoError};
 pub use error::Rejection;
 use message::Message;
 use query::CallbackQuery;
-use rules::Rules;
+use reply::Reply;
+use rules::{Decision, Rules};
 use signature::Token;
 
 /// Content type of reply XML (plain or encrypted envelope).
@@ -86,9 +87,10 @@ pub enum Outcome {
         msg_type: String,
         rule: String,
         reply_type: &'static str,
+        via: Via,
     },
     /// A message with no reply: body `success`.
-    Success { msg_type: String },
+    Success { msg_type: String, via: Via },
     /// Refused; the cause is logged, the client sees its short reason.
     Rejected(Rejection),
 }
@@ -107,7 +109,7 @@ impl Outcome {
     /// The message type label, when a message was parsed.
     pub fn msg_type(&self) -> &str {
         match self {
-            Outcome::Reply { msg_type, .. } | Outcome::Success { msg_type } => msg_type,
+            Outcome::Reply { msg_type, .. } | Outcome::Success { msg_type, .. } => msg_type,
             _ => "-",
         }
     }
@@ -126,43 +128,194 @@ impl Response {
         }
     }
 
-    fn success(msg_type: String) -> Response {
+    /// `success`: the message was received and gets no reply.
+    pub fn success(msg_type: String, via: Via) -> Response {
         Response {
             status: 200,
             content_type: "text/plain; charset=utf-8",
             body: b"success".to_vec(),
-            outcome: Outcome::Success { msg_type },
+            outcome: Outcome::Success { msg_type, via },
+        }
+    }
+}
+
+/// How an answer came about, for the log's `via=` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A rule's (or the default's) configured reply; or no rule matched.
+    Rule,
+    /// A reply program's output.
+    Program,
+    /// The program failed or timed out; the rule's fallback (or `success`).
+    Fallback,
+    /// A retry of a message already answered (or being answered): the same answer.
+    Retry,
+    /// The reply budget ran out before the answer was ready: `success`.
+    Deadline,
+}
+
+impl Via {
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::Rule => "rule",
+            Via::Program => "program",
+            Via::Fallback => "fallback",
+            Via::Retry => "retry",
+            Via::Deadline => "deadline",
+        }
+    }
+}
+
+/// The answer to one message, as the retry cache keeps it: the reply (none for
+/// `success`), the rule that chose it and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub reply: Option<Reply>,
+    pub rule: String,
+    pub via: Via,
+}
+
+/// First half of answering: either a final response, or a parsed message whose answer
+/// may need a program, the retry cache, or both.
+#[derive(Debug)]
+pub enum Step {
+    Done(Response),
+    Message(Pending),
+}
+
+/// A parsed, verified message waiting for its answer.
+#[derive(Debug)]
+pub struct Pending {
+    /// The retry key: MsgId for messages; FromUserName + CreateTime + Event + EventKey
+    /// for events (PROTOCOL.md §5).
+    pub key: String,
+    /// The type label for logs.
+    pub msg_type: String,
+    pub context: ReplyContext,
+    pub decision: Decision,
+    /// The message as a JSON object (WeChat's field names), for a reply program.
+    pub json: Option<Vec<u8>>,
+}
+
+/// What rendering a reply for this message needs, owned (the message is gone by then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyContext {
+    /// The follower: the reply's ToUserName.
+    pub follower: String,
+    /// The account: the reply's FromUserName.
+    pub account: String,
+    /// How to seal the reply: `None` plaintext, `Some(false)` with the current key,
+    /// `Some(true)` with the previous key (the one that opened the message).
+    pub sealed: Option<bool>,
+}
+
+impl Answer {
+    /// The answer a decision gives without running anything, or `None` for a program.
+    pub fn from_decision(decision: &Decision) -> Option<Answer> {
+        match decision {
+            Decision::Reply { rule, reply } => Some(Answer {
+                reply: Some(reply.clone()),
+                rule: rule.clone(),
+                via: Via::Rule,
+            }),
+            Decision::Nothing => Some(Answer {
+                reply: None,
+                rule: "-".to_owned(),
+                via: Via::Rule,
+            }),
+            Decision::Run { .. } => None,
         }
     }
 }
 
 impl Responder {
-    /// Answer one request. `now` is the Unix time in seconds (reply CreateTime);
-    /// `rng` supplies the random bytes encryption needs.
+    /// Answer one request without running programs (a program rule answers with its
+    /// fallback) and without a retry cache: for tests, benchmarks and tools. The
+    /// servers use [`Responder::prepare`] and [`Responder::complete`].
     pub fn handle(&self, request: &Request<'_>, now: u64, rng: &mut dyn RngCore) -> Response {
-        match self.try_handle(request, now, rng) {
-            Ok(response) => response,
-            Err(rejection) => Response::rejected(rejection),
+        match self.prepare(request, now, rng) {
+            Step::Done(response) => response,
+            Step::Message(pending) => {
+                let answer = Answer::from_decision(&pending.decision).unwrap_or_else(|| {
+                    match &pending.decision {
+                        Decision::Run { rule, fallback, .. } => Answer {
+                            reply: fallback.clone(),
+                            rule: rule.clone(),
+                            via: Via::Fallback,
+                        },
+                        _ => Answer {
+                            reply: None,
+                            rule: "-".to_owned(),
+                            via: Via::Rule,
+                        },
+                    }
+                });
+                self.complete(&pending.context, pending.msg_type, &answer, now, rng)
+            }
         }
     }
 
-    fn try_handle(
+    /// Check, decrypt and parse a request, and decide its answer. `now` is the Unix
+    /// time in seconds; `rng` picks among random replies.
+    pub fn prepare(&self, request: &Request<'_>, now: u64, rng: &mut dyn RngCore) -> Step {
+        match self.try_prepare(request, now, rng) {
+            Ok(step) => step,
+            Err(rejection) => Step::Done(Response::rejected(rejection)),
+        }
+    }
+
+    /// Render (and seal, for an encrypted message) an answer. `now` is the reply's
+    /// CreateTime; `rng` gives the encryption's random prefix and nonce.
+    pub fn complete(
         &self,
-        request: &Request<'_>,
+        context: &ReplyContext,
+        msg_type: String,
+        answer: &Answer,
         now: u64,
         rng: &mut dyn RngCore,
-    ) -> Result<Response, Rejection> {
+    ) -> Response {
+        let Some(reply) = &answer.reply else {
+            return Response::success(msg_type, answer.via);
+        };
+        let mut body = Vec::with_capacity(256);
+        reply.render(&context.follower, &context.account, now, &mut body);
+        if let (Some(previous), Some(crypto)) = (context.sealed, &self.account.crypto) {
+            let key = match (&crypto.previous_key, previous) {
+                (Some(old), true) => old,
+                _ => &crypto.key,
+            };
+            body = self.seal(crypto, key, &body, now, rng);
+        }
+        Response {
+            status: 200,
+            content_type: REPLY_CONTENT_TYPE,
+            body,
+            outcome: Outcome::Reply {
+                msg_type,
+                rule: answer.rule.clone(),
+                reply_type: reply.msg_type(),
+                via: answer.via,
+            },
+        }
+    }
+
+    fn try_prepare(
+        &self,
+        request: &Request<'_>,
+        _now: u64,
+        rng: &mut dyn RngCore,
+    ) -> Result<Step, Rejection> {
         let query = CallbackQuery::parse(request.query)?;
         match request.method {
             "GET" => {
                 self.check_signature(&query)?;
                 let echostr = query.echostr.ok_or(Rejection::MissingParam("echostr"))?;
-                Ok(Response {
+                Ok(Step::Done(Response {
                     status: 200,
                     content_type: "text/plain; charset=utf-8",
                     body: echostr.into_owned().into_bytes(),
                     outcome: Outcome::Handshake,
-                })
+                }))
             }
             "POST" => {
                 self.check_signature(&query)?;
@@ -176,27 +329,46 @@ impl Responder {
                         return Err(Rejection::PlaintextInSafeMode);
                     }
                     let message = Message::parse(request.body)?;
-                    return Ok(self.answer(&message, now));
+                    return Ok(Step::Message(self.pending(&message, None, rng)));
                 }
                 let crypto = self
                     .account
                     .crypto
                     .as_ref()
                     .ok_or(Rejection::EncryptedWithoutKey)?;
-                let (inner, key) = self.open_envelope(crypto, &query, request.body)?;
+                let (inner, previous) = self.open_envelope(crypto, &query, request.body)?;
                 let message = Message::parse(&inner).map_err(|e| match e {
                     Rejection::MalformedXml(why) => {
                         Rejection::Crypto(CryptoError::Xml(format!("inner message: {why}")))
                     }
                     other => other,
                 })?;
-                let mut response = self.answer(&message, now);
-                if response.content_type == REPLY_CONTENT_TYPE {
-                    response.body = self.seal(crypto, key, &response.body, now, rng);
-                }
-                Ok(response)
+                Ok(Step::Message(self.pending(&message, Some(previous), rng)))
             }
             other => Err(Rejection::MethodNotAllowed(other.to_owned())),
+        }
+    }
+
+    /// Decide the answer for a parsed message and keep what completing it needs.
+    fn pending(
+        &self,
+        message: &Message<'_>,
+        sealed: Option<bool>,
+        rng: &mut dyn RngCore,
+    ) -> Pending {
+        let decision = self.rules.decide(message, rng);
+        let json =
+            matches!(decision, Decision::Run { .. }).then(|| message::to_json(&message.fields));
+        Pending {
+            key: message.retry_key(),
+            msg_type: message.type_label(),
+            context: ReplyContext {
+                follower: message.from_user_name.to_string(),
+                account: message.to_user_name.to_string(),
+                sealed,
+            },
+            decision,
+            json,
         }
     }
 
@@ -215,14 +387,14 @@ impl Responder {
         }
     }
 
-    /// Verify `msg_signature` and decrypt `<Encrypt>`; returns the inner XML and the key
-    /// that opened it (the reply is sealed with the same key).
-    fn open_envelope<'c>(
+    /// Verify `msg_signature` and decrypt `<Encrypt>`; returns the inner XML and whether
+    /// the previous key opened it (the reply is sealed with the same key).
+    fn open_envelope(
         &self,
-        crypto: &'c Crypto,
+        crypto: &Crypto,
         query: &CallbackQuery,
         body: &[u8],
-    ) -> Result<(Vec<u8>, &'c AesKey), Rejection> {
+    ) -> Result<(Vec<u8>, bool), Rejection> {
         let (_, timestamp, nonce) = query.signed_triple()?;
         let msg_signature = query
             .msg_signature
@@ -253,12 +425,12 @@ impl Responder {
         )
         .map_err(Rejection::Crypto)?;
         match crypto::decrypt(&crypto.key, &crypto.appid, encrypt) {
-            Ok(inner) => Ok((inner, &crypto.key)),
+            Ok(inner) => Ok((inner, false)),
             Err(first) => match &crypto.previous_key {
                 // Base64 does not depend on the key: no point trying the other one.
                 Some(previous) if first != CryptoError::BadBase64 => {
                     crypto::decrypt(previous, &crypto.appid, encrypt)
-                        .map(|inner| (inner, previous))
+                        .map(|inner| (inner, true))
                         .map_err(|_| Rejection::Crypto(first))
                 }
                 _ => Err(Rejection::Crypto(first)),
@@ -281,32 +453,5 @@ impl Responder {
         let encrypt = crypto::encrypt(key, &crypto.appid, reply, &random);
         let nonce = (rng.next_u32() % 1_000_000_000).to_string();
         crypto::envelope(self.account.token.as_bytes(), &encrypt, now, &nonce)
-    }
-
-    /// Pick the reply for a parsed message and render it.
-    fn answer(&self, message: &Message, now: u64) -> Response {
-        let msg_type = message.type_label();
-        match self.rules.decide(message) {
-            Some((rule, reply)) => {
-                let mut body = Vec::with_capacity(256);
-                reply.render(
-                    &message.from_user_name,
-                    &message.to_user_name,
-                    now,
-                    &mut body,
-                );
-                Response {
-                    status: 200,
-                    content_type: REPLY_CONTENT_TYPE,
-                    body,
-                    outcome: Outcome::Reply {
-                        msg_type,
-                        rule: rule.to_owned(),
-                        reply_type: reply.msg_type(),
-                    },
-                }
-            }
-            None => Response::success(msg_type),
-        }
     }
 }

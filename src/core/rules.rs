@@ -1,37 +1,115 @@
 //! Reply rules: which configured reply answers a message (first match wins, then the
-//! default for user messages, else none and the caller answers `success`).
+//! default for user messages, else none and the caller answers `success`), with text
+//! templates, random picks and reply programs.
+
+use std::sync::Arc;
+
+use rand_core::RngCore;
+use regex::Regex;
 
 use super::message::{Event, Kind, Message};
 use super::reply::Reply;
 
 /// The configured rules, in order, and the default reply.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Rules {
     pub rules: Vec<Rule>,
     /// Answers user messages (text, image, voice, ...) that no rule matched. Events and
     /// unknown message types are never answered by the default: replying "I did not
     /// understand" to an unfollow or a template-send report would be wrong.
-    pub default: Option<Reply>,
+    pub default: Option<Action>,
 }
 
-/// One `[[rule]]`: what it matches and what it answers.
-#[derive(Debug, Clone, PartialEq)]
+/// One `[[rule]]`: what it matches and what it does.
+#[derive(Debug, Clone)]
 pub struct Rule {
     /// `name` from the config, or `rule[N]`, for logs and config errors.
     pub name: String,
     pub matcher: Matcher,
-    pub reply: Reply,
+    pub action: Action,
 }
 
 /// What a rule matches.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Matcher {
     /// A text message whose trimmed Content equals one of these.
-    TextEquals(Vec<String>),
+    Text {
+        words: Vec<String>,
+        ignore_case: bool,
+    },
+    /// A text message whose trimmed Content contains one of these.
+    Contains {
+        words: Vec<String>,
+        ignore_case: bool,
+    },
+    /// A text message whose trimmed Content starts with one of these.
+    Prefix {
+        words: Vec<String>,
+        ignore_case: bool,
+    },
+    /// A text message whose trimmed Content matches; captures feed the templates.
+    Regex(Regex),
     /// An event of this name (case-insensitive); with `key`, only when the event's key
     /// equals it (the scene for subscribe/SCAN, EventKey otherwise).
     Event { event: String, key: Option<String> },
+    /// A message of this MsgType (case-insensitive).
+    MsgType(String),
 }
+
+/// What a matching rule does.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Answer with one of these (picked at random when there are several).
+    Replies(Vec<TemplateReply>),
+    /// Run a program; its output is the reply. `fallback` answers when it fails.
+    Run {
+        program: Arc<Program>,
+        fallback: Option<TemplateReply>,
+    },
+}
+
+/// A reply whose text may hold `{from}`, `{to}`, `{content}`, `{scene}`, `{1}`, `{name}`.
+#[derive(Debug, Clone)]
+pub struct TemplateReply {
+    pub reply: Reply,
+    /// The parsed template of a text reply's content.
+    pub text: Option<Template>,
+}
+
+/// A reply program: the command and how long it may run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    pub command: Vec<String>,
+    pub timeout_ms: u64,
+}
+
+/// What the rules decided for one message.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Answer with this reply (templates already filled in).
+    Reply { rule: String, reply: Reply },
+    /// Run this program with the message as JSON on stdin.
+    Run {
+        rule: String,
+        program: Arc<Program>,
+        fallback: Option<Reply>,
+    },
+    /// No rule and no default: `success`.
+    Nothing,
+}
+
+/// MsgType values this version knows (for `msg_type` rules).
+pub const KNOWN_MSG_TYPES: &[&str] = &[
+    "text",
+    "image",
+    "voice",
+    "video",
+    "shortvideo",
+    "location",
+    "link",
+    "miniprogrampage",
+    "event",
+];
 
 /// Event names this version knows, as WeChat spells them (matching ignores case).
 pub const KNOWN_EVENTS: &[&str] = &[
@@ -54,56 +132,287 @@ pub const KNOWN_EVENTS: &[&str] = &[
 ];
 
 impl Rules {
-    /// The reply for this message, if any, and the name of the rule that chose it
-    /// (`default` for the default reply).
-    pub fn decide<'a>(&'a self, message: &Message) -> Option<(&'a str, &'a Reply)> {
+    /// Decide what answers this message; `rng` picks among several replies.
+    pub fn decide(&self, message: &Message<'_>, rng: &mut dyn RngCore) -> Decision {
         for rule in &self.rules {
-            if rule.matcher.matches(message) {
-                return Some((&rule.name, &rule.reply));
+            if let Some(captures) = rule.matcher.matches(message) {
+                return rule.action.decide(&rule.name, message, &captures, rng);
             }
         }
         let user_message = !matches!(message.kind, Kind::Event(_) | Kind::Unknown);
         match &self.default {
-            Some(reply) if user_message => Some(("default", reply)),
-            _ => None,
+            Some(action) if user_message => {
+                action.decide("default", message, &Captures::default(), rng)
+            }
+            _ => Decision::Nothing,
         }
     }
 }
 
+/// Regex captures of a match, by number and by name.
+#[derive(Debug, Default)]
+pub struct Captures {
+    numbered: Vec<String>,
+    named: Vec<(String, String)>,
+}
+
 impl Matcher {
-    /// Whether this matcher accepts the message.
-    pub fn matches(&self, message: &Message) -> bool {
+    /// `Some(captures)` when the matcher accepts the message.
+    pub fn matches(&self, message: &Message<'_>) -> Option<Captures> {
+        let text = || match &message.kind {
+            Kind::Text { content, .. } => Some(content.trim()),
+            _ => None,
+        };
+        let words_match = |words: &[String], ignore_case: bool, test: fn(&str, &str) -> bool| {
+            let content = text()?;
+            let hit = if ignore_case {
+                let lowered = content.to_lowercase();
+                words.iter().any(|w| test(&lowered, w))
+            } else {
+                words.iter().any(|w| test(content, w))
+            };
+            hit.then(Captures::default)
+        };
         match self {
-            Matcher::TextEquals(words) => match &message.kind {
-                Kind::Text { content, .. } => {
-                    let content = content.trim();
-                    words.iter().any(|w| w == content)
-                }
-                _ => false,
-            },
+            Matcher::Text { words, ignore_case } => words_match(words, *ignore_case, |c, w| c == w),
+            Matcher::Contains { words, ignore_case } => {
+                words_match(words, *ignore_case, |c, w| c.contains(w))
+            }
+            Matcher::Prefix { words, ignore_case } => {
+                words_match(words, *ignore_case, |c, w| c.starts_with(w))
+            }
+            Matcher::Regex(re) => {
+                let caps = re.captures(text()?)?;
+                let numbered = caps
+                    .iter()
+                    .map(|m| m.map_or("", |m| m.as_str()).to_owned())
+                    .collect();
+                let named = re
+                    .capture_names()
+                    .flatten()
+                    .map(|n| {
+                        (
+                            n.to_owned(),
+                            caps.name(n).map_or("", |m| m.as_str()).to_owned(),
+                        )
+                    })
+                    .collect();
+                Some(Captures { numbered, named })
+            }
             Matcher::Event { event, key } => {
                 let Kind::Event(e) = &message.kind else {
-                    return false;
+                    return None;
                 };
                 let name = message.field("Event").unwrap_or("");
                 if !name.eq_ignore_ascii_case(event) {
-                    return false;
+                    return None;
                 }
                 match key {
-                    None => true,
-                    Some(key) => event_key(e, message) == Some(key.as_str()),
+                    Some(key) if event_key(e, message) != Some(key.as_str()) => None,
+                    _ => Some(Captures::default()),
                 }
             }
+            Matcher::MsgType(t) => message
+                .msg_type
+                .eq_ignore_ascii_case(t)
+                .then(Captures::default),
+        }
+    }
+}
+
+impl Action {
+    fn decide(
+        &self,
+        rule: &str,
+        message: &Message<'_>,
+        captures: &Captures,
+        rng: &mut dyn RngCore,
+    ) -> Decision {
+        match self {
+            Action::Replies(replies) => {
+                let pick = match replies.len() {
+                    0 => return Decision::Nothing,
+                    1 => &replies[0],
+                    n => &replies[(rng.next_u32() as usize) % n],
+                };
+                Decision::Reply {
+                    rule: rule.to_owned(),
+                    reply: pick.fill(message, captures),
+                }
+            }
+            Action::Run { program, fallback } => Decision::Run {
+                rule: rule.to_owned(),
+                program: program.clone(),
+                fallback: fallback.as_ref().map(|f| f.fill(message, captures)),
+            },
+        }
+    }
+}
+
+impl TemplateReply {
+    /// A reply without placeholders.
+    pub fn plain(reply: Reply) -> TemplateReply {
+        TemplateReply { reply, text: None }
+    }
+
+    /// The reply with its template filled in for this message.
+    pub fn fill(&self, message: &Message<'_>, captures: &Captures) -> Reply {
+        match &self.text {
+            Some(t) => Reply::Text(t.render(message, captures)),
+            None => self.reply.clone(),
         }
     }
 }
 
 /// The key a rule's `key` is compared with: the QR scene for subscribe and SCAN (so the
 /// `qrscene_` prefix never matters), the raw EventKey for every other event.
-pub fn event_key<'a>(event: &'a Event, message: &'a Message) -> Option<&'a str> {
+pub fn event_key<'a>(event: &'a Event<'_>, message: &'a Message<'_>) -> Option<&'a str> {
     match event {
         Event::Subscribe { scene, .. } => scene.as_deref(),
         Event::Scan { scene, .. } => Some(scene),
         _ => message.field("EventKey"),
     }
+}
+
+/// A parsed text template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(Vec<Piece>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    From,
+    To,
+    Content,
+    Scene,
+    Group(usize),
+    Named(String),
+}
+
+impl Template {
+    /// Parse `text`; `{{` and `}}` are literal braces. `groups` and `names` are what the
+    /// rule's regex captures (none for other rules). Returns `None` when `text` has no
+    /// placeholder.
+    pub fn parse(text: &str, groups: usize, names: &[String]) -> Result<Option<Template>, String> {
+        let mut pieces = Vec::new();
+        let mut literal = String::new();
+        let mut chars = text.chars().peekable();
+        let mut any = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => {
+                                return Err(format!(
+                                    "unclosed `{{{name}` (write `{{{{` for a literal brace)"
+                                ))
+                            }
+                        }
+                    }
+                    let piece = match name.as_str() {
+                        "from" => Piece::From,
+                        "to" => Piece::To,
+                        "content" => Piece::Content,
+                        "scene" => Piece::Scene,
+                        n if n.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty() => {
+                            let i: usize = n.parse().map_err(|_| format!("`{{{n}}}` is not a group number"))?;
+                            if i > groups {
+                                return Err(format!("`{{{n}}}`: the regex has only {groups} capture groups"));
+                            }
+                            Piece::Group(i)
+                        }
+                        n if names.iter().any(|x| x == n) => Piece::Named(n.to_owned()),
+                        n => {
+                            return Err(format!(
+                                "unknown placeholder `{{{n}}}` (known: from, to, content, scene, and regex captures)"
+                            ))
+                        }
+                    };
+                    if !literal.is_empty() {
+                        pieces.push(Piece::Literal(std::mem::take(&mut literal)));
+                    }
+                    pieces.push(piece);
+                    any = true;
+                }
+                '}' => return Err("lone `}` (write `}}` for a literal brace)".to_owned()),
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            pieces.push(Piece::Literal(literal));
+        }
+        Ok(any.then_some(Template(pieces)))
+    }
+
+    /// Fill in the placeholders.
+    pub fn render(&self, message: &Message<'_>, captures: &Captures) -> String {
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Literal(s) => out.push_str(s),
+                Piece::From => out.push_str(&message.from_user_name),
+                Piece::To => out.push_str(&message.to_user_name),
+                Piece::Content => match &message.kind {
+                    Kind::Text { content, .. } => out.push_str(content.trim()),
+                    Kind::Voice {
+                        recognition: Some(r),
+                        ..
+                    } => out.push_str(r),
+                    _ => {}
+                },
+                Piece::Scene => {
+                    if let Kind::Event(
+                        Event::Subscribe { scene: Some(s), .. } | Event::Scan { scene: s, .. },
+                    ) = &message.kind
+                    {
+                        out.push_str(s);
+                    }
+                }
+                Piece::Group(i) => {
+                    out.push_str(captures.numbered.get(*i).map_or("", String::as_str))
+                }
+                Piece::Named(n) => out.push_str(
+                    captures
+                        .named
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map_or("", |(_, v)| v.as_str()),
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// Turn a program's stdout into a reply: empty → none (`success`); a JSON object → any
+/// reply type, in the same shape as the config file; anything else → a text reply.
+pub fn parse_program_output(stdout: &[u8]) -> Result<Option<Reply>, String> {
+    let text = std::str::from_utf8(stdout).map_err(|_| "output is not UTF-8".to_owned())?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    if trimmed.starts_with('{') {
+        let reply: Reply = serde_json::from_str(trimmed)
+            .map_err(|e| format!("output JSON is not a reply: {e}"))?;
+        if let Some(problem) = reply.problems().into_iter().next() {
+            return Err(format!("output reply: {problem}"));
+        }
+        return Ok(Some(reply));
+    }
+    Ok(Some(Reply::Text(
+        text.trim_end_matches(['\n', '\r']).to_owned(),
+    )))
 }

@@ -10,7 +10,8 @@ use tokio::sync::{watch, Semaphore};
 use super::conn::{ConnEvent, ConnLimits, Connection, Ready};
 use super::record;
 use crate::config::Limits;
-use crate::core::{Rejection, Responder};
+use crate::core::Rejection;
+use crate::engine::Engine;
 use crate::http;
 use crate::listen::Listener;
 
@@ -18,7 +19,7 @@ use crate::listen::Listener;
 /// finish for up to `limits.drain_timeout`.
 pub async fn serve(
     listener: Listener,
-    responder: Arc<Responder>,
+    engine: Arc<Engine>,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -43,12 +44,12 @@ pub async fn serve(
                 continue;
             }
         };
-        let responder = responder.clone();
+        let engine = engine.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             match stream {
-                Stream::Tcp(s) => serve_connection(s, &responder, limits, shutdown).await,
-                Stream::Unix(s) => serve_connection(s, &responder, limits, shutdown).await,
+                Stream::Tcp(s) => serve_connection(s, &engine, limits, shutdown).await,
+                Stream::Unix(s) => serve_connection(s, &engine, limits, shutdown).await,
             }
             drop(permit);
         });
@@ -69,7 +70,7 @@ pub async fn serve(
 /// answered, a timeout passes, or shutdown is asked while it is idle.
 pub async fn serve_connection<S>(
     mut stream: S,
-    responder: &Responder,
+    engine: &Engine,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -110,11 +111,12 @@ pub async fn serve_connection<S>(
                         body: Err(Rejection::ReadTimeout),
                     };
                     answer(
-                        responder,
+                        engine,
                         ready,
                         request_started.unwrap_or_else(Instant::now),
                         &mut out,
-                    );
+                    )
+                    .await;
                     let _ = stream.write_all(&out).await;
                 } else {
                     tracing::warn!(
@@ -155,11 +157,12 @@ pub async fn serve_connection<S>(
                 Ok(Some(ready)) => {
                     let keep = ready.keep_conn;
                     answer(
-                        responder,
+                        engine,
                         ready,
                         request_started.unwrap_or_else(Instant::now),
                         &mut out,
-                    );
+                    )
+                    .await;
                     request_started = None;
                     if !keep {
                         close = true;
@@ -195,15 +198,11 @@ pub async fn serve_connection<S>(
 }
 
 /// Run the core for a ready request and append STDOUT + END_REQUEST to `out`.
-fn answer(responder: &Responder, ready: Ready, started: Instant, out: &mut Vec<u8>) {
+async fn answer(engine: &Engine, ready: Ready, started: Instant, out: &mut Vec<u8>) {
     let body = ready.body.as_deref().map_err(Clone::clone);
-    let response = http::respond(
-        responder,
-        &ready.params.method,
-        &ready.params.query,
-        body,
-        started,
-    );
+    let response = engine
+        .answer(&ready.params.method, &ready.params.query, body, started)
+        .await;
     let mut stdout = Vec::with_capacity(128 + response.body.len());
     http::write_response(&mut stdout, &response);
     record::write_stream(out, record::STDOUT, ready.request_id, &stdout);

@@ -1,0 +1,408 @@
+//! The async answer path both shells share: the core's decision, the retry cache (one
+//! answer per message however often WeChat retries), reply programs (run once, killed
+//! on timeout, capped in number), and the reply budget (answer before WeChat's 5 s).
+
+use std::collections::{HashMap, VecDeque};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{watch, Semaphore};
+
+use crate::core::reply::Reply;
+use crate::core::rules::{parse_program_output, Decision, Program};
+use crate::core::{Answer, Pending, Rejection, Request, Responder, Response, Step, Via};
+use crate::http::{log_request, ThreadRng};
+
+/// Largest program output read; more is a failure.
+pub const MAX_PROGRAM_OUTPUT: usize = 64 * 1024;
+
+/// Settings of the answer path (`[server]` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// The whole answer goes out within this time from the request's first byte.
+    pub reply_budget: Duration,
+    /// Reply programs running at once.
+    pub max_programs: usize,
+    /// Entries the in-memory retry cache holds at most.
+    pub cache_entries: usize,
+    /// How long an answer is kept for retries and replays.
+    pub cache_retention: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            reply_budget: Duration::from_millis(4500),
+            max_programs: 8,
+            cache_entries: 65_536,
+            cache_retention: Duration::from_secs(300 + 15),
+        }
+    }
+}
+
+/// The retry cache's interface: claim a message's key before answering it. A later
+/// step puts a shared (Redis) implementation behind it for several instances.
+pub trait RetryCache: Send + Sync {
+    /// Claim `key`. `First`: nobody answered it yet; the caller must `finish` it.
+    /// `Done`: the answer given before. `Running`: being answered now; wait.
+    fn claim(&self, key: &str) -> Claim;
+    /// Record the answer for `key` and wake everyone waiting for it.
+    fn finish(&self, key: &str, answer: Answer);
+}
+
+/// What [`RetryCache::claim`] found.
+pub enum Claim {
+    First(watch::Receiver<Option<Answer>>),
+    Running(watch::Receiver<Option<Answer>>),
+    Done(Answer),
+}
+
+/// The in-memory retry cache: bounded, entries kept for `retention` (at least the
+/// timestamp window, so a replay inside the window is always answered from it).
+pub struct MemoryCache {
+    inner: Mutex<CacheInner>,
+    capacity: usize,
+    retention: Duration,
+}
+
+struct CacheInner {
+    map: HashMap<String, Entry>,
+    /// Keys in insertion order, for expiry and eviction.
+    order: VecDeque<(Instant, String)>,
+}
+
+enum Entry {
+    Running(watch::Sender<Option<Answer>>),
+    Done(Answer),
+}
+
+impl MemoryCache {
+    pub fn new(capacity: usize, retention: Duration) -> MemoryCache {
+        MemoryCache {
+            inner: Mutex::new(CacheInner {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+            capacity: capacity.max(1),
+            retention,
+        }
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|c| c.map.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl RetryCache for MemoryCache {
+    fn claim(&self, key: &str) -> Claim {
+        // A poisoned lock only means another thread panicked mid-update; the map is
+        // still a valid map.
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while let Some((at, _)) = c.order.front() {
+            if now.duration_since(*at) < self.retention {
+                break;
+            }
+            if let Some((_, old)) = c.order.pop_front() {
+                c.map.remove(&old);
+            }
+        }
+        match c.map.get(key) {
+            Some(Entry::Done(answer)) => return Claim::Done(answer.clone()),
+            Some(Entry::Running(tx)) => return Claim::Running(tx.subscribe()),
+            None => {}
+        }
+        if c.map.len() >= self.capacity {
+            if let Some((_, old)) = c.order.pop_front() {
+                c.map.remove(&old);
+                tracing::warn!(
+                    capacity = self.capacity,
+                    "retry cache full: evicted an entry younger than its retention; raise retry_cache_entries"
+                );
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        c.map.insert(key.to_owned(), Entry::Running(tx));
+        c.order.push_back((now, key.to_owned()));
+        Claim::First(rx)
+    }
+
+    fn finish(&self, key: &str, answer: Answer) {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = c.map.get_mut(key) {
+            if let Entry::Running(tx) = entry {
+                tx.send_replace(Some(answer.clone()));
+            }
+            *entry = Entry::Done(answer);
+        }
+    }
+}
+
+/// The answer path: the current rules (swapped on reload), the cache, the program cap.
+pub struct Engine {
+    responder: RwLock<Arc<Responder>>,
+    cache: Arc<dyn RetryCache>,
+    programs: Arc<Semaphore>,
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(responder: Responder, config: EngineConfig) -> Engine {
+        let cache = Arc::new(MemoryCache::new(
+            config.cache_entries,
+            config.cache_retention,
+        ));
+        Engine::with_cache(responder, config, cache)
+    }
+
+    pub fn with_cache(
+        responder: Responder,
+        config: EngineConfig,
+        cache: Arc<dyn RetryCache>,
+    ) -> Engine {
+        Engine {
+            responder: RwLock::new(Arc::new(responder)),
+            cache,
+            programs: Arc::new(Semaphore::new(config.max_programs.max(1))),
+            config,
+        }
+    }
+
+    /// The rules in force now.
+    pub fn responder(&self) -> Arc<Responder> {
+        self.responder
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Put new rules in force; requests already running finish with the old ones.
+    pub fn reload(&self, responder: Responder) {
+        *self.responder.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(responder);
+    }
+
+    /// Answer one request and log it. `body` is the request body, or why the shell
+    /// refused it; `started` is when its first byte arrived (the budget counts from it).
+    pub async fn answer(
+        &self,
+        method: &str,
+        query: &str,
+        body: Result<&[u8], Rejection>,
+        started: Instant,
+    ) -> Response {
+        let response = match body {
+            Err(rejection) => Response::rejected(rejection),
+            Ok(body) => {
+                let responder = self.responder();
+                match responder.prepare(
+                    &Request {
+                        method,
+                        query,
+                        body,
+                    },
+                    unix_now(),
+                    &mut ThreadRng,
+                ) {
+                    Step::Done(response) => response,
+                    Step::Message(pending) => self.resolve(&responder, pending, started).await,
+                }
+            }
+        };
+        log_request(method, &response, started.elapsed());
+        response
+    }
+
+    async fn resolve(&self, responder: &Responder, pending: Pending, started: Instant) -> Response {
+        let deadline = started + self.config.reply_budget;
+        let answer = match self.cache.claim(&pending.key) {
+            Claim::Done(answer) => Some(Answer {
+                via: Via::Retry,
+                ..answer
+            }),
+            Claim::Running(rx) => wait(rx, deadline).await.map(|a| Answer {
+                via: Via::Retry,
+                ..a
+            }),
+            Claim::First(rx) => match Answer::from_decision(&pending.decision) {
+                Some(answer) => {
+                    self.cache.finish(&pending.key, answer.clone());
+                    Some(answer)
+                }
+                None => {
+                    if let Decision::Run {
+                        rule,
+                        program,
+                        fallback,
+                    } = pending.decision.clone()
+                    {
+                        let input = pending.json.clone().unwrap_or_default();
+                        self.spawn_program(pending.key.clone(), rule, program, fallback, input);
+                    }
+                    wait(rx, deadline).await
+                }
+            },
+        };
+        let Some(answer) = answer else {
+            tracing::warn!(
+                key = %pending.key,
+                budget_ms = self.config.reply_budget.as_millis() as u64,
+                "reply budget ran out before the answer was ready: answering success"
+            );
+            return Response::success(pending.msg_type, Via::Deadline);
+        };
+        responder.complete(
+            &pending.context,
+            pending.msg_type,
+            &answer,
+            unix_now(),
+            &mut ThreadRng,
+        )
+    }
+
+    /// Run a program in the background; its answer goes to the cache, where the
+    /// request (and any retry) waits for it. It keeps running past the request's budget
+    /// up to its own timeout, so a slow answer still serves WeChat's retry.
+    fn spawn_program(
+        &self,
+        key: String,
+        rule: String,
+        program: Arc<Program>,
+        fallback: Option<Reply>,
+        input: Vec<u8>,
+    ) {
+        let cache = self.cache.clone();
+        let permits = self.programs.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = match run_program(&program, &input, &permits).await {
+                Ok(reply) => {
+                    tracing::info!(%rule, program = %program.command[0], ms = started.elapsed().as_millis() as u64, "program answered");
+                    Answer {
+                        reply,
+                        rule,
+                        via: Via::Program,
+                    }
+                }
+                Err(cause) => {
+                    tracing::warn!(%rule, program = %program.command[0], %cause, "program failed: answering with the fallback");
+                    Answer {
+                        reply: fallback,
+                        rule,
+                        via: Via::Fallback,
+                    }
+                }
+            };
+            cache.finish(&key, answer);
+        });
+    }
+}
+
+/// Wait for an answer until `deadline`.
+async fn wait(mut rx: watch::Receiver<Option<Answer>>, deadline: Instant) -> Option<Answer> {
+    let ready = tokio::time::timeout_at(deadline.into(), rx.wait_for(Option::is_some)).await;
+    match ready {
+        Ok(Ok(answer)) => answer.clone(),
+        _ => None,
+    }
+}
+
+/// Run a reply program: the message JSON on stdin, the reply on stdout. Killed (with
+/// its process group) on timeout and always reaped.
+pub async fn run_program(
+    program: &Program,
+    input: &[u8],
+    permits: &Semaphore,
+) -> Result<Option<Reply>, String> {
+    let timeout = Duration::from_millis(program.timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let _permit = tokio::time::timeout_at(deadline, permits.acquire())
+        .await
+        .map_err(|_| {
+            format!(
+                "no program slot free within {} ms (max_programs)",
+                program.timeout_ms
+            )
+        })?
+        .map_err(|_| "program slots closed".to_owned())?;
+    let (name, args) = program.command.split_first().ok_or("empty command")?;
+    let mut child = tokio::process::Command::new(name)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    let pid = child.id();
+    let mut stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let work = async {
+        let feed = async {
+            if let Some(mut s) = stdin.take() {
+                // A program that does not read its input is fine: ignore EPIPE.
+                let _ = s.write_all(input).await;
+            }
+        };
+        let (_, out, err, status) =
+            tokio::join!(feed, read_capped(stdout), read_capped(stderr), child.wait());
+        (out, err, status)
+    };
+    let result = tokio::time::timeout_at(deadline, work).await;
+    let outcome = match result {
+        Ok((out, err, status)) => {
+            let status = status.map_err(|e| format!("wait: {e}"))?;
+            if !status.success() {
+                let err = String::from_utf8_lossy(&err.unwrap_or_default())
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect::<String>();
+                Err(format!("exited with {status}; stderr: {err:?}"))
+            } else {
+                match out {
+                    Some(out) => parse_program_output(&out),
+                    None => Err(format!("output larger than {MAX_PROGRAM_OUTPUT} bytes")),
+                }
+            }
+        }
+        Err(_) => Err(format!("timed out after {} ms", program.timeout_ms)),
+    };
+    // Kill what is left of the program's process group (a timed-out program, or
+    // children it left behind), then reap the program itself.
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) with a negative pid signals that process group; it has no
+        // memory effects.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.wait().await;
+    outcome
+}
+
+/// Read a pipe to its end, up to [`MAX_PROGRAM_OUTPUT`] bytes; `None` when larger.
+async fn read_capped(pipe: Option<impl AsyncRead + Unpin>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let Some(pipe) = pipe else {
+        return Some(out);
+    };
+    let mut limited = pipe.take(MAX_PROGRAM_OUTPUT as u64 + 1);
+    let _ = limited.read_to_end(&mut out).await;
+    (out.len() <= MAX_PROGRAM_OUTPUT).then_some(out)
+}
+
+/// The Unix time in seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
