@@ -94,8 +94,13 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse_in(&text, base)
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => {
+                p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+            }
+            _ => std::env::current_dir().unwrap_or_else(|_| ".".into()),
+        };
+        Config::parse_in(&text, &base)
             .map_err(|e| anyhow::anyhow!("config {}:\n{e}", path.display()))
     }
 
@@ -652,6 +657,7 @@ impl RawAction {
             Action::Run {
                 program: Arc::new(Program {
                     command,
+                    dir: check.base.to_path_buf(),
                     timeout_ms,
                 }),
                 fallback,

@@ -334,6 +334,7 @@ pub async fn run_program(
     let (name, args) = program.command.split_first().ok_or("empty command")?;
     let mut child = tokio::process::Command::new(name)
         .args(args)
+        .current_dir(&program.dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

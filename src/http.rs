@@ -76,7 +76,7 @@ pub fn log_request(method: &str, response: &Response, latency: Duration) {
             %msg_type,
             %rule,
             %reply_type,
-            via = via.label(),
+            via = %via.label(),
             latency_us,
             "request"
         ),
@@ -85,7 +85,7 @@ pub fn log_request(method: &str, response: &Response, latency: Duration) {
             outcome = "success",
             status = response.status,
             %msg_type,
-            via = via.label(),
+            via = %via.label(),
             latency_us,
             "request"
         ),

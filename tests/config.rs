@@ -34,13 +34,92 @@ fn bad_configs_name_the_key() {
         (format!("{OK_ACCOUNT}[[rule]]\ntext = \"a\"\nreply = {{ image = {{ media_id = \"\" }} }}\n"), "rule[0].reply: media_id is empty"),
         (format!("{OK_ACCOUNT}[default]\nreply = {{ voice = {{ mediaid = \"x\" }} }}\n"), "unexpected keys in table: mediaid"),
     ];
-    for (text, needle) in rows {
+    let not_executable = std::env::temp_dir().join(format!("wf-not-exec-{}", std::process::id()));
+    std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+    let not_exec_row = rule_text_run(&not_executable);
+    let rule = |body: &str| format!("{OK_ACCOUNT}[[rule]]\nname = \"r\"\n{body}\n");
+    let more: Vec<(String, &str)> = vec![
+        (
+            rule("regex = '(unclosed'\nreply = { text = \"x\" }"),
+            "rule[0] (r).regex: \"(unclosed\" does not compile",
+        ),
+        (
+            rule("event = \"SUBSCRIBED\"\nreply = { text = \"x\" }"),
+            "rule[0] (r).event: \"SUBSCRIBED\" is not a known event",
+        ),
+        (
+            rule("msg_type = \"photo\"\nreply = { text = \"x\" }"),
+            "rule[0] (r).msg_type: \"photo\" is not a known MsgType",
+        ),
+        (
+            rule("text = \"a\"\nrun = { command = [\"/nonexistent/bot\"] }"),
+            "rule[0] (r).run.command: \"/nonexistent/bot\" cannot be read",
+        ),
+        (not_exec_row, "is not an executable file"),
+        (
+            rule("text = \"a\"\nrun = { command = [\"no-such-program-xyz\"] }"),
+            "is not found in PATH",
+        ),
+        (
+            rule("text = \"a\"\nrun = { command = [] }"),
+            "rule[0] (r).run.command: is empty",
+        ),
+        (
+            rule("text = \"a\"\nrun = { command = [\"/bin/cat\"], timeout_ms = 0 }"),
+            "rule[0] (r).run.timeout_ms: must be 1 to 15000",
+        ),
+        (
+            rule("text = \"a\"\nreply = { text = \"x\" }\nreplies = [ { text = \"y\" } ]"),
+            "rule[0] (r): needs exactly one of `reply`, `replies` or `run`",
+        ),
+        (
+            rule("text = \"a\"\nreplies = []"),
+            "rule[0] (r).replies: needs at least one reply",
+        ),
+        (
+            rule("text = \"a\"\nreply = { text = \"x\" }\nfallback = { text = \"y\" }"),
+            "rule[0] (r).fallback: only goes with `run`",
+        ),
+        (
+            rule("text = \"a\"\nreply = { text = \"{1}\" }"),
+            "rule[0] (r).reply: `{1}`: the regex has only 0 capture groups",
+        ),
+        (
+            rule("regex = 'a(b)'\nreply = { text = \"{name}\" }"),
+            "rule[0] (r).reply: unknown placeholder `{name}`",
+        ),
+        (
+            rule("event = \"CLICK\"\nignore_case = true\nreply = { text = \"x\" }"),
+            "rule[0] (r).ignore_case: only goes with",
+        ),
+        (
+            rule("contains = \"a\"\nprefix = \"b\"\nreply = { text = \"x\" }"),
+            "rule[0] (r): has contains and prefix",
+        ),
+        (
+            format!("[server]\nreply_budget_ms = 6000\n{OK_ACCOUNT}"),
+            "server.reply_budget_ms: 6000 must be 100 to 4900",
+        ),
+        (
+            format!("[server]\nmax_programs = 0\n{OK_ACCOUNT}"),
+            "server.max_programs: must be greater than 0",
+        ),
+    ];
+    for (text, needle) in rows.into_iter().chain(more) {
         let err = Config::parse(&text).expect_err(&text).to_string();
         assert!(
             err.contains(needle),
             "config:\n{text}\nerror: {err}\nexpected: {needle}"
         );
     }
+    let _ = std::fs::remove_file(&not_executable);
+}
+
+fn rule_text_run(program: &std::path::Path) -> String {
+    format!(
+        "{OK_ACCOUNT}[[rule]]\nname = \"r\"\ntext = \"a\"\nrun = {{ command = [\"{}\"] }}\n",
+        program.display()
+    )
 }
 
 #[test]

@@ -76,10 +76,12 @@ pub struct TemplateReply {
     pub text: Option<Template>,
 }
 
-/// A reply program: the command and how long it may run.
+/// A reply program: the command, the folder it runs in (the config file's), and how
+/// long it may run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Program {
     pub command: Vec<String>,
+    pub dir: std::path::PathBuf,
     pub timeout_ms: u64,
 }
 

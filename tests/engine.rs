@@ -1,0 +1,312 @@
+//! The reply engine end to end through nginx: keyword, regex captures, CLICK key, QR
+//! scene, random pick, reply programs (fast, slow, failing), retries answered once, and
+//! a SIGHUP reload.
+
+mod common;
+use common::*;
+
+use std::time::{Duration, Instant};
+
+fn write_program(dir: &TempDir, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn rules(dir: &TempDir, keyword_reply: &str) -> String {
+    let fortune = format!("{}/scripts/examples/fortune.sh", env!("CARGO_MANIFEST_DIR"));
+    let counter = dir.path("counter.log");
+    format!(
+        r#"
+[server]
+reply_budget_ms = 1500
+[[rule]]
+name = "keyword"
+text = "hi"
+reply = {{ text = "{keyword_reply}" }}
+[[rule]]
+name = "weather"
+regex = '^weather (?P<city>\w+) (\d+)$'
+reply = {{ text = "Weather for {{city}}, day {{2}}" }}
+[[rule]]
+event = "CLICK"
+key = "V1001"
+reply = {{ text = "clicked V1001" }}
+[[rule]]
+event = "subscribe"
+key = "123123"
+reply = {{ text = "Welcome from scene {{scene}}" }}
+[[rule]]
+name = "random"
+text = "pick"
+replies = [ {{ text = "A" }}, {{ text = "B" }}, {{ text = "C" }} ]
+[[rule]]
+name = "fortune"
+text = "fortune"
+run = {{ command = ["{fortune}"], timeout_ms = 3000 }}
+[[rule]]
+name = "counter"
+prefix = "count"
+run = {{ command = ["./counter.sh", "{counter}"], timeout_ms = 3000 }}
+[[rule]]
+name = "slow"
+text = "slow"
+run = {{ command = ["./slow.sh"], timeout_ms = 6000 }}
+[[rule]]
+name = "broken"
+text = "broken"
+run = {{ command = ["./fail.sh"], timeout_ms = 2000 }}
+fallback = {{ text = "fallback for {{from}}" }}
+[[rule]]
+name = "stuck"
+text = "stuck"
+run = {{ command = ["./stuck.sh"], timeout_ms = 300 }}
+fallback = {{ text = "too slow" }}
+"#,
+        counter = counter.display()
+    )
+}
+
+struct Setup {
+    dir: TempDir,
+    server: Proc,
+    _nginx: Proc,
+    port: u16,
+    config: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = TempDir::new("engine");
+    // counter.sh: a side effect (one line per run) and a reply naming the run.
+    write_program(
+        &dir,
+        "counter.sh",
+        r#"cat >/dev/null; echo run >> "$1"; echo "counted $(wc -l < "$1")""#,
+    );
+    // slow.sh: answers after 2.5 s, past the 1.5 s reply budget, within its timeout.
+    write_program(
+        &dir,
+        "slow.sh",
+        "cat >/dev/null; sleep 2.5; echo slow answer",
+    );
+    write_program(&dir, "fail.sh", "echo oops >&2; exit 3");
+    // stuck.sh: never answers; its sleeping child must die with it.
+    write_program(
+        &dir,
+        "stuck.sh",
+        "sleep 30 & echo $! > stuck.pids; echo $$ >> stuck.pids; sleep 30",
+    );
+    let config = write_config(&dir, &rules(&dir, "Hello!"));
+    let (server, fcgi) = start_server(&dir, &config);
+    let (nginx, port) = start_nginx(&dir, &fcgi.to_string());
+    Setup {
+        dir,
+        server,
+        _nginx: nginx,
+        port,
+        config,
+    }
+}
+
+impl Setup {
+    fn post(&self, body: &str) -> String {
+        let q = signed(1_700_000_000, "4242");
+        let (status, reply) = http(self.port, "POST", &format!("/wechat?{q}"), body.as_bytes());
+        let reply = String::from_utf8_lossy(&reply).into_owned();
+        assert_eq!(status, 200, "{reply}\n{}", self.server.log());
+        reply
+    }
+
+    fn text(&self, content: &str, msg_id: u64) -> String {
+        self.post(&wechat_fcgi::cli::sample_text_with_id(
+            "gh_acct",
+            "oUser",
+            1_700_000_000,
+            content,
+            msg_id,
+        ))
+    }
+}
+
+fn content(reply: &str) -> String {
+    let start = reply.find("<Content><![CDATA[").map(|i| i + 18);
+    let end = reply.find("]]></Content>");
+    match (start, end) {
+        (Some(s), Some(e)) => reply[s..e].to_owned(),
+        _ => reply.to_owned(),
+    }
+}
+
+#[test]
+fn rules_and_programs_through_nginx() {
+    let s = setup();
+    let click =
+        wechat_fcgi::cli::sample_event("gh_acct", "oUser", 1_700_000_001, "CLICK", Some("V1001"));
+    let scene = wechat_fcgi::cli::sample_event(
+        "gh_acct",
+        "oUser",
+        1_700_000_002,
+        "subscribe",
+        Some("qrscene_123123"),
+    );
+    assert_eq!(content(&s.text("hi", 1)), "Hello!");
+    assert_eq!(
+        content(&s.text("weather Shanghai 2", 2)),
+        "Weather for Shanghai, day 2"
+    );
+    assert_eq!(content(&s.post(&click)), "clicked V1001");
+    assert_eq!(content(&s.post(&scene)), "Welcome from scene 123123");
+    let fortunes = std::fs::read_to_string(format!(
+        "{}/scripts/examples/fortunes.txt",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let fortune = content(&s.text("fortune", 3));
+    assert!(
+        fortunes.lines().any(|l| l == fortune),
+        "not a fortune: {fortune}"
+    );
+    assert_eq!(content(&s.text("broken", 4)), "fallback for oUser");
+    assert_eq!(content(&s.text("stuck", 5)), "too slow");
+    // Killed on timeout with its child, and reaped: no process left running, and the
+    // program itself is no zombie of ours (it is gone from /proc).
+    let pids = std::fs::read_to_string(s.dir.path("stuck.pids")).unwrap();
+    let pids: Vec<&str> = pids.lines().collect();
+    let state = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit(')')
+                    .next()
+                    .map(|r| r.trim().chars().next().unwrap_or('?'))
+            })
+    };
+    let start = Instant::now();
+    while state(pids[1]).is_some() || state(pids[0]).is_some_and(|c| c != 'Z') {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "stuck program left running: {:?} {:?}",
+            state(pids[0]),
+            state(pids[1])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for id in 100..130 {
+        let pick = content(&s.text("pick", id));
+        assert!(["A", "B", "C"].contains(&pick.as_str()), "{pick}");
+        seen.insert(pick);
+    }
+    assert!(seen.len() > 1, "random pick always gave {seen:?}");
+    let log = s.server.log();
+    assert!(
+        log.contains("program failed: answering with the fallback")
+            && log.contains("exited with exit status: 3"),
+        "{log}"
+    );
+    assert!(log.contains("timed out after 300 ms"), "{log}");
+    assert!(
+        log.contains("via=program") && log.contains("via=fallback"),
+        "{log}"
+    );
+}
+
+#[test]
+fn retries_are_answered_once() {
+    let s = setup();
+    let counter = s.dir.path("counter.log");
+    let runs = || {
+        std::fs::read_to_string(&counter)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    // Sequential retries of one MsgId: same answer, the program ran once.
+    let first = s.text("count me", 77);
+    assert_eq!(content(&first), "counted 1");
+    for _ in 0..3 {
+        assert_eq!(content(&s.text("count me", 77)), "counted 1");
+    }
+    assert_eq!(runs(), 1);
+    // Concurrent copies of a new MsgId (a retry while the first still runs) wait for
+    // the one run.
+    let port = s.port;
+    let q = signed(1_700_000_000, "4242");
+    let body =
+        wechat_fcgi::cli::sample_text_with_id("gh_acct", "oUser", 1_700_000_000, "count again", 78);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (q, body) = (q.clone(), body.clone());
+            std::thread::spawn(move || http(port, "POST", &format!("/wechat?{q}"), body.as_bytes()))
+        })
+        .collect();
+    let answers: Vec<String> = handles
+        .into_iter()
+        .map(|h| content(&String::from_utf8_lossy(&h.join().unwrap().1)))
+        .collect();
+    assert!(answers.iter().all(|a| a == "counted 2"), "{answers:?}");
+    assert_eq!(runs(), 2);
+    assert!(s.server.log().contains("via=retry"));
+
+    // A slow program: the first answer is `success` at the budget; the program goes on,
+    // and WeChat's retry gets its reply from the cache.
+    let started = Instant::now();
+    assert_eq!(s.text("slow", 79), "success");
+    assert!(
+        s.server.log().contains("reply budget ran out"),
+        "{}",
+        s.server.log()
+    );
+    let mut retry = String::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        retry = s.text("slow", 79);
+        if retry != "success" {
+            break;
+        }
+    }
+    assert_eq!(content(&retry), "slow answer");
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
+    let s = setup();
+    assert_eq!(content(&s.text("hi", 1)), "Hello!");
+    std::fs::write(
+        &s.config,
+        format!(
+            "[account]\ntoken = \"{TOKEN}\"\n{}",
+            rules(&s.dir, "Hello again!")
+        ),
+    )
+    .unwrap();
+    let pid = s.server.child.id();
+    let hup = |n: usize| {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        while s.server.log().matches("SIGHUP").count() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no reload logged:\n{}",
+                s.server.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    hup(1);
+    assert!(s.server.log().contains("SIGHUP: config reloaded"));
+    assert_eq!(content(&s.text("hi", 2)), "Hello again!");
+    // An invalid config is refused; the running one stays.
+    std::fs::write(&s.config, "[account]\ntoken = \"x\"\n").unwrap();
+    hup(2);
+    assert!(
+        s.server.log().contains("config not reloaded"),
+        "{}",
+        s.server.log()
+    );
+    assert!(s.server.log().contains("account.token"));
+    assert_eq!(content(&s.text("hi", 3)), "Hello again!");
+}
