@@ -139,19 +139,22 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 query.push_str("&openid=");
                 query.extend(form_urlencoded::byte_serialize(from.as_bytes()));
             }
-            match (url, message) {
-                (Some(url), Some(body)) => println!(
-                    "curl -sS -H 'Content-Type: text/xml' --data-binary {} {}",
+            let text = match (url, message) {
+                (Some(url), Some(body)) => format!(
+                    "curl -sS -H 'Content-Type: text/xml' --data-binary {} {}\n",
                     shell_quote(&body),
                     shell_quote(&format!("{url}?{query}"))
                 ),
-                (Some(url), None) => {
-                    println!("curl -sS {}", shell_quote(&format!("{url}?{query}")))
-                }
-                (None, Some(body)) => println!("{query}\n{body}"),
-                (None, None) => println!("{query}"),
+                (Some(url), None) => format!("curl -sS {}\n", shell_quote(&format!("{url}?{query}"))),
+                (None, Some(body)) => format!("{query}\n{body}\n"),
+                (None, None) => format!("{query}\n"),
+            };
+            // A closed pipe (`| head -1`) is not worth a panic.
+            use std::io::Write;
+            match std::io::stdout().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
             }
-            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,0 +1,54 @@
+//! Writes request bodies for scripts/bench.sh: N distinct signed text messages (distinct
+//! MsgIds), one per line, plaintext or sealed for safe mode, plus the query string.
+//! Usage: bench_bodies plain|safe N CONTENT_BYTES OUT_DIR
+
+use wechat_fcgi::core::crypto::{self, AesKey};
+use wechat_fcgi::core::signature::sign;
+
+pub const TOKEN: &str = "4yN275N7g3cY7t2znnG7U7h4MbU7wT42";
+pub const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+pub const APPID: &str = "wx0123456789abcdef";
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mode, n, size, out) = match args.as_slice() {
+        [m, n, s, o] => (m.as_str(), n.parse().unwrap_or(1000), s.parse().unwrap_or(2), std::path::PathBuf::from(o)),
+        _ => {
+            eprintln!("usage: bench_bodies plain|safe N CONTENT_BYTES OUT_DIR");
+            std::process::exit(2);
+        }
+    };
+    // The keyword rule matches "hi"; a longer Content pads it with spaces (trimmed).
+    let content = format!("hi{}", " ".repeat(size.max(2) - 2));
+    let (ts, nonce) = (1_700_000_000u64, "1234567890");
+    let key = AesKey::parse(KEY).map_err(std::io::Error::other)?;
+    let mut bodies = String::new();
+    let mut query = wechat_fcgi::cli::signed_query(TOKEN, ts, nonce);
+    let mut encrypts = Vec::new();
+    for i in 0..n {
+        let msg = wechat_fcgi::cli::sample_text_with_id("gh_0123456789ab", "oBench", ts, &content, 10_000_000 + i as u64);
+        if mode == "safe" {
+            let mut random = [0u8; 16];
+            random[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let encrypt = crypto::encrypt(&key, APPID, msg.as_bytes(), &random);
+            bodies.push_str(&format!("<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>\n"));
+            encrypts.push(encrypt);
+        } else {
+            bodies.push_str(&msg);
+            bodies.push('\n');
+        }
+    }
+    if mode == "safe" {
+        // msg_signature covers the Encrypt text, so each body needs its own query.
+        let mut queries = String::new();
+        for e in &encrypts {
+            let sig = sign(&mut [TOKEN.as_bytes(), ts.to_string().as_bytes(), nonce.as_bytes(), e.as_bytes()]);
+            queries.push_str(&format!("{query}&encrypt_type=aes&msg_signature={}\n", String::from_utf8_lossy(&sig)));
+        }
+        std::fs::write(out.join("queries.txt"), queries)?;
+        query.push_str("&encrypt_type=aes");
+    }
+    std::fs::write(out.join("bodies.txt"), bodies)?;
+    std::fs::write(out.join("query.txt"), query)?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+-- wrk script for scripts/bench.py: POSTs signed WeChat messages, cycling through
+-- bodies.txt (one per line, distinct MsgIds) and, in safe mode, queries.txt (one
+-- msg_signature per body). Environment: BENCH_DIR, BENCH_PATH.
+local dir = os.getenv("BENCH_DIR")
+local path = os.getenv("BENCH_PATH")
+local bodies, queries = {}, {}
+for line in io.lines(dir .. "/bodies.txt") do bodies[#bodies + 1] = line end
+local f = io.open(dir .. "/queries.txt", "r")
+if f then
+  f:close()
+  for line in io.lines(dir .. "/queries.txt") do queries[#queries + 1] = line end
+else
+  local q = io.open(dir .. "/query.txt", "r"):read("*l")
+  queries[1] = q
+end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "text/xml"
+
+function setup(thread)
+  thread:set("offset", math.random(#bodies))
+end
+
+request = function()
+  i = i + 1
+  local n = (i + (offset or 0)) % #bodies + 1
+  local q = queries[#queries == 1 and 1 or n]
+  return wrk.format(nil, path .. "?" .. q, nil, bodies[n])
+end

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Throughput and latency of wechat-fcgi behind nginx, next to nginx answering the same
+bytes by itself (`return 200`), in the same run. See README "Performance".
+
+Usage: scripts/bench.sh [--quick]   (DURATION=seconds ROUNDS=n override)
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/wechat-fcgi")
+BODIES = os.path.join(ROOT, "target/release/examples/bench_bodies")
+STATIC_BIN = os.environ.get("STATIC_BIN")  # set by bench.sh: the crt-static build
+QUICK = "--quick" in sys.argv
+DURATION = int(os.environ.get("DURATION", "3" if QUICK else "5"))
+ROUNDS = int(os.environ.get("ROUNDS", "1" if QUICK else "3"))
+TOKEN = "4yN275N7g3cY7t2znnG7U7h4MbU7wT42"
+KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+APPID = "wx0123456789abcdef"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("port %d never opened" % port)
+
+
+def peak_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
+
+
+def wrk(url, conns, bench_dir, path):
+    env = dict(os.environ, BENCH_DIR=bench_dir, BENCH_PATH=path)
+    out = subprocess.run(
+        ["wrk", "-t1", "-c%d" % conns, "-d%ds" % DURATION, "--latency", "--timeout", "5s",
+         "-s", os.path.join(ROOT, "scripts/bench.lua"), url],
+        capture_output=True, text=True, env=env, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": rps,
+        "p50": to_ms(lat["50"]),
+        "p99": to_ms(lat["99"]),
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "sockerr": sum(int(x) for x in sock.groups()) if sock else 0,
+    }
+
+
+class Stack:
+    """wechat-fcgi + nginx for one mode and content size."""
+
+    def __init__(self, mode, content_bytes, conns_max):
+        self.dir = tempfile.mkdtemp(prefix="wechat-fcgi-bench-")
+        self.mode = mode
+        cfg = os.path.join(self.dir, "wechat-fcgi.toml")
+        with open(cfg, "w") as f:
+            f.write('[server]\nmax_connections = 4096\nmax_body_bytes = 1048576\n[account]\ntoken = "%s"\n' % TOKEN)
+            if mode == "safe":
+                f.write('appid = "%s"\nmode = "safe"\nencoding_aes_key = "%s"\n' % (APPID, KEY))
+            f.write('[[rule]]\ntext = "hi"\nreply = { text = "Hello! Thanks for your message." }\n')
+        subprocess.run([BODIES, mode, "20000", str(content_bytes), self.dir], check=True)
+        self.fcgi_port = free_port()
+        self.log = open(os.path.join(self.dir, "wechat-fcgi.log"), "w")
+        self.server = subprocess.Popen(
+            [BIN, "serve", "--config", cfg, "--listen", "tcp:127.0.0.1:%d" % self.fcgi_port],
+            stdout=subprocess.DEVNULL, stderr=self.log, env=dict(os.environ, WECHAT_FCGI_LOG="info"))
+        wait_port(self.fcgi_port)
+        self.port = free_port()
+        # Capture one real reply: the reference answers with the same bytes.
+        self.nginx_conf(reply="placeholder", conns=conns_max)
+        self.nginx = subprocess.Popen(["nginx", "-p", self.dir, "-c", os.path.join(self.dir, "nginx.conf")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        body = open(os.path.join(self.dir, "bodies.txt")).readline().strip().encode()
+        qfile = "queries.txt" if mode == "safe" else "query.txt"
+        query = open(os.path.join(self.dir, qfile)).readline().strip()
+        req = urllib.request.Request("http://127.0.0.1:%d/wechat?%s" % (self.port, query), data=body,
+                                     headers={"Content-Type": "text/xml"})
+        reply = urllib.request.urlopen(req).read().decode()
+        assert reply.startswith("<xml>"), reply
+        self.reply_len = len(reply.encode())
+        self.nginx_conf(reply=reply, conns=conns_max)
+        os.kill(self.nginx.pid, signal.SIGHUP)
+        time.sleep(0.5)
+
+    def nginx_conf(self, reply, conns):
+        d = self.dir
+        user = "user root;" if os.geteuid() == 0 else ""
+        with open(os.path.join(d, "nginx.conf"), "w") as f:
+            f.write("""%(user)s
+worker_processes 1;
+worker_rlimit_nofile 8192;
+daemon off;
+pid %(d)s/nginx.pid;
+error_log %(d)s/nginx-error.log warn;
+events { worker_connections %(wc)d; }
+http {
+    access_log off;
+    client_body_temp_path %(d)s/cb; fastcgi_temp_path %(d)s/ft; proxy_temp_path %(d)s/pt;
+    scgi_temp_path %(d)s/st; uwsgi_temp_path %(d)s/ut;
+    upstream wechat_fcgi { server 127.0.0.1:%(fp)d; keepalive 64; }
+    server {
+        listen 127.0.0.1:%(port)d backlog=4096;
+        client_max_body_size 1m;
+        client_body_buffer_size 32k;
+        location = /wechat {
+            fastcgi_pass wechat_fcgi;
+            fastcgi_keep_conn on;
+            include /etc/nginx/fastcgi_params;
+        }
+        location = /static {
+            default_type "application/xml; charset=utf-8";
+            return 200 '%(reply)s';
+        }
+    }
+}
+""" % {"user": user, "d": d, "wc": conns * 2 + 64, "fp": self.fcgi_port, "port": self.port, "reply": reply})
+
+    def run(self, target, conns):
+        return wrk("http://127.0.0.1:%d/%s" % (self.port, target), conns, self.dir, "/" + target)
+
+    def rss_kib(self):
+        return peak_rss_kib(self.server.pid)
+
+    def close(self):
+        self.nginx.send_signal(signal.SIGQUIT)
+        self.server.send_signal(signal.SIGTERM)
+        self.nginx.wait(10)
+        self.server.wait(10)
+        self.log.close()
+        errors = sum(1 for line in open(os.path.join(self.dir, "wechat-fcgi.log")) if " WARN " in line or " ERROR " in line)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return errors
+
+
+def median(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def compare(mode, conns=32, content_bytes=2, rounds=ROUNDS):
+    st = Stack(mode, content_bytes, max(conns, 32))
+    try:
+        st.run("wechat", conns)  # warm-up
+        proj, ref = [], []
+        for _ in range(rounds):
+            proj.append(st.run("wechat", conns))
+            ref.append(st.run("static", conns))
+        rss = st.rss_kib()
+    finally:
+        warns = st.close()
+    row = {
+        "mode": mode, "conns": conns, "content": content_bytes,
+        "rps": median(proj, "rps"), "ref_rps": median(ref, "rps"),
+        "p50": median(proj, "p50"), "p99": median(proj, "p99"),
+        "ref_p99": median(ref, "p99"),
+        "non2xx": sum(r["non2xx"] for r in proj), "sockerr": sum(r["sockerr"] for r in proj),
+        "rss_mib": rss / 1024, "warns": warns,
+    }
+    row["ratio"] = row["rps"] / row["ref_rps"]
+    print("%-5s c=%-5d content=%-6d  %9.0f req/s  ref %9.0f req/s  ratio %.2f  p50 %.2f ms  p99 %.2f ms (ref p99 %.2f)"
+          "  non2xx %d  sockerr %d  peak RSS %.1f MiB  warnings %d" % (
+              mode, conns, content_bytes, row["rps"], row["ref_rps"], row["ratio"], row["p50"], row["p99"],
+              row["ref_p99"], row["non2xx"], row["sockerr"], row["rss_mib"], row["warns"]), flush=True)
+    return row
+
+
+def cgi_figure(binary, label, n=200):
+    """Wall time and peak RSS per request of the binary run as a CGI program, next to
+    spawning /bin/true the same way (the cost any CGI program pays)."""
+    d = tempfile.mkdtemp(prefix="wechat-fcgi-cgi-")
+    cfg = os.path.join(d, "c.toml")
+    with open(cfg, "w") as f:
+        f.write('[account]\ntoken = "%s"\n[[rule]]\ntext = "hi"\nreply = { text = "Hello!" }\n' % TOKEN)
+    subprocess.run([BODIES, "plain", "1", "2", d], check=True)
+    body_file = os.path.join(d, "body")
+    with open(os.path.join(d, "bodies.txt")) as src, open(body_file, "w") as dst:
+        dst.write(src.readline().strip())
+    query = open(os.path.join(d, "query.txt")).readline().strip()
+    env = {"GATEWAY_INTERFACE": "CGI/1.1", "REQUEST_METHOD": "POST", "QUERY_STRING": query,
+           "CONTENT_LENGTH": str(os.path.getsize(body_file)), "WECHAT_FCGI_CONFIG": cfg,
+           "WECHAT_FCGI_LOG": "info", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([binary], stdin=open(body_file), env=env, capture_output=True).stdout
+    assert b"Hello!" in out, out
+
+    def loop(program):
+        script = 'for i in $(seq %d); do "%s" < "%s" > /dev/null 2>&1; done' % (n, program, body_file)
+        t = time.perf_counter()
+        subprocess.run(["bash", "-c", script], env=env, check=True)
+        return (time.perf_counter() - t) * 1000 / n
+
+    def peak_kib(program):
+        r = subprocess.run(["/usr/bin/time", "-f", "%M", program], stdin=open(body_file), env=env,
+                           capture_output=True, text=True)
+        return int(r.stderr.strip().splitlines()[-1])
+
+    true_ms, cgi_ms = [], []
+    for _ in range(3):
+        true_ms.append(loop("/bin/true"))
+        cgi_ms.append(loop(binary))
+    peak = max(peak_kib(binary) for _ in range(5))
+    true_peak = peak_kib("/bin/true")
+    shutil.rmtree(d, ignore_errors=True)
+    print("cgi (%s build) %d runs x3: %.2f ms per request (spawning /bin/true: %.2f ms), peak RSS %.1f MiB (/bin/true: %.1f MiB)" % (
+        label, n, statistics.median(cgi_ms), statistics.median(true_ms), peak / 1024, true_peak / 1024), flush=True)
+
+
+def main():
+    for tool in ("nginx", "wrk"):
+        if not shutil.which(tool):
+            raise SystemExit("%s not found: scripts/bench.sh installs it" % tool)
+    print("# %s, %d round(s) of %d s each, wrk -t1; ratio = wechat-fcgi / nginx return 200, same run" % (
+        time.strftime("%Y-%m-%d %H:%M"), ROUNDS, DURATION), flush=True)
+    compare("plain")
+    compare("safe")
+    if not QUICK:
+        for c in (256, 1024):
+            compare("plain", conns=c, rounds=1)
+        compare("plain", content_bytes=100, rounds=1)
+        compare("plain", content_bytes=16384, rounds=1)
+        compare("safe", content_bytes=16384, rounds=1)
+    cgi_figure(BIN, "dynamic", 50 if QUICK else 200)
+    if STATIC_BIN:
+        cgi_figure(STATIC_BIN, "static", 50 if QUICK else 200)
+
+
+if __name__ == "__main__":
+    main()
