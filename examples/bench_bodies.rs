@@ -12,7 +12,12 @@ pub const APPID: &str = "wx0123456789abcdef";
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mode, n, size, out) = match args.as_slice() {
-        [m, n, s, o] => (m.as_str(), n.parse().unwrap_or(1000), s.parse().unwrap_or(2), std::path::PathBuf::from(o)),
+        [m, n, s, o] => (
+            m.as_str(),
+            n.parse().unwrap_or(1000),
+            s.parse().unwrap_or(2),
+            std::path::PathBuf::from(o),
+        ),
         _ => {
             eprintln!("usage: bench_bodies plain|safe N CONTENT_BYTES OUT_DIR");
             std::process::exit(2);
@@ -26,7 +31,13 @@ fn main() -> std::io::Result<()> {
     let mut query = wechat_fcgi::cli::signed_query(TOKEN, ts, nonce);
     let mut encrypts = Vec::new();
     for i in 0..n {
-        let msg = wechat_fcgi::cli::sample_text_with_id("gh_0123456789ab", "oBench", ts, &content, 10_000_000 + i as u64);
+        let msg = wechat_fcgi::cli::sample_text_with_id(
+            "gh_0123456789ab",
+            "oBench",
+            ts,
+            &content,
+            10_000_000 + i as u64,
+        );
         if mode == "safe" {
             let mut random = [0u8; 16];
             random[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -42,8 +53,16 @@ fn main() -> std::io::Result<()> {
         // msg_signature covers the Encrypt text, so each body needs its own query.
         let mut queries = String::new();
         for e in &encrypts {
-            let sig = sign(&mut [TOKEN.as_bytes(), ts.to_string().as_bytes(), nonce.as_bytes(), e.as_bytes()]);
-            queries.push_str(&format!("{query}&encrypt_type=aes&msg_signature={}\n", String::from_utf8_lossy(&sig)));
+            let sig = sign(&mut [
+                TOKEN.as_bytes(),
+                ts.to_string().as_bytes(),
+                nonce.as_bytes(),
+                e.as_bytes(),
+            ]);
+            queries.push_str(&format!(
+                "{query}&encrypt_type=aes&msg_signature={}\n",
+                String::from_utf8_lossy(&sig)
+            ));
         }
         std::fs::write(out.join("queries.txt"), queries)?;
         query.push_str("&encrypt_type=aes");

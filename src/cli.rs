@@ -145,7 +145,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
                     shell_quote(&body),
                     shell_quote(&format!("{url}?{query}"))
                 ),
-                (Some(url), None) => format!("curl -sS {}\n", shell_quote(&format!("{url}?{query}"))),
+                (Some(url), None) => {
+                    format!("curl -sS {}\n", shell_quote(&format!("{url}?{query}")))
+                }
                 (None, Some(body)) => format!("{query}\n{body}\n"),
                 (None, None) => format!("{query}\n"),
             };

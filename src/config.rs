@@ -140,10 +140,11 @@ impl Config {
         });
         match (server, account) {
             (Some(server), Some(account)) if problems.is_empty() => Ok(Config {
-                server,
+                server: server.clone(),
                 responder: Responder {
                     account,
                     rules: Rules { rules, default },
+                    timestamp_window: server.timestamp_window_secs,
                 },
                 warnings,
             }),

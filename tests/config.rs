@@ -203,7 +203,7 @@ fn sign_prints_a_query_the_server_accepts() {
             query,
             body: body.as_bytes(),
         },
-        1,
+        1409659813,
         &mut rand_core::OsRng,
     );
     assert_eq!(resp.status, 200);

@@ -623,7 +623,7 @@ fn responder_decisions() {
                 query: &q,
                 body: body.as_bytes(),
             },
-            1_800_000_000,
+            1_700_000_000,
             &mut rand_core::OsRng,
         );
         let text = String::from_utf8_lossy(&resp.body);
@@ -643,7 +643,7 @@ fn reply_swaps_names_and_uses_the_clock_passed_in() {
     let resp = r.handle(
         &Request {
             method: "POST",
-            query: &query("5", "6", ""),
+            query: &query("1234567", "6", ""),
             body: body.as_bytes(),
         },
         1_234_567,
@@ -681,4 +681,70 @@ fn no_default_means_success() {
         (resp.status, resp.body.as_slice()),
         (200, b"success".as_slice())
     );
+}
+
+#[test]
+fn timestamp_window() {
+    let now = 1_700_000_000u64;
+    let window = |w: u64| {
+        let mut r = responder(RULES);
+        r.timestamp_window = w;
+        r
+    };
+    // The signature covers the timestamp: sign each row.
+    let signed_at = |ts: &str| {
+        let sig = wechat_fcgi::core::signature::sign(&mut [TOKEN.as_bytes(), ts.as_bytes(), b"n"]);
+        format!(
+            "signature={}&timestamp={ts}&nonce=n&echostr=e",
+            String::from_utf8_lossy(&sig)
+        )
+    };
+    // (window, timestamp, status, skew in the cause)
+    let rows: Vec<(u64, String, u16, Option<&str>)> = vec![
+        (300, (now - 300).to_string(), 200, None),
+        (300, (now + 300).to_string(), 200, None),
+        (300, (now - 301).to_string(), 403, Some("-301 s")),
+        (300, (now + 3600).to_string(), 403, Some("+3600 s")),
+        (300, "soon".to_owned(), 403, Some("not a number")),
+        (
+            300,
+            "99999999999999999999999".to_owned(),
+            403,
+            Some("not a number"),
+        ),
+        (0, "1".to_owned(), 200, None),
+        (10, now.to_string(), 200, None),
+    ];
+    for (w, ts, status, cause) in rows {
+        let q = signed_at(&ts);
+        let resp = window(w).handle(
+            &Request {
+                method: "GET",
+                query: &q,
+                body: b"",
+            },
+            now,
+            &mut rand_core::OsRng,
+        );
+        assert_eq!(resp.status, status, "window {w}, ts {ts}");
+        if let Some(needle) = cause {
+            match &resp.outcome {
+                Outcome::Rejected(r @ Rejection::StaleTimestamp { .. }) => {
+                    assert!(r.to_string().contains(needle), "{r}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // A bad signature is reported as such even when the timestamp is stale too.
+    let resp = window(300).handle(
+        &Request {
+            method: "GET",
+            query: "signature=00&timestamp=1&nonce=n&echostr=e",
+            body: b"",
+        },
+        now,
+        &mut rand_core::OsRng,
+    );
+    assert_eq!(resp.outcome.label(), "bad_signature");
 }

@@ -460,7 +460,7 @@ fn modes_table() {
                     query: &signed,
                     body: plain_body.as_bytes(),
                 },
-                1,
+                1_700_000_000,
                 &mut rand_core::OsRng,
             )
         };
@@ -482,7 +482,7 @@ fn modes_table() {
                 query: &hs,
                 body: b"",
             },
-            1,
+            1_700_000_000,
             &mut rand_core::OsRng,
         );
         assert_eq!(

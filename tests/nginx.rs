@@ -131,8 +131,9 @@ fn nginx_safe_and_compat_modes() {
     let key = AesKey::parse(vector::KEY).unwrap();
     let inner = wechat_fcgi::cli::sample_text("gh_acct", "oUser", 1_700_000_000, "hi");
     let encrypt = crypto::encrypt(&key, vector::APPID, inner.as_bytes(), &[5; 16]);
-    let (ts, nonce) = ("1700000000", "31337");
-    let signature = wechat_fcgi::cli::signed_query(vector::TOKEN, 1_700_000_000, nonce);
+    let now = unix_now();
+    let (ts, nonce) = (now.to_string(), "31337");
+    let signature = wechat_fcgi::cli::signed_query(vector::TOKEN, now, nonce);
     let msg_signature = wechat_fcgi::core::signature::sign(&mut [
         vector::TOKEN.as_bytes(),
         ts.as_bytes(),

@@ -27,6 +27,9 @@ pub enum Rejection {
     BodyLength { expected: usize, got: usize },
     /// The request did not arrive within `[server] read_timeout_secs`.
     ReadTimeout,
+    /// The signed `timestamp` is further from our clock than `timestamp_window_secs`
+    /// (`skew` = their time - ours, in seconds), or is not a number (`skew` = None).
+    StaleTimestamp { skew: Option<i64>, window: u64 },
     /// An encrypted message failed a check (its own variant per cause, with SDK code).
     Crypto(CryptoError),
     /// `encrypt_type=aes` but no `encoding_aes_key` is configured.
@@ -56,6 +59,7 @@ impl Rejection {
             Rejection::ReadTimeout => 408,
             Rejection::Crypto(e) => e.status(),
             Rejection::EncryptedWithoutKey | Rejection::PlaintextInSafeMode => 403,
+            Rejection::StaleTimestamp { .. } => 403,
             Rejection::UnknownEncryptType(_) => 400,
             Rejection::BadParams
             | Rejection::BodyLength { .. }
@@ -79,6 +83,7 @@ impl Rejection {
             Rejection::ReadTimeout => "request timed out",
             Rejection::Crypto(e) if e.status() == 403 => "bad encrypted message",
             Rejection::Crypto(_) => "malformed encrypted message",
+            Rejection::StaleTimestamp { .. } => "timestamp outside the allowed window",
             Rejection::EncryptedWithoutKey => {
                 "encrypted message but no encoding_aes_key configured"
             }
@@ -110,6 +115,7 @@ impl Rejection {
             Rejection::Crypto(CryptoError::BadLength) => "bad_length",
             Rejection::Crypto(CryptoError::BadBase64) => "bad_base64",
             Rejection::EncryptedWithoutKey => "encrypted_without_key",
+            Rejection::StaleTimestamp { .. } => "stale_timestamp",
             Rejection::PlaintextInSafeMode => "plaintext_in_safe_mode",
             Rejection::UnknownEncryptType(_) => "unknown_encrypt_type",
             Rejection::MalformedXml(_) => "malformed_xml",
@@ -154,6 +160,11 @@ impl fmt::Display for Rejection {
                 "plaintext POST while mode = \"safe\" (a proxy dropping encrypt_type, or the admin panel not in safe mode?)",
             ),
             Rejection::UnknownEncryptType(t) => write!(f, "encrypt_type={t:?} is not aes or raw"),
+            Rejection::StaleTimestamp { skew: Some(skew), window } => write!(
+                f,
+                "timestamp is {skew:+} s from this server's clock (window {window} s); a replay, or a wrong clock here"
+            ),
+            Rejection::StaleTimestamp { skew: None, .. } => f.write_str("timestamp is not a number of seconds"),
             Rejection::MalformedXml(why) => write!(f, "XML body: {why}"),
             Rejection::MissingField(name) => write!(f, "message has no <{name}>"),
             Rejection::BadField(name) => write!(f, "message field <{name}> is malformed"),

@@ -50,11 +50,14 @@ pub struct Crypto {
     pub appid: String,
 }
 
-/// Everything the core needs to answer: the account and the rules.
+/// Everything the core needs to answer: the account, the rules, the freshness window.
 #[derive(Debug, Clone)]
 pub struct Responder {
     pub account: Account,
     pub rules: Rules,
+    /// Refuse requests whose signed timestamp is further than this from `now`, in
+    /// seconds; 0 turns the check off.
+    pub timestamp_window: u64,
 }
 
 /// One HTTP request as the FastCGI server or the CGI adapter saw it.
@@ -302,13 +305,14 @@ impl Responder {
     fn try_prepare(
         &self,
         request: &Request<'_>,
-        _now: u64,
+        now: u64,
         rng: &mut dyn RngCore,
     ) -> Result<Step, Rejection> {
         let query = CallbackQuery::parse(request.query)?;
         match request.method {
             "GET" => {
                 self.check_signature(&query)?;
+                self.check_freshness(&query, now)?;
                 let echostr = query.echostr.ok_or(Rejection::MissingParam("echostr"))?;
                 Ok(Step::Done(Response {
                     status: 200,
@@ -319,6 +323,7 @@ impl Responder {
             }
             "POST" => {
                 self.check_signature(&query)?;
+                self.check_freshness(&query, now)?;
                 let encrypted = match query.encrypt_type.as_deref() {
                     None | Some("") | Some("raw") => false,
                     Some("aes") => true,
@@ -370,6 +375,26 @@ impl Responder {
             decision,
             json,
         }
+    }
+
+    /// Refuse a signed timestamp outside the window (after the signature check, so the
+    /// skew in the log is WeChat's, not a scanner's).
+    fn check_freshness(&self, query: &CallbackQuery, now: u64) -> Result<(), Rejection> {
+        if self.timestamp_window == 0 {
+            return Ok(());
+        }
+        let window = self.timestamp_window;
+        let stale = |skew| Rejection::StaleTimestamp { skew, window };
+        let ts: i64 = query
+            .timestamp
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .ok_or(stale(None))?;
+        let skew = ts.saturating_sub(i64::try_from(now).unwrap_or(i64::MAX));
+        if skew.unsigned_abs() > window {
+            return Err(stale(Some(skew)));
+        }
+        Ok(())
     }
 
     /// Check the plain `signature` over token, timestamp and nonce.

@@ -262,7 +262,16 @@ pub fn http(port: u16, method: &str, target: &str, body: &[u8]) -> (u16, Vec<u8>
     (status, resp[split + 4..].to_vec())
 }
 
-/// The signed query for this timestamp and nonce.
-pub fn signed(ts: u64, nonce: &str) -> String {
-    wechat_fcgi::cli::signed_query(TOKEN, ts, nonce)
+/// A signed query with the current time (the server refuses stale timestamps) and this
+/// nonce. The first argument only documents which message the test means.
+pub fn signed(_label: u64, nonce: &str) -> String {
+    wechat_fcgi::cli::signed_query(TOKEN, unix_now(), nonce)
+}
+
+/// The Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
