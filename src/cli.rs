@@ -328,7 +328,11 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
                 reload(&reloading, config_path.as_deref(), &server_settings);
             }
         });
-        crate::fcgi::server::serve(listener, engine, config.server.limits, stop_rx).await
+        if config.server.allowed_clients.is_some() && matches!(listener, listen::Listener::Unix(_)) {
+            tracing::warn!("allowed_clients applies to TCP only; the Unix socket's mode guards it");
+        }
+        let allowed = config.server.allowed_clients.clone().map(Arc::from);
+        crate::fcgi::server::serve(listener, engine, config.server.limits, allowed, stop_rx).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

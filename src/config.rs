@@ -37,6 +37,8 @@ pub struct ServerConfig {
     /// Requests whose timestamp is further than this from our clock are refused
     /// (0: no check). The retry cache keeps answers at least this long.
     pub timestamp_window_secs: u64,
+    /// TCP peers allowed to connect (PHP-FPM's listen.allowed_clients); None: any.
+    pub allowed_clients: Option<Vec<std::net::IpAddr>>,
 }
 
 /// Explicit limits; see README "Limits" for what each protects against.
@@ -180,6 +182,7 @@ struct RawServer {
     max_programs: Option<usize>,
     retry_cache_entries: Option<usize>,
     timestamp_window_secs: Option<u64>,
+    allowed_clients: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -323,12 +326,27 @@ impl RawServer {
             cache_entries,
             cache_retention: retention,
         };
+        let allowed_clients = self.allowed_clients.map(|list| {
+            if list.is_empty() {
+                problems.push("server.allowed_clients: empty list would refuse everyone; remove the key to allow any".to_owned());
+            }
+            list.iter()
+                .filter_map(|a| match a.trim().parse::<std::net::IpAddr>() {
+                    Ok(ip) => Some(ip.to_canonical()),
+                    Err(_) => {
+                        problems.push(format!("server.allowed_clients: {a:?} is not an IPv4 or IPv6 address"));
+                        None
+                    }
+                })
+                .collect()
+        });
         Some(ServerConfig {
             listen,
             socket_mode,
             limits,
             engine,
             timestamp_window_secs,
+            allowed_clients,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The tokio FastCGI server: accepts connections (bounded), reads records into the
 //! connection state machine, and writes each batch of answers in one write.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ pub async fn serve(
     listener: Listener,
     engine: Arc<Engine>,
     limits: Limits,
+    allowed_clients: Option<Arc<[IpAddr]>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let listener = TokioListener::from_std(listener)?;
@@ -36,7 +38,14 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let stream = match accepted {
-            Ok(stream) => stream,
+            Ok((stream, Some(peer))) => match &allowed_clients {
+                Some(allowed) if !allowed.contains(&peer.ip().to_canonical()) => {
+                    tracing::warn!(%peer, "connection refused: not in allowed_clients");
+                    continue;
+                }
+                _ => stream,
+            },
+            Ok((stream, None)) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 // Back off briefly: EMFILE and friends persist for a moment.
@@ -233,14 +242,15 @@ impl TokioListener {
         })
     }
 
-    async fn accept(&self) -> std::io::Result<Stream> {
+    /// The next connection, with the peer's address for TCP.
+    async fn accept(&self) -> std::io::Result<(Stream, Option<std::net::SocketAddr>)> {
         match self {
             TokioListener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
+                let (s, peer) = l.accept().await?;
                 s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
+                Ok((Stream::Tcp(s), Some(peer)))
             }
-            TokioListener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
+            TokioListener::Unix(l) => Ok((Stream::Unix(l.accept().await?.0), None)),
         }
     }
 }
