@@ -75,8 +75,16 @@ pub async fn serve(
     Ok(())
 }
 
+/// How long an idle keep-alive connection may still bring a request once draining.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serve one connection until the peer closes it, a request without keep-conn is
 /// answered, a timeout passes, or shutdown is asked while it is idle.
+///
+/// On shutdown an idle connection is not dropped at once: a request may already be on
+/// its way (a freshly accepted connection always has one coming). It gets a short grace
+/// period (`read_timeout` before its first request, [`DRAIN_GRACE`] after), is served
+/// if a request arrives, and is closed after that answer.
 pub async fn serve_connection<S>(
     mut stream: S,
     engine: &Engine,
@@ -93,15 +101,22 @@ pub async fn serve_connection<S>(
     let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(4 * 1024);
     let mut request_started: Option<Instant> = None;
+    let mut served = 0u64;
+    let mut draining = *shutdown.borrow();
     loop {
         let busy = conn.in_request() || !buf.is_empty();
         let deadline = match request_started {
             Some(t) if busy => t + limits.read_timeout,
+            _ if draining && served == 0 => Instant::now() + limits.read_timeout,
+            _ if draining => Instant::now() + DRAIN_GRACE,
             _ => Instant::now() + limits.idle_timeout,
         };
         let read = tokio::select! {
             r = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => r,
-            _ = shutdown.changed(), if !busy => return,
+            _ = shutdown.changed(), if !busy && !draining => {
+                draining = true;
+                continue;
+            }
         };
         let n = match read {
             Ok(Ok(n)) => n,
@@ -164,7 +179,10 @@ pub async fn serve_connection<S>(
             match conn.on_record(rec, &mut out) {
                 Ok(None) => {}
                 Ok(Some(ready)) => {
-                    let keep = ready.keep_conn;
+                    // While draining, close after this answer: the next request should
+                    // go to the instance that replaces us.
+                    let keep = ready.keep_conn && !draining;
+                    served += 1;
                     answer(
                         engine,
                         ready,

@@ -64,6 +64,11 @@ impl Proc {
     /// Send a signal and wait for exit, returning the exit status.
     pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
         unsafe_kill(self.child.id(), sig);
+        self.wait_exit()
+    }
+
+    /// Wait (up to 20 s) for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -71,7 +76,7 @@ impl Proc {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "process did not exit after signal {sig}"
+                "process did not exit"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
