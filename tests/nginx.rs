@@ -245,3 +245,89 @@ fn nginx_safe_and_compat_modes() {
         assert!(!log.contains(vector::KEY), "the key is never logged");
     }
 }
+
+#[test]
+fn hostile_http_bodies_through_nginx_are_4xx_never_500() {
+    let dir = TempDir::new("nginx-hostile");
+    let config = write_config(&dir, &format!("[server]\nmax_body_bytes = 300000\n{RULES}"));
+    let (server, fcgi) = start_server(&dir, &config);
+    let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
+    let q = signed(0, "77");
+    let head = "<ToUserName>a</ToUserName><FromUserName>b</FromUserName>";
+    let ok_text = |c: &str| wechat_fcgi::cli::sample_text("gh", "oF", unix_now(), c);
+    let deep = format!(
+        "<xml>{}{}</xml>",
+        "<a>".repeat(10_000),
+        "</a>".repeat(10_000)
+    );
+    let laughs = format!(
+        "<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\">{}]><xml>{head}<CreateTime>1</CreateTime><MsgType>text</MsgType><Content>&lol9;</Content></xml>",
+        (1..10).map(|i| format!("<!ENTITY lol{i} \"{}\">", format!("&lol{};", if i == 1 { String::new() } else { (i - 1).to_string() }).repeat(10))).collect::<String>()
+    );
+    let mut bad_utf8 =
+        format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>text</MsgType><Content>")
+            .into_bytes();
+    bad_utf8.extend_from_slice(b"\xff\xfe\xfd</Content></xml>");
+    // (what, query, body, status, reason in the body, cause in the log)
+    let rows: Vec<(&str, String, Vec<u8>, u16, &str, &str)> = vec![
+        ("body over max_body_bytes", q.clone(), vec![b'x'; 400_000], 413, "body too large", "max_body_bytes = 300000"),
+        ("DOCTYPE with entities (billion laughs)", q.clone(), laughs.into_bytes(), 400, "malformed XML", "DOCTYPE is not allowed"),
+        ("invalid UTF-8", q.clone(), bad_utf8, 400, "malformed XML", "invalid UTF-8"),
+        ("missing MsgType", q.clone(), format!("<xml>{head}<CreateTime>1</CreateTime></xml>").into_bytes(), 400, "message field missing", "message has no <MsgType>"),
+        ("10 000 nested elements", q.clone(), deep.into_bytes(), 400, "malformed XML", "nesting deeper than 16"),
+        ("non-numeric CreateTime", q.clone(), format!("<xml>{head}<CreateTime>later</CreateTime><MsgType>text</MsgType><Content>x</Content></xml>").into_bytes(), 400, "message field malformed", "<CreateTime> is malformed"),
+        ("duplicate query keys", format!("{q}&nonce=1"), ok_text("hi").into_bytes(), 403, "duplicate signature parameter", "appears more than once"),
+        ("query without =", "signature&timestamp&nonce".to_owned(), ok_text("hi").into_bytes(), 403, "bad signature", "does not match"),
+        ("empty body", q.clone(), Vec::new(), 400, "malformed XML", "no root element"),
+    ];
+    for (what, query, body, status, reason, cause) in rows {
+        let (got, text) = http(port, "POST", &format!("/wechat?{query}"), &body);
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(got, status, "{what}: {text}");
+        assert!(text.contains(reason), "{what}: {text}");
+        assert!(
+            server.log().contains(cause),
+            "{what}: log lacks {cause:?}:\n{}",
+            server.log()
+        );
+    }
+    // A huge Content within the limit is a normal message.
+    let huge = ok_text(&"长".repeat(80_000));
+    let (status, text) = http(port, "POST", &format!("/wechat?{q}"), huge.as_bytes());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&text));
+    assert!(String::from_utf8_lossy(&text).contains("Sorry, I did not understand."));
+    assert!(!server.log().contains(" 500 ") && !server.log().contains("panicked"));
+}
+
+#[test]
+fn stale_timestamps_are_refused_with_the_skew_logged() {
+    let dir = TempDir::new("nginx-stale");
+    let config = write_config(&dir, RULES);
+    let (server, fcgi) = start_server(&dir, &config);
+    let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
+    let old = unix_now() - 3600;
+    let q = wechat_fcgi::cli::signed_query(TOKEN, old, "5");
+    let (status, text) = http(port, "GET", &format!("/wechat?{q}&echostr=e"), b"");
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&text));
+    assert!(String::from_utf8_lossy(&text).contains("timestamp outside the allowed window"));
+    let log = server.log();
+    assert!(
+        log.contains("timestamp is -3600 s from this server's clock (window 300 s)")
+            || log.contains("timestamp is -3601 s"),
+        "{log}"
+    );
+    // A replay inside the window is answered from the retry cache: same answer, no new decision.
+    let body = wechat_fcgi::cli::sample_text("gh", "oF", unix_now(), "hi");
+    let q = signed(0, "6");
+    let first = http(port, "POST", &format!("/wechat?{q}"), body.as_bytes());
+    let replay = http(port, "POST", &format!("/wechat?{q}"), body.as_bytes());
+    let strip_time = |b: &[u8]| {
+        let t = String::from_utf8_lossy(b).into_owned();
+        match (t.find("<CreateTime>"), t.find("</CreateTime>")) {
+            (Some(a), Some(z)) => format!("{}{}", &t[..a], &t[z..]),
+            _ => t,
+        }
+    };
+    assert_eq!(strip_time(&first.1), strip_time(&replay.1));
+    assert!(server.log().contains("via=retry"));
+}
