@@ -148,7 +148,7 @@ http {
         }
     }
 }
-""" % {"user": user, "d": d, "wc": conns * 2 + 64, "fp": self.fcgi_port, "port": self.port, "reply": reply})
+""" % {"user": user, "d": d, "wc": conns * 3 + 64, "fp": self.fcgi_port, "port": self.port, "reply": reply})
 
     def run(self, target, conns):
         return wrk("http://127.0.0.1:%d/%s" % (self.port, target), conns, self.dir, "/" + target)
@@ -238,7 +238,45 @@ def cgi_figure(binary, label, n=200):
         label, n, statistics.median(cgi_ms), statistics.median(true_ms), peak / 1024, true_peak / 1024), flush=True)
 
 
+def soak(total, conns):
+    """Run `total` requests at `conns` connections; RSS sampled every 10 s must stay flat."""
+    st = Stack("plain", 2, conns)
+    ok = True
+    try:
+        st.run("wechat", conns)  # warm-up: the retry cache fills, buffers settle
+        samples, done, errors = [], 0, 0
+        chunk_s = 10
+        while done < total:
+            env = dict(os.environ, BENCH_DIR=st.dir, BENCH_PATH="/wechat")
+            out = subprocess.run(
+                ["wrk", "-t1", "-c%d" % conns, "-d%ds" % chunk_s, "--timeout", "5s", "-s",
+                 os.path.join(ROOT, "scripts/bench.lua"), "http://127.0.0.1:%d/wechat" % st.port],
+                capture_output=True, text=True, env=env, check=True).stdout
+            n = int(re.search(r"(\d+) requests in", out).group(1))
+            non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+            errors += (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
+            done += n
+            with open("/proc/%d/status" % st.server.pid) as f:
+                rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+            samples.append(rss)
+            print("soak: %9d requests, %d errors, RSS %.1f MiB" % (done, errors, rss / 1024), flush=True)
+        # Flat: the last sample is within 10% (or 1 MiB) of the first after warm-up.
+        growth = samples[-1] - samples[0]
+        flat = growth <= max(1024, samples[0] // 10)
+        print("soak: %d requests, %d errors, RSS %.1f -> %.1f MiB (%s)" % (
+            done, errors, samples[0] / 1024, samples[-1] / 1024, "flat" if flat else "GROWING"), flush=True)
+        ok = errors == 0 and flat
+    finally:
+        st.close()
+    if not ok:
+        raise SystemExit(1)
+
+
 def main():
+    if "--soak" in sys.argv:
+        soak(int(os.environ.get("SOAK_REQUESTS", "1000000")), int(os.environ.get("SOAK_CONNS", "256")))
+        return
     for tool in ("nginx", "wrk"):
         if not shutil.which(tool):
             raise SystemExit("%s not found: scripts/bench.sh installs it" % tool)

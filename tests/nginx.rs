@@ -269,7 +269,14 @@ fn hostile_http_bodies_through_nginx_are_4xx_never_500() {
             .into_bytes();
     bad_utf8.extend_from_slice(b"\xff\xfe\xfd</Content></xml>");
     // (what, query, body, status, reason in the body, cause in the log)
-    type Row = (&'static str, String, Vec<u8>, u16, &'static str, &'static str);
+    type Row = (
+        &'static str,
+        String,
+        Vec<u8>,
+        u16,
+        &'static str,
+        &'static str,
+    );
     let rows: Vec<Row> = vec![
         ("body over max_body_bytes", q.clone(), vec![b'x'; 400_000], 413, "body too large", "max_body_bytes = 300000"),
         ("DOCTYPE with entities (billion laughs)", q.clone(), laughs.into_bytes(), 400, "malformed XML", "DOCTYPE is not allowed"),
