@@ -203,6 +203,10 @@ pub fn cdata(out: &mut Vec<u8>, text: &str) {
 /// Where `]]>` starts in `bytes` (a plain scan: reply texts are short and rarely
 /// contain `]`, which beats building a substring searcher per call).
 fn find_cdata_end(bytes: &[u8]) -> Option<usize> {
+    // Most texts (base64, plain words) have no `]` at all: one fast memchr scan.
+    if !bytes.contains(&b']') {
+        return None;
+    }
     let mut i = 0;
     while i + 2 < bytes.len() {
         if bytes[i] == b']' && bytes[i + 1] == b']' && bytes[i + 2] == b'>' {

@@ -1,0 +1,133 @@
+//! Where the listening socket comes from, each source through the real binary:
+//! systemd socket activation (LISTEN_FDS/LISTEN_PID, fd 3), `[server] listen`, and
+//! `--listen` winning over both. (fd 0 from a spawner is what every other test uses.)
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::process::{Command, Stdio};
+
+use wechat_fcgi::fcgi::{params, record};
+
+fn handshake_on(addr: std::net::SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut out = Vec::new();
+    record::write_record(
+        &mut out,
+        record::BEGIN_REQUEST,
+        1,
+        &[0, 1, 0, 0, 0, 0, 0, 0],
+    );
+    let mut p = Vec::new();
+    params::write_pair(&mut p, b"REQUEST_METHOD", b"GET");
+    params::write_pair(
+        &mut p,
+        b"QUERY_STRING",
+        format!("{}&echostr=here", signed(0, "1")).as_bytes(),
+    );
+    record::write_stream(&mut out, record::PARAMS, 1, &p);
+    record::write_stream(&mut out, record::STDIN, 1, b"");
+    s.write_all(&out).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let mut text = Vec::new();
+    let mut pos = 0;
+    while let Ok(Some((rec, used))) = record::decode(&buf[pos..]) {
+        pos += used;
+        if rec.record_type == record::STDOUT {
+            text.extend_from_slice(rec.content);
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[test]
+fn systemd_socket_activation() {
+    let dir = TempDir::new("systemd");
+    let config = write_config(&dir, RULES);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = dir.path("log");
+    // systemd passes the socket as fd 3 and names our pid in LISTEN_PID; the shell
+    // moves the socket from fd 0 to fd 3 and execs with its own pid.
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec '{BIN}' serve --config '{}'",
+            config.display()
+        ))
+        .stdin(Stdio::from(OwnedFd::from(listener)))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let p = Proc { child, stderr: log };
+    wait_for_log(&p, "serving");
+    assert!(
+        p.log().contains("fd 3 (systemd socket activation)"),
+        "{}",
+        p.log()
+    );
+    assert!(handshake_on(addr).ends_with("\r\n\r\nhere"));
+}
+
+#[test]
+fn config_listen_and_flag_precedence() {
+    let dir = TempDir::new("cfg-listen");
+    let port = free_port();
+    let config = write_config(
+        &dir,
+        &format!("[server]\nlisten = \"tcp:127.0.0.1:{port}\"\n"),
+    );
+    let log = dir.path("a.log");
+    let p = Proc {
+        child: Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        stderr: log,
+    };
+    wait_for_log(&p, "serving");
+    assert!(
+        p.log()
+            .contains(&format!("tcp:127.0.0.1:{port} ([server] listen)")),
+        "{}",
+        p.log()
+    );
+    assert!(handshake_on(format!("127.0.0.1:{port}").parse().unwrap()).ends_with("here"));
+    drop(p);
+    // --listen wins over the config (and over fd 0).
+    let flag_port = free_port();
+    let log = dir.path("b.log");
+    let spawner = TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = Proc {
+        child: Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--listen")
+            .arg(format!("tcp:127.0.0.1:{flag_port}"))
+            .stdin(Stdio::from(OwnedFd::from(spawner)))
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        stderr: log,
+    };
+    wait_for_log(&p, "serving");
+    assert!(p.log().contains("(--listen)"), "{}", p.log());
+    assert!(handshake_on(format!("127.0.0.1:{flag_port}").parse().unwrap()).ends_with("here"));
+    // With no source at all: a clear error, exit 1.
+    let bare = write_config(&dir, "");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&bare)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no listening socket"));
+}
