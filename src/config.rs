@@ -613,7 +613,7 @@ impl RawRule {
             return None;
         }
         Some(Rule {
-            name,
+            name: name.into(),
             matcher: matcher?,
             action: action?,
         })
@@ -696,7 +696,10 @@ fn template(reply: Reply, key: &str, vars: &TemplateVars, check: &mut Check<'_>)
         }),
         _ => None,
     };
-    TemplateReply { reply, text }
+    TemplateReply {
+        reply: Arc::new(reply),
+        text,
+    }
 }
 
 /// Check a program command: not empty, and its program readable and executable. A

@@ -272,9 +272,9 @@ impl Engine {
     fn spawn_program(
         &self,
         key: String,
-        rule: String,
+        rule: Arc<str>,
         program: Arc<Program>,
-        fallback: Option<Reply>,
+        fallback: Option<Arc<Reply>>,
         input: Vec<u8>,
     ) {
         let cache = self.cache.clone();
@@ -285,7 +285,7 @@ impl Engine {
                 Ok(reply) => {
                     tracing::info!(%rule, program = %program.command[0], ms = started.elapsed().as_millis() as u64, "program answered");
                     Answer {
-                        reply,
+                        reply: reply.map(Arc::new),
                         rule,
                         via: Via::Program,
                     }

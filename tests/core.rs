@@ -657,7 +657,7 @@ fn reply_swaps_names_and_uses_the_clock_passed_in() {
         resp.outcome,
         Outcome::Reply {
             msg_type: s("text"),
-            rule: s("rule[0]"),
+            rule: "rule[0]".into(),
             reply_type: "text",
             via: wechat_fcgi::core::Via::Rule,
         }

@@ -75,12 +75,14 @@ fn event(name: &str, key: Option<&str>) -> String {
 fn decide(r: &Responder, body: &str) -> (String, String) {
     let message = Message::parse(body.as_bytes()).unwrap();
     match r.rules.decide(&message, &mut rand_core::OsRng) {
-        Decision::Reply {
-            rule,
-            reply: Reply::Text(t),
-        } => (rule, t),
-        Decision::Reply { rule, reply } => (rule, format!("{reply:?}")),
-        Decision::Run { rule, fallback, .. } => (rule, format!("run; fallback {fallback:?}")),
+        Decision::Reply { rule, reply } => match &*reply {
+            Reply::Text(t) => (rule.to_string(), t.clone()),
+            other => (rule.to_string(), format!("{other:?}")),
+        },
+        Decision::Run { rule, fallback, .. } => (
+            rule.to_string(),
+            format!("run; fallback {:?}", fallback.as_deref()),
+        ),
         Decision::Nothing => ("-".into(), String::new()),
     }
 }

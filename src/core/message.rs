@@ -297,7 +297,13 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
                     return Err(bad(format!("nesting deeper than {MAX_DEPTH}")));
                 }
                 let name = slice_of(text, start.name().as_ref())?;
-                stack.push((name, Cow::Borrowed(""), Vec::new()));
+                // The root of a WeChat message has about a dozen children.
+                let children = if stack.is_empty() {
+                    Vec::with_capacity(12)
+                } else {
+                    Vec::new()
+                };
+                stack.push((name, Cow::Borrowed(""), children));
             }
             XmlEvent::Empty(start) => {
                 let name = slice_of(text, start.name().as_ref())?;

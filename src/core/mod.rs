@@ -9,6 +9,8 @@ pub mod reply;
 pub mod rules;
 pub mod signature;
 
+use std::sync::Arc;
+
 use rand_core::RngCore;
 
 use crypto::{AesKey, CryptoError};
@@ -88,7 +90,7 @@ pub enum Outcome {
     /// A message answered with a reply chosen by `rule`.
     Reply {
         msg_type: String,
-        rule: String,
+        rule: Arc<str>,
         reply_type: &'static str,
         via: Via,
     },
@@ -173,8 +175,8 @@ impl Via {
 /// `success`), the rule that chose it and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
-    pub reply: Option<Reply>,
-    pub rule: String,
+    pub reply: Option<Arc<Reply>>,
+    pub rule: Arc<str>,
     pub via: Via,
 }
 
@@ -223,7 +225,7 @@ impl Answer {
             }),
             Decision::Nothing => Some(Answer {
                 reply: None,
-                rule: "-".to_owned(),
+                rule: Arc::from("-"),
                 via: Via::Rule,
             }),
             Decision::Run { .. } => None,
@@ -248,7 +250,7 @@ impl Responder {
                         },
                         _ => Answer {
                             reply: None,
-                            rule: "-".to_owned(),
+                            rule: Arc::from("-"),
                             via: Via::Rule,
                         },
                     }

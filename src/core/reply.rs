@@ -102,7 +102,7 @@ impl Reply {
         out.extend_from_slice(b"</ToUserName><FromUserName>");
         cdata(out, from);
         out.extend_from_slice(b"</FromUserName><CreateTime>");
-        out.extend_from_slice(create_time.to_string().as_bytes());
+        decimal(out, create_time);
         out.extend_from_slice(b"</CreateTime><MsgType>");
         cdata(out, self.msg_type());
         out.extend_from_slice(b"</MsgType>");
@@ -146,7 +146,7 @@ impl Reply {
             }
             Reply::News(articles) => {
                 out.extend_from_slice(b"<ArticleCount>");
-                out.extend_from_slice(articles.len().to_string().as_bytes());
+                decimal(out, articles.len() as u64);
                 out.extend_from_slice(b"</ArticleCount><Articles>");
                 for a in articles {
                     out.extend_from_slice(b"<item>");
@@ -168,6 +168,21 @@ impl Reply {
         }
         out.extend_from_slice(b"</xml>");
     }
+}
+
+/// Append `n` in decimal without allocating.
+pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn element(out: &mut Vec<u8>, name: &str, text: &str) {
@@ -225,6 +240,15 @@ mod tests {
         let mut out = Vec::new();
         cdata(&mut out, text);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn decimal_table() {
+        for n in [0u64, 7, 10, 1_700_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct Rules {
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// `name` from the config, or `rule[N]`, for logs and config errors.
-    pub name: String,
+    pub name: Arc<str>,
     pub matcher: Matcher,
     pub action: Action,
 }
@@ -71,7 +71,7 @@ pub enum Action {
 /// A reply whose text may hold `{from}`, `{to}`, `{content}`, `{scene}`, `{1}`, `{name}`.
 #[derive(Debug, Clone)]
 pub struct TemplateReply {
-    pub reply: Reply,
+    pub reply: Arc<Reply>,
     /// The parsed template of a text reply's content.
     pub text: Option<Template>,
 }
@@ -89,12 +89,12 @@ pub struct Program {
 #[derive(Debug, Clone)]
 pub enum Decision {
     /// Answer with this reply (templates already filled in).
-    Reply { rule: String, reply: Reply },
+    Reply { rule: Arc<str>, reply: Arc<Reply> },
     /// Run this program with the message as JSON on stdin.
     Run {
-        rule: String,
+        rule: Arc<str>,
         program: Arc<Program>,
-        fallback: Option<Reply>,
+        fallback: Option<Arc<Reply>>,
     },
     /// No rule and no default: `success`.
     Nothing,
@@ -144,7 +144,7 @@ impl Rules {
         let user_message = !matches!(message.kind, Kind::Event(_) | Kind::Unknown);
         match &self.default {
             Some(action) if user_message => {
-                action.decide("default", message, &Captures::default(), rng)
+                action.decide(&Arc::from("default"), message, &Captures::default(), rng)
             }
             _ => Decision::Nothing,
         }
@@ -225,7 +225,7 @@ impl Matcher {
 impl Action {
     fn decide(
         &self,
-        rule: &str,
+        rule: &Arc<str>,
         message: &Message<'_>,
         captures: &Captures,
         rng: &mut dyn RngCore,
@@ -238,12 +238,12 @@ impl Action {
                     n => &replies[(rng.next_u32() as usize) % n],
                 };
                 Decision::Reply {
-                    rule: rule.to_owned(),
+                    rule: rule.clone(),
                     reply: pick.fill(message, captures),
                 }
             }
             Action::Run { program, fallback } => Decision::Run {
-                rule: rule.to_owned(),
+                rule: rule.clone(),
                 program: program.clone(),
                 fallback: fallback.as_ref().map(|f| f.fill(message, captures)),
             },
@@ -254,13 +254,17 @@ impl Action {
 impl TemplateReply {
     /// A reply without placeholders.
     pub fn plain(reply: Reply) -> TemplateReply {
-        TemplateReply { reply, text: None }
+        TemplateReply {
+            reply: Arc::new(reply),
+            text: None,
+        }
     }
 
-    /// The reply with its template filled in for this message.
-    pub fn fill(&self, message: &Message<'_>, captures: &Captures) -> Reply {
+    /// The reply with its template filled in for this message (shared, not copied,
+    /// when it has no placeholders).
+    pub fn fill(&self, message: &Message<'_>, captures: &Captures) -> Arc<Reply> {
         match &self.text {
-            Some(t) => Reply::Text(t.render(message, captures)),
+            Some(t) => Arc::new(Reply::Text(t.render(message, captures))),
             None => self.reply.clone(),
         }
     }
