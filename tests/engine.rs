@@ -74,6 +74,7 @@ struct Setup {
     _nginx: Proc,
     port: u16,
     config: std::path::PathBuf,
+    fcgi: std::net::SocketAddr,
 }
 
 fn setup() -> Setup {
@@ -106,6 +107,7 @@ fn setup() -> Setup {
         _nginx: nginx,
         port,
         config,
+        fcgi,
     }
 }
 
@@ -272,6 +274,50 @@ fn retries_are_answered_once() {
 fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     let s = setup();
     assert_eq!(content(&s.text("hi", 1)), "Hello!");
+    // A FastCGI keep-alive connection opened before the reload, used after it.
+    let mut kept = std::net::TcpStream::connect(s.fcgi).unwrap();
+    let ask = |kept: &mut std::net::TcpStream, id: u64| -> String {
+        use std::io::{Read, Write};
+        use wechat_fcgi::fcgi::{params, record};
+        let body = wechat_fcgi::cli::sample_text_with_id("gh", "oU", 1, "hi", 9_000 + id);
+        let mut out = Vec::new();
+        record::write_record(
+            &mut out,
+            record::BEGIN_REQUEST,
+            1,
+            &[0, 1, record::FLAG_KEEP_CONN, 0, 0, 0, 0, 0],
+        );
+        let mut p = Vec::new();
+        params::write_pair(&mut p, b"REQUEST_METHOD", b"POST");
+        params::write_pair(&mut p, b"QUERY_STRING", signed(0, "3").as_bytes());
+        params::write_pair(&mut p, b"CONTENT_LENGTH", body.len().to_string().as_bytes());
+        record::write_stream(&mut out, record::PARAMS, 1, &p);
+        record::write_stream(&mut out, record::STDIN, 1, body.as_bytes());
+        kept.write_all(&out).unwrap();
+        let mut buf = Vec::new();
+        let mut stdout = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = kept.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection dropped");
+            buf.extend_from_slice(&chunk[..n]);
+            let mut pos = 0;
+            let mut ended = false;
+            stdout.clear();
+            while let Ok(Some((rec, used))) = record::decode(&buf[pos..]) {
+                pos += used;
+                match rec.record_type {
+                    record::STDOUT => stdout.extend_from_slice(rec.content),
+                    record::END_REQUEST => ended = true,
+                    _ => {}
+                }
+            }
+            if ended {
+                return content(&String::from_utf8_lossy(&stdout));
+            }
+        }
+    };
+    assert_eq!(ask(&mut kept, 1), "Hello!");
     std::fs::write(
         &s.config,
         format!(
@@ -298,6 +344,11 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     };
     hup(1);
     assert!(s.server.log().contains("SIGHUP: config reloaded"));
+    assert_eq!(
+        ask(&mut kept, 2),
+        "Hello again!",
+        "the kept connection survived the reload"
+    );
     assert_eq!(content(&s.text("hi", 2)), "Hello again!");
     // An invalid config is refused; the running one stays.
     std::fs::write(&s.config, "[account]\ntoken = \"x\"\n").unwrap();
