@@ -25,7 +25,11 @@ fn main() -> std::io::Result<()> {
     };
     // The keyword rule matches "hi"; a longer Content pads it with spaces (trimmed).
     let content = format!("hi{}", " ".repeat(size.max(2) - 2));
-    let (ts, nonce) = (1_700_000_000u64, "1234567890");
+    // Signed now: the server refuses timestamps outside its window.
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let nonce = "1234567890";
     let key = AesKey::parse(KEY).map_err(std::io::Error::other)?;
     let mut bodies = String::new();
     let mut query = wechat_fcgi::cli::signed_query(TOKEN, ts, nonce);

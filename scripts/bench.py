@@ -88,7 +88,9 @@ class Stack:
         self.mode = mode
         cfg = os.path.join(self.dir, "wechat-fcgi.toml")
         with open(cfg, "w") as f:
-            f.write('[server]\nmax_connections = 4096\nmax_body_bytes = 1048576\n[account]\ntoken = "%s"\n' % TOKEN)
+            # A long soak outlives the default 300 s window of the signed timestamp.
+            f.write('[server]\nmax_connections = 4096\nmax_body_bytes = 1048576\ntimestamp_window_secs = 7200\n'
+                    '[account]\ntoken = "%s"\n' % TOKEN)
             if mode == "safe":
                 f.write('appid = "%s"\nmode = "safe"\nencoding_aes_key = "%s"\n' % (APPID, KEY))
             f.write('[[rule]]\ntext = "hi"\nreply = { text = "Hello! Thanks for your message." }\n')
