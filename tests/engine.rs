@@ -277,45 +277,12 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     // A FastCGI keep-alive connection opened before the reload, used after it.
     let mut kept = std::net::TcpStream::connect(s.fcgi).unwrap();
     let ask = |kept: &mut std::net::TcpStream, id: u64| -> String {
-        use std::io::{Read, Write};
-        use wechat_fcgi::fcgi::{params, record};
+        use std::io::Write;
         let body = wechat_fcgi::cli::sample_text_with_id("gh", "oU", 1, "hi", 9_000 + id);
         let mut out = Vec::new();
-        record::write_record(
-            &mut out,
-            record::BEGIN_REQUEST,
-            1,
-            &[0, 1, record::FLAG_KEEP_CONN, 0, 0, 0, 0, 0],
-        );
-        let mut p = Vec::new();
-        params::write_pair(&mut p, b"REQUEST_METHOD", b"POST");
-        params::write_pair(&mut p, b"QUERY_STRING", signed(0, "3").as_bytes());
-        params::write_pair(&mut p, b"CONTENT_LENGTH", body.len().to_string().as_bytes());
-        record::write_stream(&mut out, record::PARAMS, 1, &p);
-        record::write_stream(&mut out, record::STDIN, 1, body.as_bytes());
+        fcgi_request(&mut out, 1, true, "POST", &signed(0, "3"), body.as_bytes());
         kept.write_all(&out).unwrap();
-        let mut buf = Vec::new();
-        let mut stdout = Vec::new();
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = kept.read(&mut chunk).unwrap();
-            assert!(n > 0, "connection dropped");
-            buf.extend_from_slice(&chunk[..n]);
-            let mut pos = 0;
-            let mut ended = false;
-            stdout.clear();
-            while let Ok(Some((rec, used))) = record::decode(&buf[pos..]) {
-                pos += used;
-                match rec.record_type {
-                    record::STDOUT => stdout.extend_from_slice(rec.content),
-                    record::END_REQUEST => ended = true,
-                    _ => {}
-                }
-            }
-            if ended {
-                return content(&String::from_utf8_lossy(&stdout));
-            }
-        }
+        content(&fcgi_response(kept).expect("connection dropped"))
     };
     assert_eq!(ask(&mut kept, 1), "Hello!");
     std::fs::write(
@@ -360,4 +327,46 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     );
     assert!(s.server.log().contains("account.token"));
     assert_eq!(content(&s.text("hi", 3)), "Hello again!");
+}
+
+#[test]
+fn max_programs_caps_programs_running_at_once() {
+    let dir = TempDir::new("cap");
+    // Each run writes "start", waits, writes "end": with one slot they never interleave.
+    write_program(
+        &dir,
+        "slot.sh",
+        "cat >/dev/null; echo start >> runs.log; sleep 0.3; echo end >> runs.log; echo done",
+    );
+    let config = write_config(
+        &dir,
+        "[server]\nmax_programs = 1\n[[rule]]\nprefix = \"run\"\nrun = { command = [\"./slot.sh\"], timeout_ms = 3000 }\n",
+    );
+    let (server, fcgi) = start_server(&dir, &config);
+    let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
+    let handles: Vec<_> = (0..3u64)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = wechat_fcgi::cli::sample_text_with_id("gh", "oU", 1, "run", 500 + i);
+                http(
+                    port,
+                    "POST",
+                    &format!("/wechat?{}", signed(0, "8")),
+                    body.as_bytes(),
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let (status, body) = h.join().unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            content(&String::from_utf8_lossy(&body)),
+            "done",
+            "{}",
+            server.log()
+        );
+    }
+    let runs = std::fs::read_to_string(dir.path("runs.log")).unwrap();
+    assert_eq!(runs, "start\nend\n".repeat(3), "programs overlapped");
 }

@@ -6,15 +6,13 @@
 mod common;
 use common::*;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use wechat_fcgi::fcgi::{params, record};
 
 fn spawn_on(listener: &TcpListener, config: &std::path::Path, log: std::path::PathBuf) -> Proc {
     let fd = OwnedFd::from(listener.try_clone().unwrap());
@@ -30,7 +28,7 @@ fn spawn_on(listener: &TcpListener, config: &std::path::Path, log: std::path::Pa
 }
 
 /// One request on its own connection (no keep-conn, like nginx without keepalive).
-/// Returns the response body, or the error.
+/// Returns the response text, or the error.
 fn one_request(
     addr: std::net::SocketAddr,
     method: &str,
@@ -38,39 +36,13 @@ fn one_request(
     body: &[u8],
 ) -> Result<String, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut out = Vec::new();
-    record::write_record(
-        &mut out,
-        record::BEGIN_REQUEST,
-        1,
-        &[0, 1, 0, 0, 0, 0, 0, 0],
-    );
-    let mut p = Vec::new();
-    params::write_pair(&mut p, b"REQUEST_METHOD", method.as_bytes());
-    params::write_pair(&mut p, b"QUERY_STRING", query.as_bytes());
-    params::write_pair(&mut p, b"CONTENT_LENGTH", body.len().to_string().as_bytes());
-    record::write_stream(&mut out, record::PARAMS, 1, &p);
-    record::write_stream(&mut out, record::STDIN, 1, body);
+    fcgi_request(&mut out, 1, false, method, query, body);
     s.write_all(&out).map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
-    let mut stdout = Vec::new();
-    let mut pos = 0;
-    let mut ended = false;
-    while let Ok(Some((rec, used))) = record::decode(&buf[pos..]) {
-        pos += used;
-        match rec.record_type {
-            record::STDOUT => stdout.extend_from_slice(rec.content),
-            record::END_REQUEST => ended = true,
-            _ => {}
-        }
+    match fcgi_response(&mut s) {
+        Some(text) if text.starts_with("Status: 200") => Ok(text),
+        other => Err(format!("incomplete or failed response: {other:?}")),
     }
-    let text = String::from_utf8_lossy(&stdout).into_owned();
-    if !ended || !text.starts_with("Status: 200") {
-        return Err(format!("incomplete or failed response: {text:?}"));
-    }
-    Ok(text)
 }
 
 #[test]

@@ -5,43 +5,24 @@
 mod common;
 use common::*;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 
-use wechat_fcgi::fcgi::{params, record};
-
 fn handshake_on(addr: std::net::SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     let mut out = Vec::new();
-    record::write_record(
+    fcgi_request(
         &mut out,
-        record::BEGIN_REQUEST,
         1,
-        &[0, 1, 0, 0, 0, 0, 0, 0],
+        false,
+        "GET",
+        &format!("{}&echostr=here", signed(0, "1")),
+        b"",
     );
-    let mut p = Vec::new();
-    params::write_pair(&mut p, b"REQUEST_METHOD", b"GET");
-    params::write_pair(
-        &mut p,
-        b"QUERY_STRING",
-        format!("{}&echostr=here", signed(0, "1")).as_bytes(),
-    );
-    record::write_stream(&mut out, record::PARAMS, 1, &p);
-    record::write_stream(&mut out, record::STDIN, 1, b"");
     s.write_all(&out).unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let mut text = Vec::new();
-    let mut pos = 0;
-    while let Ok(Some((rec, used))) = record::decode(&buf[pos..]) {
-        pos += used;
-        if rec.record_type == record::STDOUT {
-            text.extend_from_slice(rec.content);
-        }
-    }
-    String::from_utf8_lossy(&text).into_owned()
+    fcgi_response(&mut s).unwrap_or_default()
 }
 
 #[test]

@@ -280,3 +280,55 @@ pub fn unix_now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// Append one complete FastCGI Responder request: BEGIN_REQUEST, PARAMS (method, query,
+/// content length), STDIN.
+pub fn fcgi_request(
+    out: &mut Vec<u8>,
+    id: u16,
+    keep_conn: bool,
+    method: &str,
+    query: &str,
+    body: &[u8],
+) {
+    use wechat_fcgi::fcgi::{params, record};
+    let flags = if keep_conn { record::FLAG_KEEP_CONN } else { 0 };
+    let role = record::ROLE_RESPONDER.to_be_bytes();
+    record::write_record(
+        out,
+        record::BEGIN_REQUEST,
+        id,
+        &[role[0], role[1], flags, 0, 0, 0, 0, 0],
+    );
+    let mut p = Vec::new();
+    params::write_pair(&mut p, b"REQUEST_METHOD", method.as_bytes());
+    params::write_pair(&mut p, b"QUERY_STRING", query.as_bytes());
+    params::write_pair(&mut p, b"CONTENT_LENGTH", body.len().to_string().as_bytes());
+    record::write_stream(out, record::PARAMS, id, &p);
+    record::write_stream(out, record::STDIN, id, body);
+}
+
+/// Read one FastCGI response from `s`: the STDOUT text once END_REQUEST arrives, or
+/// `None` if the connection ends first.
+pub fn fcgi_response(s: &mut TcpStream) -> Option<String> {
+    use wechat_fcgi::fcgi::record;
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut stdout = Vec::new();
+        let mut pos = 0;
+        while let Ok(Some((rec, used))) = record::decode(&buf[pos..]) {
+            pos += used;
+            match rec.record_type {
+                record::STDOUT => stdout.extend_from_slice(rec.content),
+                record::END_REQUEST => return Some(String::from_utf8_lossy(&stdout).into_owned()),
+                _ => {}
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
