@@ -221,16 +221,30 @@ impl<'a> Message<'a> {
     /// MsgId, or one that names something else, like TEMPLATESENDJOBFINISH's MsgID).
     pub fn retry_key(&self) -> String {
         let from = &self.from_user_name;
+        let mut key = String::with_capacity(from.len() + 48);
+        let mut push = |parts: &[&str]| {
+            for p in parts {
+                key.push_str(p);
+            }
+        };
+        let mut time = Vec::with_capacity(20);
+        super::reply::decimal(&mut time, self.create_time);
+        let time = std::str::from_utf8(&time).unwrap_or("0");
         match (&self.kind, self.field("MsgId")) {
-            (Kind::Event(_), _) => format!(
-                "e:{from}:{}:{}:{}",
-                self.create_time,
+            (Kind::Event(_), _) => push(&[
+                "e:",
+                from,
+                ":",
+                time,
+                ":",
                 self.field("Event").unwrap_or(""),
-                self.field("EventKey").unwrap_or("")
-            ),
-            (_, Some(id)) if !id.trim().is_empty() => format!("m:{from}:{}", id.trim()),
-            _ => format!("u:{from}:{}:{}", self.create_time, self.msg_type),
+                ":",
+                self.field("EventKey").unwrap_or(""),
+            ]),
+            (_, Some(id)) if !id.trim().is_empty() => push(&["m:", from, ":", id.trim()]),
+            _ => push(&["u:", from, ":", time, ":", &self.msg_type]),
         }
+        key
     }
 
     /// A short name of the type for logs: `text`, `image`, `event:CLICK`, ...

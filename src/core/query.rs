@@ -22,8 +22,20 @@ impl<'a> CallbackQuery<'a> {
     /// Values without escapes borrow from `query`.
     pub fn parse(query: &'a str) -> Result<CallbackQuery<'a>, Rejection> {
         let mut q = CallbackQuery::default();
-        for pair in query.split('&') {
-            let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        // A plain byte scan: `&` and `=` are ASCII, so every cut is a char boundary.
+        let bytes = query.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            let end = bytes[start..]
+                .iter()
+                .position(|&b| b == b'&')
+                .map_or(bytes.len(), |i| start + i);
+            let pair = &query[start..end];
+            start = end + 1;
+            let (key, raw) = match pair.bytes().position(|b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, ""),
+            };
             let (slot, name) = match key {
                 "signature" => (&mut q.signature, "signature"),
                 "timestamp" => (&mut q.timestamp, "timestamp"),
