@@ -64,3 +64,6 @@ assert "<Encrypt>" in safe()
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
 print("wechatpy plaintext message -> reply: %.2f us" % per_call_us(plaintext, n))
 print("wechatpy safe-mode round trip:       %.2f us" % per_call_us(safe, n))
+print("wechatpy parse_message only:         %.2f us" % per_call_us(lambda: parse_message(BODY), n))
+print("wechatpy decrypt_message only:       %.2f us" % per_call_us(
+    lambda: crypto.decrypt_message(ENVELOPE, MSG_SIG, TS, NONCE), n))
