@@ -407,3 +407,63 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(text: &str) -> Answer {
+        Answer {
+            reply: Some(Arc::new(Reply::Text(text.to_owned()))),
+            rule: Arc::from("r"),
+            via: Via::Rule,
+        }
+    }
+
+    #[test]
+    fn cache_first_running_done() {
+        let cache = MemoryCache::new(10, Duration::from_secs(60));
+        let Claim::First(mut rx) = cache.claim("k") else {
+            panic!("first claim")
+        };
+        let Claim::Running(mut waiting) = cache.claim("k") else {
+            panic!("second claim while running")
+        };
+        cache.finish("k", answer("a"));
+        assert_eq!(rx.borrow_and_update().clone(), Some(answer("a")));
+        assert_eq!(waiting.borrow_and_update().clone(), Some(answer("a")));
+        let Claim::Done(done) = cache.claim("k") else {
+            panic!("claim after finish")
+        };
+        assert_eq!(done, answer("a"));
+    }
+
+    #[test]
+    fn cache_is_bounded_oldest_first() {
+        let cache = MemoryCache::new(2, Duration::from_secs(60));
+        for k in ["a", "b", "c"] {
+            assert!(matches!(cache.claim(k), Claim::First(_)));
+            cache.finish(k, answer(k));
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(
+            matches!(cache.claim("a"), Claim::First(_)),
+            "the oldest was evicted"
+        );
+        assert!(matches!(cache.claim("c"), Claim::Done(_)));
+    }
+
+    #[test]
+    fn cache_keeps_entries_for_the_retention_then_forgets() {
+        let cache = MemoryCache::new(10, Duration::from_millis(50));
+        assert!(matches!(cache.claim("k"), Claim::First(_)));
+        cache.finish("k", answer("a"));
+        assert!(matches!(cache.claim("k"), Claim::Done(_)));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(
+            matches!(cache.claim("k"), Claim::First(_)),
+            "expired after the retention"
+        );
+        assert_eq!(cache.len(), 1);
+    }
+}

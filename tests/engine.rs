@@ -16,6 +16,10 @@ fn write_program(dir: &TempDir, name: &str, body: &str) {
 
 fn rules(dir: &TempDir, keyword_reply: &str) -> String {
     let fortune = format!("{}/scripts/examples/fortune.sh", env!("CARGO_MANIFEST_DIR"));
+    let news = format!(
+        "{}/scripts/examples/echo-news.sh",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let counter = dir.path("counter.log");
     format!(
         r#"
@@ -49,6 +53,10 @@ run = {{ command = ["{fortune}"], timeout_ms = 3000 }}
 name = "counter"
 prefix = "count"
 run = {{ command = ["./counter.sh", "{counter}"], timeout_ms = 3000 }}
+[[rule]]
+name = "news"
+prefix = "news "
+run = {{ command = ["{news}"] }}
 [[rule]]
 name = "slow"
 text = "slow"
@@ -170,6 +178,16 @@ fn rules_and_programs_through_nginx() {
         "not a fortune: {fortune}"
     );
     assert_eq!(content(&s.text("broken", 4)), "fallback for oUser");
+    // A program answering with JSON: any reply type.
+    let news = s.text("news hello", 6);
+    assert!(
+        news.contains("<MsgType><![CDATA[news]]></MsgType><ArticleCount>1</ArticleCount>"),
+        "{news}"
+    );
+    assert!(
+        news.contains("<Title><![CDATA[You said: news hello]]></Title>"),
+        "{news}"
+    );
     assert_eq!(content(&s.text("stuck", 5)), "too slow");
     // Killed on timeout with its child, and reaped: no process left running, and the
     // program itself is no zombie of ours (it is gone from /proc).
