@@ -68,9 +68,9 @@ pub struct MemoryCache {
 }
 
 struct CacheInner {
-    map: HashMap<String, Entry>,
-    /// Keys in insertion order, for expiry and eviction.
-    order: VecDeque<(Instant, String)>,
+    map: HashMap<Arc<str>, Entry>,
+    /// Keys in insertion order (shared with the map), for expiry and eviction.
+    order: VecDeque<(Instant, Arc<str>)>,
 }
 
 enum Entry {
@@ -129,8 +129,9 @@ impl RetryCache for MemoryCache {
             }
         }
         let (tx, rx) = watch::channel(None);
-        c.map.insert(key.to_owned(), Entry::Running(tx));
-        c.order.push_back((now, key.to_owned()));
+        let key: Arc<str> = Arc::from(key);
+        c.map.insert(key.clone(), Entry::Running(tx));
+        c.order.push_back((now, key));
         Claim::First(rx)
     }
 
