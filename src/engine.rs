@@ -284,7 +284,7 @@ impl Engine {
             let started = Instant::now();
             let answer = match run_program(&program, &input, &permits).await {
                 Ok(reply) => {
-                    tracing::info!(%rule, program = %program.command[0], ms = started.elapsed().as_millis() as u64, "program answered");
+                    tracing::info!(%rule, program = %program.command.first().map_or("", String::as_str), ms = started.elapsed().as_millis() as u64, "program answered");
                     Answer {
                         reply: reply.map(Arc::new),
                         rule,
@@ -292,7 +292,7 @@ impl Engine {
                     }
                 }
                 Err(cause) => {
-                    tracing::warn!(%rule, program = %program.command[0], %cause, "program failed: answering with the fallback");
+                    tracing::warn!(%rule, program = %program.command.first().map_or("", String::as_str), %cause, "program failed: answering with the fallback");
                     Answer {
                         reply: fallback,
                         rule,
