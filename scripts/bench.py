@@ -134,7 +134,7 @@ http {
     access_log off;
     client_body_temp_path %(d)s/cb; fastcgi_temp_path %(d)s/ft; proxy_temp_path %(d)s/pt;
     scgi_temp_path %(d)s/st; uwsgi_temp_path %(d)s/ut;
-    upstream wechat_fcgi { server 127.0.0.1:%(fp)d; keepalive 64; }
+    upstream wechat_fcgi { server 127.0.0.1:%(fp)d; keepalive 1024; }
     server {
         listen 127.0.0.1:%(port)d backlog=4096;
         client_max_body_size 1m;

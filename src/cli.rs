@@ -303,6 +303,7 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         flag,
         config.server.listen.as_ref(),
         config.server.socket_mode,
+        config.server.listen_backlog,
     )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

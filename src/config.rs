@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub listen: Option<ListenAddr>,
     /// Permission bits of a Unix socket we create.
     pub socket_mode: u32,
+    /// Listen backlog for sockets we bind (inherited ones keep their spawner's).
+    pub listen_backlog: u32,
     pub limits: Limits,
     pub engine: EngineConfig,
     /// Requests whose timestamp is further than this from our clock are refused
@@ -172,6 +174,7 @@ struct RawConfig {
 struct RawServer {
     listen: Option<String>,
     socket_mode: Option<String>,
+    listen_backlog: Option<u32>,
     max_body_bytes: Option<usize>,
     max_params_bytes: Option<usize>,
     max_connections: Option<usize>,
@@ -340,9 +343,14 @@ impl RawServer {
                 })
                 .collect()
         });
+        let listen_backlog = self.listen_backlog.unwrap_or(1024);
+        if listen_backlog == 0 {
+            problems.push("server.listen_backlog: must be greater than 0".to_owned());
+        }
         Some(ServerConfig {
             listen,
             socket_mode,
+            listen_backlog,
             limits,
             engine,
             timestamp_window_secs,

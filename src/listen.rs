@@ -77,9 +77,13 @@ pub fn acquire(
     flag: Option<&ListenAddr>,
     config: Option<&ListenAddr>,
     socket_mode: u32,
+    backlog: u32,
 ) -> anyhow::Result<(Listener, Source)> {
     if let Some(addr) = flag {
-        return Ok((bind(addr, socket_mode)?, Source::Flag(addr.clone())));
+        return Ok((
+            bind(addr, socket_mode, backlog)?,
+            Source::Flag(addr.clone()),
+        ));
     }
     if let Some(fd) = systemd_fd() {
         return Ok((adopt(fd)?, Source::Systemd));
@@ -88,7 +92,10 @@ pub fn acquire(
         return Ok((adopt(0)?, Source::Fd0));
     }
     if let Some(addr) = config {
-        return Ok((bind(addr, socket_mode)?, Source::Config(addr.clone())));
+        return Ok((
+            bind(addr, socket_mode, backlog)?,
+            Source::Config(addr.clone()),
+        ));
     }
     anyhow::bail!(
         "no listening socket: give --listen, set [server] listen, or start under systemd socket activation or spawn-fcgi"
@@ -150,12 +157,13 @@ fn adopt(fd: RawFd) -> anyhow::Result<Listener> {
     Ok(listener)
 }
 
-fn bind(addr: &ListenAddr, socket_mode: u32) -> anyhow::Result<Listener> {
-    match addr {
+fn bind(addr: &ListenAddr, socket_mode: u32, backlog: u32) -> anyhow::Result<Listener> {
+    use std::os::fd::AsRawFd;
+    let listener = match addr {
         ListenAddr::Tcp(a) => {
             let l =
                 std::net::TcpListener::bind(a).map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
-            Ok(Listener::Tcp(l))
+            Listener::Tcp(l)
         }
         ListenAddr::Unix(path) => {
             remove_stale_socket(path)?;
@@ -163,9 +171,26 @@ fn bind(addr: &ListenAddr, socket_mode: u32) -> anyhow::Result<Listener> {
                 .map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
                 .map_err(|e| anyhow::anyhow!("chmod {addr} to {socket_mode:o}: {e}"))?;
-            Ok(Listener::Unix(l))
+            Listener::Unix(l)
         }
+    };
+    // std listens with a backlog of 128; a burst of new connections from nginx beyond
+    // that is dropped by the kernel and retried after 200 ms or more. Listening again
+    // on the bound socket sets the backlog we were configured with (capped by the
+    // kernel's somaxconn).
+    let fd = match &listener {
+        Listener::Tcp(l) => l.as_raw_fd(),
+        Listener::Unix(l) => l.as_raw_fd(),
+    };
+    let backlog = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
+    // SAFETY: listen(2) on a socket fd we own; no memory is passed.
+    if unsafe { libc::listen(fd, backlog) } != 0 {
+        anyhow::bail!(
+            "listen {addr} with backlog {backlog}: {}",
+            io::Error::last_os_error()
+        );
     }
+    Ok(listener)
 }
 
 /// Remove a socket file left by a process that is gone; refuse if one still answers.
@@ -232,17 +257,17 @@ mod tests {
         let addr = ListenAddr::Unix(path.clone());
         // A stale socket: bound, then the listener dropped (file stays).
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let live = bind(&addr, 0o600).unwrap();
+        let live = bind(&addr, 0o600, 64).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // While `live` listens, a second bind refuses.
-        let err = bind(&addr, 0o600).unwrap_err().to_string();
+        let err = bind(&addr, 0o600, 64).unwrap_err().to_string();
         assert!(err.contains("in use"), "{err}");
         drop(live);
         // A regular file is never removed.
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"x").unwrap();
-        assert!(bind(&addr, 0o600)
+        assert!(bind(&addr, 0o600, 64)
             .unwrap_err()
             .to_string()
             .contains("not a socket"));
