@@ -186,11 +186,13 @@ pub fn decrypt(key: &AesKey, appid: &str, encrypt: &str) -> Result<Vec<u8>, Cryp
         .checked_add(len)
         .filter(|&e| e <= content.len())
         .ok_or(CryptoError::BadLength)?;
-    let (msg, tail) = (&content[20..msg_end], &content[msg_end..]);
-    if !bool::from(tail.ct_eq(appid.as_bytes())) {
+    if !bool::from(content[msg_end..].ct_eq(appid.as_bytes())) {
         return Err(CryptoError::AppIdMismatch);
     }
-    Ok(msg.to_vec())
+    // Keep the message in the decoded buffer instead of copying it out.
+    buf.truncate(msg_end);
+    buf.drain(..20);
+    Ok(buf)
 }
 
 /// Encrypt a message for `appid` with this 16-byte random prefix; returns base64.
@@ -207,7 +209,6 @@ pub fn encrypt(key: &AesKey, appid: &str, msg: &[u8], random: &[u8; 16]) -> Stri
     // The buffer is a whole number of blocks (32 divides it), so NoPadding cannot fail.
     let cipher = Aes256CbcEnc::inner_iv_init(key.cipher.clone(), &key.iv().into())
         .encrypt_padded_mut::<NoPadding>(&mut buf, len)
-        .map(|c| c.to_vec())
         .unwrap_or_default();
     base64::engine::general_purpose::STANDARD.encode(cipher)
 }
