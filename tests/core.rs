@@ -656,7 +656,7 @@ fn reply_swaps_names_and_uses_the_clock_passed_in() {
     assert_eq!(
         resp.outcome,
         Outcome::Reply {
-            msg_type: s("text"),
+            msg_type: "text".into(),
             rule: "rule[0]".into(),
             reply_type: "text",
             via: wechat_fcgi::core::Via::Rule,

@@ -227,9 +227,8 @@ impl<'a> Message<'a> {
                 key.push_str(p);
             }
         };
-        let mut time = Vec::with_capacity(20);
-        super::reply::decimal(&mut time, self.create_time);
-        let time = std::str::from_utf8(&time).unwrap_or("0");
+        let mut digits = [0u8; 20];
+        let time = decimal_str(self.create_time, &mut digits);
         match (&self.kind, self.field("MsgId")) {
             (Kind::Event(_), _) => push(&[
                 "e:",
@@ -248,10 +247,23 @@ impl<'a> Message<'a> {
     }
 
     /// A short name of the type for logs: `text`, `image`, `event:CLICK`, ...
-    pub fn type_label(&self) -> String {
+    pub fn type_label(&self) -> Cow<'static, str> {
+        const KNOWN: &[&str] = &[
+            "text",
+            "image",
+            "voice",
+            "video",
+            "shortvideo",
+            "location",
+            "link",
+            "miniprogrampage",
+        ];
         match &self.kind {
-            Kind::Event(_) => format!("event:{}", self.field("Event").unwrap_or("")),
-            _ => self.msg_type.to_string(),
+            Kind::Event(_) => Cow::Owned(format!("event:{}", self.field("Event").unwrap_or(""))),
+            _ => match KNOWN.iter().find(|k| **k == self.msg_type) {
+                Some(k) => Cow::Borrowed(k),
+                None => Cow::Owned(self.msg_type.to_string()),
+            },
         }
     }
 }
@@ -397,6 +409,21 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
         return Err(bad("unexpected end of document".into()));
     }
     root.ok_or_else(|| bad("no root element".into()))
+}
+
+/// `n` in decimal, written into `buf` (no allocation).
+fn decimal_str(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// `text` without `prefix`, staying borrowed when it was.

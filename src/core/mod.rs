@@ -21,6 +21,9 @@ use reply::Reply;
 use rules::{Decision, Rules};
 use signature::Token;
 
+/// A message's type for logs (`text`, `event:CLICK`, ...): static for the known ones.
+pub type MsgTypeLabel = std::borrow::Cow<'static, str>;
+
 /// Content type of reply XML (plain or encrypted envelope).
 pub const REPLY_CONTENT_TYPE: &str = "application/xml; charset=utf-8";
 
@@ -89,13 +92,13 @@ pub enum Outcome {
     Handshake,
     /// A message answered with a reply chosen by `rule`.
     Reply {
-        msg_type: String,
+        msg_type: MsgTypeLabel,
         rule: Arc<str>,
         reply_type: &'static str,
         via: Via,
     },
     /// A message with no reply: body `success`.
-    Success { msg_type: String, via: Via },
+    Success { msg_type: MsgTypeLabel, via: Via },
     /// Refused; the cause is logged, the client sees its short reason.
     Rejected(Rejection),
 }
@@ -134,7 +137,7 @@ impl Response {
     }
 
     /// `success`: the message was received and gets no reply.
-    pub fn success(msg_type: String, via: Via) -> Response {
+    pub fn success(msg_type: MsgTypeLabel, via: Via) -> Response {
         Response {
             status: 200,
             content_type: "text/plain; charset=utf-8",
@@ -195,7 +198,7 @@ pub struct Pending {
     /// for events (PROTOCOL.md §5).
     pub key: String,
     /// The type label for logs.
-    pub msg_type: String,
+    pub msg_type: MsgTypeLabel,
     pub context: ReplyContext,
     pub decision: Decision,
     /// The message as a JSON object (WeChat's field names), for a reply program.
@@ -274,7 +277,7 @@ impl Responder {
     pub fn complete(
         &self,
         context: &ReplyContext,
-        msg_type: String,
+        msg_type: MsgTypeLabel,
         answer: &Answer,
         now: u64,
         rng: &mut dyn RngCore,
