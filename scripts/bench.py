@@ -99,7 +99,7 @@ class Stack:
         self.log = open(os.path.join(self.dir, "wechat-fcgi.log"), "w")
         self.server = subprocess.Popen(
             [BIN, "serve", "--config", cfg, "--listen", "tcp:127.0.0.1:%d" % self.fcgi_port],
-            stdout=subprocess.DEVNULL, stderr=self.log, env=dict(os.environ, WECHAT_FCGI_LOG="info"))
+            stdout=subprocess.DEVNULL, stderr=self.log, env=dict(os.environ, WECHAT_FCGI_LOG=os.environ.get("WECHAT_FCGI_LOG", "info")))
         wait_port(self.fcgi_port)
         self.port = free_port()
         # Capture one real reply: the reference answers with the same bytes.
