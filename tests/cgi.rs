@@ -163,3 +163,82 @@ fn cgi_with_a_broken_config_answers_503_and_names_the_key() {
     assert!(stdout.starts_with("Status: 503"), "{stdout}");
     assert!(stderr.contains("account.token"), "{stderr}");
 }
+
+#[test]
+fn cgi_runs_reply_programs_and_safe_mode() {
+    let dir = TempDir::new("cgi-program");
+    let fortune = format!("{}/scripts/examples/fortune.sh", env!("CARGO_MANIFEST_DIR"));
+    let key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    let config = write_config(
+        &dir,
+        &format!(
+            "appid = \"wx0123456789abcdef\"\nmode = \"compat\"\nencoding_aes_key = \"{key}\"\n\
+             [[rule]]\ntext = \"fortune\"\nrun = {{ command = [\"{fortune}\"] }}\n"
+        ),
+    );
+    let config = config.to_str().unwrap();
+    // A program rule, plaintext.
+    let body = wechat_fcgi::cli::sample_text("gh", "oF", unix_now(), "fortune");
+    let len = body.len().to_string();
+    let q = signed(0, "1");
+    let (_, stdout, stderr) = run_cgi(
+        &[],
+        &[
+            ("WECHAT_FCGI_CONFIG", config),
+            ("REQUEST_METHOD", "POST"),
+            ("QUERY_STRING", &q),
+            ("CONTENT_LENGTH", &len),
+        ],
+        body.as_bytes(),
+    );
+    let fortunes = std::fs::read_to_string(format!(
+        "{}/scripts/examples/fortunes.txt",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    assert!(stdout.starts_with("Status: 200"), "{stdout}\n{stderr}");
+    assert!(
+        fortunes
+            .lines()
+            .any(|l| stdout.contains(&format!("<Content><![CDATA[{l}]]></Content>"))),
+        "{stdout}"
+    );
+    assert!(stderr.contains("via=program"), "{stderr}");
+    // The same program answering an encrypted message: the reply is sealed.
+    use wechat_fcgi::core::crypto::{self, AesKey};
+    let encrypt = crypto::encrypt(
+        &AesKey::parse(key).unwrap(),
+        "wx0123456789abcdef",
+        body.as_bytes(),
+        &[1; 16],
+    );
+    let ts = unix_now().to_string();
+    let sig = wechat_fcgi::core::signature::sign(&mut [
+        TOKEN.as_bytes(),
+        ts.as_bytes(),
+        b"n",
+        encrypt.as_bytes(),
+    ]);
+    let q = format!(
+        "{}&encrypt_type=aes&msg_signature={}",
+        wechat_fcgi::cli::signed_query(TOKEN, ts.parse().unwrap(), "n"),
+        String::from_utf8_lossy(&sig)
+    );
+    let envelope = format!("<xml><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
+    let len = envelope.len().to_string();
+    let (_, stdout, stderr) = run_cgi(
+        &[],
+        &[
+            ("WECHAT_FCGI_CONFIG", config),
+            ("REQUEST_METHOD", "POST"),
+            ("QUERY_STRING", &q),
+            ("CONTENT_LENGTH", &len),
+        ],
+        envelope.as_bytes(),
+    );
+    assert!(stdout.starts_with("Status: 200"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("<Encrypt><![CDATA[") && stdout.contains("<MsgSignature>"),
+        "{stdout}"
+    );
+}
