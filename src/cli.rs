@@ -196,15 +196,10 @@ pub fn sample_text_with_id(
     content: &str,
     msg_id: u64,
 ) -> String {
-    let mut out = Vec::new();
-    let cdata = |out: &mut Vec<u8>, s: &str| crate::core::reply::cdata(out, s);
-    out.extend_from_slice(b"<xml><ToUserName>");
-    cdata(&mut out, to);
-    out.extend_from_slice(b"</ToUserName><FromUserName>");
-    cdata(&mut out, from);
-    out.extend_from_slice(format!("</FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content>").as_bytes());
-    cdata(&mut out, content);
-    out.extend_from_slice(format!("</Content><MsgId>{msg_id}</MsgId></xml>").as_bytes());
+    let mut out = sample_head(to, from, create_time, "text");
+    sample_field(&mut out, "Content", content);
+    // As WeChat sends it: a bare number, no CDATA.
+    out.extend_from_slice(format!("<MsgId>{msg_id}</MsgId></xml>").as_bytes());
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -216,22 +211,30 @@ pub fn sample_event(
     event: &str,
     key: Option<&str>,
 ) -> String {
-    let mut out = Vec::new();
-    let cdata = |out: &mut Vec<u8>, s: &str| crate::core::reply::cdata(out, s);
-    out.extend_from_slice(b"<xml><ToUserName>");
-    cdata(&mut out, to);
-    out.extend_from_slice(b"</ToUserName><FromUserName>");
-    cdata(&mut out, from);
-    out.extend_from_slice(format!("</FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event>").as_bytes());
-    cdata(&mut out, event);
-    out.extend_from_slice(b"</Event>");
+    let mut out = sample_head(to, from, create_time, "event");
+    sample_field(&mut out, "Event", event);
     if let Some(key) = key {
-        out.extend_from_slice(b"<EventKey>");
-        cdata(&mut out, key);
-        out.extend_from_slice(b"</EventKey>");
+        sample_field(&mut out, "EventKey", key);
     }
     out.extend_from_slice(b"</xml>");
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The fields every message starts with.
+fn sample_head(to: &str, from: &str, create_time: u64, msg_type: &str) -> Vec<u8> {
+    let mut out = b"<xml>".to_vec();
+    sample_field(&mut out, "ToUserName", to);
+    sample_field(&mut out, "FromUserName", from);
+    out.extend_from_slice(format!("<CreateTime>{create_time}</CreateTime>").as_bytes());
+    sample_field(&mut out, "MsgType", msg_type);
+    out
+}
+
+/// `<name><![CDATA[text]]></name>`, CDATA-safe.
+fn sample_field(out: &mut Vec<u8>, name: &str, text: &str) {
+    out.extend_from_slice(format!("<{name}>").as_bytes());
+    crate::core::reply::cdata(out, text);
+    out.extend_from_slice(format!("</{name}>").as_bytes());
 }
 
 fn shell_quote(s: &str) -> String {
