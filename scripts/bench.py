@@ -2,7 +2,7 @@
 """Throughput and latency of wechat-fcgi behind nginx, next to nginx answering the same
 bytes by itself (`return 200`), in the same run. See README "Performance".
 
-Usage: scripts/bench.sh [--quick]   (DURATION=seconds ROUNDS=n override)
+Usage: scripts/bench.sh [--quick] [--only=plain,safe]   (DURATION=seconds ROUNDS=n override)
 """
 import os
 import re
@@ -19,6 +19,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/wechat-fcgi")
 BODIES = os.path.join(ROOT, "target/release/examples/bench_bodies")
+NULL = os.path.join(ROOT, "target/release/examples/null_responder")
 STATIC_BIN = os.environ.get("STATIC_BIN")  # set by bench.sh: the crt-static build
 QUICK = "--quick" in sys.argv
 DURATION = int(os.environ.get("DURATION", "3" if QUICK else "5"))
@@ -115,6 +116,12 @@ class Stack:
         reply = urllib.request.urlopen(req).read().decode()
         assert reply.startswith("<xml>"), reply
         self.reply_len = len(reply.encode())
+        # The ceiling: a do-nothing FastCGI responder answering the same bytes.
+        with open(os.path.join(self.dir, "reply.xml"), "w") as f:
+            f.write(reply)
+        self.null_port = free_port()
+        self.null = subprocess.Popen([NULL, "127.0.0.1:%d" % self.null_port, os.path.join(self.dir, "reply.xml")])
+        wait_port(self.null_port)
         self.nginx_conf(reply=reply, conns=conns_max)
         os.kill(self.nginx.pid, signal.SIGHUP)
         time.sleep(0.5)
@@ -135,6 +142,7 @@ http {
     client_body_temp_path %(d)s/cb; fastcgi_temp_path %(d)s/ft; proxy_temp_path %(d)s/pt;
     scgi_temp_path %(d)s/st; uwsgi_temp_path %(d)s/ut;
     upstream wechat_fcgi { server 127.0.0.1:%(fp)d; keepalive 1024; }
+    upstream null_fcgi { server 127.0.0.1:%(np)d; keepalive 1024; }
     server {
         listen 127.0.0.1:%(port)d backlog=4096;
         client_max_body_size 1m;
@@ -144,13 +152,18 @@ http {
             fastcgi_keep_conn on;
             include /etc/nginx/fastcgi_params;
         }
+        location = /null {
+            fastcgi_pass null_fcgi;
+            fastcgi_keep_conn on;
+            include /etc/nginx/fastcgi_params;
+        }
         location = /static {
             default_type "application/xml; charset=utf-8";
             return 200 '%(reply)s';
         }
     }
 }
-""" % {"user": user, "d": d, "wc": conns * 3 + 64, "fp": self.fcgi_port, "port": self.port, "reply": reply})
+""" % {"user": user, "d": d, "wc": conns * 3 + 64, "fp": self.fcgi_port, "np": getattr(self, "null_port", 1), "port": self.port, "reply": reply})
 
     def run(self, target, conns):
         return wrk("http://127.0.0.1:%d/%s" % (self.port, target), conns, self.dir, "/" + target)
@@ -161,6 +174,9 @@ http {
     def close(self):
         self.nginx.send_signal(signal.SIGQUIT)
         self.server.send_signal(signal.SIGTERM)
+        if getattr(self, "null", None):
+            self.null.kill()
+            self.null.wait(10)
         self.nginx.wait(10)
         self.server.wait(10)
         self.log.close()
@@ -177,10 +193,11 @@ def compare(mode, conns=32, content_bytes=2, rounds=ROUNDS):
     st = Stack(mode, content_bytes, max(conns, 32))
     try:
         st.run("wechat", conns)  # warm-up
-        proj, ref = [], []
+        proj, ref, null = [], [], []
         for _ in range(rounds):
             proj.append(st.run("wechat", conns))
             ref.append(st.run("static", conns))
+            null.append(st.run("null", conns))
         rss = st.rss_kib()
     finally:
         warns = st.close()
@@ -189,13 +206,17 @@ def compare(mode, conns=32, content_bytes=2, rounds=ROUNDS):
         "rps": median(proj, "rps"), "ref_rps": median(ref, "rps"),
         "p50": median(proj, "p50"), "p99": median(proj, "p99"),
         "ref_p99": median(ref, "p99"),
+        "null_rps": median(null, "rps"), "null_p99": median(null, "p99"),
         "non2xx": sum(r["non2xx"] for r in proj), "sockerr": sum(r["sockerr"] for r in proj),
         "rss_mib": rss / 1024, "warns": warns,
     }
     row["ratio"] = row["rps"] / row["ref_rps"]
-    print("%-5s c=%-5d content=%-6d  %9.0f req/s  ref %9.0f req/s  ratio %.2f  p50 %.2f ms  p99 %.2f ms (ref p99 %.2f)"
+    row["null_ratio"] = row["null_rps"] / row["ref_rps"]
+    print("%-5s c=%-5d content=%-6d  %6.0f req/s  ref %6.0f req/s  ratio %.2f  (do-nothing responder %6.0f req/s,"
+          " ratio %.2f, p99 %.2f ms)  p50 %.2f ms  p99 %.2f ms (ref p99 %.2f)"
           "  non2xx %d  sockerr %d  peak RSS %.1f MiB  warnings %d" % (
-              mode, conns, content_bytes, row["rps"], row["ref_rps"], row["ratio"], row["p50"], row["p99"],
+              mode, conns, content_bytes, row["rps"], row["ref_rps"], row["ratio"], row["null_rps"],
+              row["null_ratio"], row["null_p99"], row["p50"], row["p99"],
               row["ref_p99"], row["non2xx"], row["sockerr"], row["rss_mib"], row["warns"]), flush=True)
     return row
 
@@ -284,6 +305,11 @@ def main():
             raise SystemExit("%s not found: scripts/bench.sh installs it" % tool)
     print("# %s, %d round(s) of %d s each, wrk -t1; ratio = wechat-fcgi / nginx return 200, same run" % (
         time.strftime("%Y-%m-%d %H:%M"), ROUNDS, DURATION), flush=True)
+    only = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]
+    if only:  # e.g. --only=plain: one variant at 32 connections, nothing else
+        for mode in only[0].split(","):
+            compare(mode)
+        return
     compare("plain")
     compare("safe")
     if not QUICK:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks through nginx (scripts/bench.py) and the core in process (bench-core.sh).
-# Installs nginx and wrk when missing. Usage: scripts/bench.sh [--quick]
+# Installs nginx and wrk when missing. Usage: scripts/bench.sh [--quick] [--only=plain,safe]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -14,7 +14,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 export PATH="$PATH:/usr/sbin"
-cargo build --release --quiet --bin wechat-fcgi --example bench_bodies
+cargo build --release --quiet --bin wechat-fcgi --example bench_bodies --example null_responder
 STATIC_BIN=$(bash scripts/build-static.sh --quiet | tail -n1)
 export STATIC_BIN="$PWD/$STATIC_BIN"
 ulimit -n 65536 2>/dev/null || true

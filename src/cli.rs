@@ -72,8 +72,8 @@ enum Command {
 
 /// The entry point behind `main`: returns the process exit code.
 pub fn run() -> anyhow::Result<ExitCode> {
-    init_logging();
     if crate::cgi::is_cgi() {
+        crate::log::init(false);
         // CGI: argv may carry words from a query without `=`, so only --config is read.
         return match load(cgi_config_path().as_deref()) {
             Ok(config) => {
@@ -90,6 +90,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
         };
     }
     let cli = Cli::parse();
+    let serving = match &cli.command {
+        Some(Command::Serve { .. }) => true,
+        None => listen::fd_is_listening_socket(0),
+        Some(_) => false,
+    };
+    crate::log::init(serving);
     match cli.command {
         Some(Command::Serve { listen }) => serve(cli.config.as_deref(), listen.as_ref()),
         None if listen::fd_is_listening_socket(0) => serve(cli.config.as_deref(), None),
@@ -308,8 +314,18 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         config.server.socket_mode,
         config.server.listen_backlog,
     )?;
+    // Request log lines are batched (see `crate::log`): written whenever the runtime
+    // runs out of work, and at exit however serving ends.
+    struct FlushLog;
+    impl Drop for FlushLog {
+        fn drop(&mut self) {
+            crate::log::flush();
+        }
+    }
+    let _flush = FlushLog;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::log::flush)
         .build()?;
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -370,16 +386,4 @@ fn reload(
             tracing::error!("SIGHUP: config not reloaded, the previous one stays in force: {e:#}")
         }
     }
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("WECHAT_FCGI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(false)
-        .try_init();
 }

@@ -40,3 +40,4 @@ pub mod engine;
 pub mod fcgi;
 pub mod http;
 pub mod listen;
+pub mod log;

@@ -104,7 +104,7 @@ fn nginx_end_to_end() {
     assert!(body.starts_with("<xml><ToUserName><![CDATA[oUser]]></ToUserName><FromUserName><![CDATA[gh_acct]]></FromUserName><CreateTime>"));
     assert!(body.ends_with("</xml>"));
     // Every request logged one line; refusals name their cause.
-    let log = server.log();
+    let log = wait_for_log(&server, "outcome=reply");
     assert!(
         log.contains("outcome=reply") && log.contains("msg_type=text"),
         "{log}"
@@ -337,5 +337,5 @@ fn stale_timestamps_are_refused_with_the_skew_logged() {
         }
     };
     assert_eq!(strip_time(&first.1), strip_time(&replay.1));
-    assert!(server.log().contains("via=retry"));
+    wait_for_log(&server, "via=retry");
 }
