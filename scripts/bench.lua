@@ -1,6 +1,6 @@
 -- wrk script for scripts/bench.py: POSTs signed WeChat messages, cycling through
 -- bodies.txt (one per line, distinct MsgIds) and, in safe mode, queries.txt (one
--- msg_signature per body). Environment: BENCH_DIR, BENCH_PATH.
+-- msg_signature per body). Environment: BENCH_DIR, BENCH_PATH, BENCH_OFFSET.
 local dir = os.getenv("BENCH_DIR")
 local path = os.getenv("BENCH_PATH")
 local bodies, queries = {}, {}
@@ -17,13 +17,12 @@ local i = 0
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "text/xml"
 
-function setup(thread)
-  thread:set("offset", math.random(#bodies))
-end
+-- BENCH_OFFSET: how many messages earlier runs sent; this run goes on from there.
+local offset = tonumber(os.getenv("BENCH_OFFSET") or "0")
 
 request = function()
   i = i + 1
-  local n = (i + (offset or 0)) % #bodies + 1
+  local n = (i + offset) % #bodies + 1
   local q = queries[#queries == 1 and 1 or n]
   return wrk.format(nil, path .. "?" .. q, nil, bodies[n])
 end

@@ -2,7 +2,7 @@
 """Throughput and latency of wechat-fcgi behind nginx, next to nginx answering the same
 bytes by itself (`return 200`), in the same run. See README "Performance".
 
-Usage: scripts/bench.sh [--quick] [--only=plain,safe]   (DURATION=seconds ROUNDS=n override)
+Usage: scripts/bench.sh [--quick] [--only=plain,safe:1024]   (DURATION=seconds ROUNDS=n override)
 """
 import os
 import re
@@ -19,6 +19,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/wechat-fcgi")
 BODIES = os.path.join(ROOT, "target/release/examples/bench_bodies")
+DEFAULT_CACHE = 57344  # retry_cache_entries' default
 NULL = os.path.join(ROOT, "target/release/examples/null_responder")
 STATIC_BIN = os.environ.get("STATIC_BIN")  # set by bench.sh: the crt-static build
 QUICK = "--quick" in sys.argv
@@ -62,10 +63,10 @@ def to_ms(v):
     return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
 
 
-def wrk(url, conns, bench_dir, path):
-    env = dict(os.environ, BENCH_DIR=bench_dir, BENCH_PATH=path)
+def wrk(url, conns, bench_dir, path, offset=0, duration=None):
+    env = dict(os.environ, BENCH_DIR=bench_dir, BENCH_PATH=path, BENCH_OFFSET=str(offset))
     out = subprocess.run(
-        ["wrk", "-t1", "-c%d" % conns, "-d%ds" % DURATION, "--latency", "--timeout", "5s",
+        ["wrk", "-t1", "-c%d" % conns, "-d%ds" % (duration or DURATION), "--latency", "--timeout", "5s",
          "-s", os.path.join(ROOT, "scripts/bench.lua"), url],
         capture_output=True, text=True, env=env, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -73,6 +74,7 @@ def wrk(url, conns, bench_dir, path):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "rps": rps,
         "p50": to_ms(lat["50"]),
         "p99": to_ms(lat["99"]),
@@ -87,15 +89,21 @@ class Stack:
     def __init__(self, mode, content_bytes, conns_max):
         self.dir = tempfile.mkdtemp(prefix="wechat-fcgi-bench-")
         self.mode = mode
+        self.sent = 0
         cfg = os.path.join(self.dir, "wechat-fcgi.toml")
+        # Large bodies: a smaller cache, so that the bodies wrk holds stay in memory.
+        cache = DEFAULT_CACHE if content_bytes <= 1024 else 4096
         with open(cfg, "w") as f:
             # A long soak outlives the default 300 s window of the signed timestamp.
             f.write('[server]\nmax_connections = 4096\nmax_body_bytes = 1048576\ntimestamp_window_secs = 7200\n'
-                    '[account]\ntoken = "%s"\n' % TOKEN)
+                    'retry_cache_entries = %d\n[account]\ntoken = "%s"\n' % (cache, TOKEN))
             if mode == "safe":
                 f.write('appid = "%s"\nmode = "safe"\nencoding_aes_key = "%s"\n' % (APPID, KEY))
             f.write('[[rule]]\ntext = "hi"\nreply = { text = "Hello! Thanks for your message." }\n')
-        subprocess.run([BODIES, mode, "20000", str(content_bytes), self.dir], check=True)
+        # More distinct messages than the retry cache holds, cycled in order: every request
+        # is a message the server has not answered yet (at steady state the cache is full
+        # and evicts the oldest), never a retry served from the cache.
+        subprocess.run([BODIES, mode, str(cache * 5 // 4), str(content_bytes), self.dir], check=True)
         self.fcgi_port = free_port()
         self.log = open(os.path.join(self.dir, "wechat-fcgi.log"), "w")
         self.server = subprocess.Popen(
@@ -165,8 +173,14 @@ http {
 }
 """ % {"user": user, "d": d, "wc": conns * 3 + 64, "fp": self.fcgi_port, "np": getattr(self, "null_port", 1), "port": self.port, "reply": reply})
 
-    def run(self, target, conns):
-        return wrk("http://127.0.0.1:%d/%s" % (self.port, target), conns, self.dir, "/" + target)
+    def run(self, target, conns, duration=None):
+        # Each run on /wechat goes on where the last one stopped in the list of messages
+        # (plus the requests in flight when wrk stopped), so none is sent twice.
+        r = wrk("http://127.0.0.1:%d/%s" % (self.port, target), conns, self.dir, "/" + target, self.sent,
+                duration)
+        if target == "wechat":
+            self.sent += r["requests"] + conns
+        return r
 
     def rss_kib(self):
         return peak_rss_kib(self.server.pid)
@@ -180,9 +194,17 @@ http {
         self.nginx.wait(10)
         self.server.wait(10)
         self.log.close()
-        errors = sum(1 for line in open(os.path.join(self.dir, "wechat-fcgi.log")) if " WARN " in line or " ERROR " in line)
+        counts = {"warns": 0, "cache_full": 0, "retries": 0, "answered": 0}
+        for line in open(os.path.join(self.dir, "wechat-fcgi.log")):
+            if "retry cache full" in line:
+                counts["cache_full"] += 1  # expected: the load is made of fresh messages
+            elif " WARN " in line or " ERROR " in line:
+                counts["warns"] += 1
+            elif " outcome=" in line:
+                counts["answered"] += 1
+                counts["retries"] += "via=retry" in line
         shutil.rmtree(self.dir, ignore_errors=True)
-        return errors
+        return counts
 
 
 def median(runs, key):
@@ -200,7 +222,7 @@ def compare(mode, conns=32, content_bytes=2, rounds=ROUNDS):
             null.append(st.run("null", conns))
         rss = st.rss_kib()
     finally:
-        warns = st.close()
+        log = st.close()
     row = {
         "mode": mode, "conns": conns, "content": content_bytes,
         "rps": median(proj, "rps"), "ref_rps": median(ref, "rps"),
@@ -208,16 +230,18 @@ def compare(mode, conns=32, content_bytes=2, rounds=ROUNDS):
         "ref_p99": median(ref, "p99"),
         "null_rps": median(null, "rps"), "null_p99": median(null, "p99"),
         "non2xx": sum(r["non2xx"] for r in proj), "sockerr": sum(r["sockerr"] for r in proj),
-        "rss_mib": rss / 1024, "warns": warns,
+        "rss_mib": rss / 1024, "warns": log["warns"],
+        "retry_share": log["retries"] / max(1, log["answered"]),
     }
     row["ratio"] = row["rps"] / row["ref_rps"]
     row["null_ratio"] = row["null_rps"] / row["ref_rps"]
     print("%-5s c=%-5d content=%-6d  %6.0f req/s  ref %6.0f req/s  ratio %.2f  (do-nothing responder %6.0f req/s,"
           " ratio %.2f, p99 %.2f ms)  p50 %.2f ms  p99 %.2f ms (ref p99 %.2f)"
-          "  non2xx %d  sockerr %d  peak RSS %.1f MiB  warnings %d" % (
+          "  non2xx %d  sockerr %d  peak RSS %.1f MiB  warnings %d  answered from the retry cache %.1f%%" % (
               mode, conns, content_bytes, row["rps"], row["ref_rps"], row["ratio"], row["null_rps"],
               row["null_ratio"], row["null_p99"], row["p50"], row["p99"],
-              row["ref_p99"], row["non2xx"], row["sockerr"], row["rss_mib"], row["warns"]), flush=True)
+              row["ref_p99"], row["non2xx"], row["sockerr"], row["rss_mib"], row["warns"],
+              100 * row["retry_share"]), flush=True)
     return row
 
 
@@ -270,16 +294,9 @@ def soak(total, conns):
         samples, done, errors = [], 0, 0
         chunk_s = 10
         while done < total:
-            env = dict(os.environ, BENCH_DIR=st.dir, BENCH_PATH="/wechat")
-            out = subprocess.run(
-                ["wrk", "-t1", "-c%d" % conns, "-d%ds" % chunk_s, "--timeout", "5s", "-s",
-                 os.path.join(ROOT, "scripts/bench.lua"), "http://127.0.0.1:%d/wechat" % st.port],
-                capture_output=True, text=True, env=env, check=True).stdout
-            n = int(re.search(r"(\d+) requests in", out).group(1))
-            non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-            sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-            errors += (int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)
-            done += n
+            r = st.run("wechat", conns, chunk_s)
+            errors += r["non2xx"] + r["sockerr"]
+            done += r["requests"]
             with open("/proc/%d/status" % st.server.pid) as f:
                 rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
             samples.append(rss)
@@ -306,9 +323,10 @@ def main():
     print("# %s, %d round(s) of %d s each, wrk -t1; ratio = wechat-fcgi / nginx return 200, same run" % (
         time.strftime("%Y-%m-%d %H:%M"), ROUNDS, DURATION), flush=True)
     only = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]
-    if only:  # e.g. --only=plain: one variant at 32 connections, nothing else
-        for mode in only[0].split(","):
-            compare(mode)
+    if only:  # e.g. --only=plain,safe:1024: these variants (connections after ':'), nothing else
+        for variant in only[0].split(","):
+            mode, _, conns = variant.partition(":")
+            compare(mode, conns=int(conns or 32), rounds=ROUNDS if not conns else 1)
         return
     compare("plain")
     compare("safe")

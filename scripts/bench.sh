@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks through nginx (scripts/bench.py) and the core in process (bench-core.sh).
-# Installs nginx and wrk when missing. Usage: scripts/bench.sh [--quick] [--only=plain,safe]
+# Installs nginx and wrk when missing. Usage: scripts/bench.sh [--quick] [--only=plain,safe:1024]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()

@@ -390,3 +390,28 @@ fn max_programs_caps_programs_running_at_once() {
     let runs = std::fs::read_to_string(dir.path("runs.log")).unwrap();
     assert_eq!(runs, "start\nend\n".repeat(3), "programs overlapped");
 }
+
+#[test]
+fn a_full_retry_cache_warns_once_not_per_message() {
+    let dir = TempDir::new("cache-full");
+    let config = write_config(
+        &dir,
+        "[server]\nretry_cache_entries = 2\n[[rule]]\ntext = \"hi\"\nreply = { text = \"Hello!\" }\n",
+    );
+    let (server, addr) = start_server(&dir, &config);
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    for id in 0..10u16 {
+        let body = wechat_fcgi::cli::sample_text_with_id("gh", "oF", unix_now(), "hi", id.into());
+        let mut out = Vec::new();
+        fcgi_request(&mut out, 1, true, "POST", &signed(0, "7"), body.as_bytes());
+        std::io::Write::write_all(&mut s, &out).unwrap();
+        let reply = fcgi_response(&mut s).expect("answered");
+        assert!(reply.contains("Hello!"), "{reply}");
+    }
+    // Answers dropped before their retention again and again, one warning (the next
+    // comes a minute later).
+    let log = wait_for_log(&server, "retry cache full");
+    assert_eq!(log.matches("retry cache full").count(), 1, "{log}");
+    assert!(log.contains("capacity=2 dropped=1"), "{log}");
+    assert!(log.contains("raise retry_cache_entries"), "{log}");
+}

@@ -75,10 +75,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// A connection's first read buffer.
+/// A read buffer's first size: a WeChat request through nginx is about 1.5 KiB.
 const INITIAL_BUFFER: usize = 2048;
-/// Buffers larger than this are released after the request that grew them.
-const KEEP_BUFFER: usize = 16 * 1024;
 
 /// How long an idle keep-alive connection may still bring a request once draining.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -96,17 +94,17 @@ pub async fn serve_connection<S>(
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Readable + Unpin,
 {
     let mut conn = Connection::new(ConnLimits {
         max_params_bytes: limits.max_params_bytes,
         max_body_bytes: limits.max_body_bytes,
         max_connections: limits.max_connections,
     });
-    // Small to start: a WeChat request through nginx is about 1.5 KiB. Buffers grown by
-    // a large body are given back once it is answered (see below), so a thousand idle
-    // keep-alive connections cost little memory.
-    let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_BUFFER);
+    // An idle connection holds no buffer: `read_some` allocates one when bytes arrive,
+    // and both are given back once a request is answered (see below), so a thousand
+    // idle keep-alive connections cost little memory.
+    let mut buf: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let mut request_started: Option<Instant> = None;
     let mut served = 0u64;
@@ -120,7 +118,7 @@ pub async fn serve_connection<S>(
             _ => Instant::now() + limits.idle_timeout,
         };
         let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => r,
+            r = tokio::time::timeout_at(deadline.into(), read_some(&mut stream, &mut buf)) => r,
             _ = shutdown.changed(), if !busy && !draining => {
                 draining = true;
                 continue;
@@ -142,12 +140,14 @@ pub async fn serve_connection<S>(
                         params: Default::default(),
                         body: Err(Rejection::ReadTimeout),
                     };
-                    answer(
+                    // Boxed: the answer's state lives only while a request is being
+                    // answered, not in every idle connection's task.
+                    Box::pin(answer(
                         engine,
                         ready,
                         request_started.unwrap_or_else(Instant::now),
                         &mut out,
-                    )
+                    ))
                     .await;
                     let _ = stream.write_all(&out).await;
                 } else {
@@ -191,12 +191,14 @@ pub async fn serve_connection<S>(
                     // go to the instance that replaces us.
                     let keep = ready.keep_conn && !draining;
                     served += 1;
-                    answer(
+                    // Boxed: the answer's state lives only while a request is being
+                    // answered, not in every idle connection's task.
+                    Box::pin(answer(
                         engine,
                         ready,
                         request_started.unwrap_or_else(Instant::now),
                         &mut out,
-                    )
+                    ))
                     .await;
                     request_started = None;
                     if !keep {
@@ -223,18 +225,44 @@ pub async fn serve_connection<S>(
                 tracing::debug!(error = %e, "connection write failed");
                 return;
             }
-            out.clear();
-            if out.capacity() > KEEP_BUFFER {
-                out = Vec::new();
-            }
+            out = Vec::new();
         }
-        if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
-            buf = Vec::with_capacity(INITIAL_BUFFER);
+        if buf.is_empty() {
+            buf = Vec::new();
         }
         if close {
             let _ = stream.shutdown().await;
             return;
         }
+    }
+}
+
+/// Read what has arrived into `buf`, allocating it only once the stream is readable.
+async fn read_some<S>(stream: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize>
+where
+    S: AsyncRead + Readable + Unpin,
+{
+    if buf.capacity() == 0 {
+        stream.wait_readable().await?;
+        buf.reserve(INITIAL_BUFFER);
+    }
+    stream.read_buf(buf).await
+}
+
+/// Streams that can wait for bytes without a buffer to put them in.
+pub trait Readable {
+    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>>;
+}
+
+impl Readable for tokio::net::TcpStream {
+    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.readable()
+    }
+}
+
+impl Readable for tokio::net::UnixStream {
+    fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        self.readable()
     }
 }
 
