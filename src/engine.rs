@@ -37,8 +37,8 @@ impl Default for EngineConfig {
         EngineConfig {
             reply_budget: Duration::from_millis(4500),
             max_programs: 8,
-            // 7/8 of 65 536: the most a 65 536-slot hash table holds (a map of
-            // 65 536 entries doubles to 131 072 slots: 40% more memory for 14% more).
+            // Two generations of 28 672: the most a 32 768-slot hash table holds
+            // (7/8 full); one more entry would double the table.
             cache_entries: 57_344,
             cache_retention: Duration::from_secs(300 + 15),
         }
