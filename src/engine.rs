@@ -53,6 +53,18 @@ pub trait RetryCache: Send + Sync {
     fn claim(&self, key: &str) -> Claim;
     /// Record the answer for `key` and wake everyone waiting for it.
     fn finish(&self, key: &str, answer: Answer);
+    /// Claim `key` whose answer is already known (a rule's reply): `None` when it is
+    /// now stored, or what an earlier claim of the same message left (`Done` or
+    /// `Running`), which wins.
+    fn claim_answered(&self, key: &str, answer: &Answer) -> Option<Claim> {
+        match self.claim(key) {
+            Claim::First(_) => {
+                self.finish(key, answer.clone());
+                None
+            }
+            earlier => Some(earlier),
+        }
+    }
 }
 
 /// What [`RetryCache::claim`] found.
@@ -166,23 +178,45 @@ impl MemoryCache {
     }
 }
 
-impl RetryCache for MemoryCache {
-    fn claim(&self, key: &str) -> Claim {
+impl MemoryCache {
+    /// The claim both entry points share: what an earlier claim left (`Err`), or the
+    /// entry `make` gives stored for a new key (in a new generation when the current
+    /// one is full or old) and `make`'s other value (`Ok`).
+    fn claim_or_insert<R>(&self, key: &str, make: impl FnOnce() -> (Entry, R)) -> Result<R, Claim> {
         let key = self.fingerprint(key);
         let mut c = self.lock();
         let found = c.current.get(&key).or_else(|| c.previous.get(&key));
         match found {
-            Some(Entry::Done(answer)) => return Claim::Done(answer.clone()),
-            Some(Entry::Running(tx)) => return Claim::Running(tx.subscribe()),
+            Some(Entry::Done(answer)) => return Err(Claim::Done(answer.clone())),
+            Some(Entry::Running(tx)) => return Err(Claim::Running(tx.subscribe())),
             None => {}
         }
         let now = Instant::now();
         if c.current.len() >= self.half || now.duration_since(c.current_since) >= self.retention {
             self.rotate(&mut c, now);
         }
-        let (tx, rx) = watch::channel(None);
-        c.current.insert(key, Entry::Running(tx));
-        Claim::First(rx)
+        let (entry, made) = make();
+        c.current.insert(key, entry);
+        Ok(made)
+    }
+}
+
+impl RetryCache for MemoryCache {
+    fn claim(&self, key: &str) -> Claim {
+        let new = || {
+            let (tx, rx) = watch::channel(None);
+            (Entry::Running(tx), rx)
+        };
+        match self.claim_or_insert(key, new) {
+            Ok(rx) => Claim::First(rx),
+            Err(earlier) => earlier,
+        }
+    }
+
+    /// No channel for a message answered at once: nobody can be waiting for it yet.
+    fn claim_answered(&self, key: &str, answer: &Answer) -> Option<Claim> {
+        self.claim_or_insert(key, || (Entry::Done(answer.clone()), ()))
+            .err()
     }
 
     fn finish(&self, key: &str, answer: Answer) {
@@ -275,33 +309,34 @@ impl Engine {
 
     async fn resolve(&self, responder: &Responder, pending: Pending, started: Instant) -> Response {
         let deadline = started + self.config.reply_budget;
-        let answer = match self.cache.claim(&pending.key) {
-            Claim::Done(answer) => Some(Answer {
+        // A rule's answer is stored at once; a program's is waited for.
+        let known = Answer::from_decision(&pending.decision);
+        let claim = match &known {
+            Some(answer) => self.cache.claim_answered(&pending.key, answer),
+            None => Some(self.cache.claim(&pending.key)),
+        };
+        let answer = match claim {
+            None => known,
+            Some(Claim::Done(answer)) => Some(Answer {
                 via: Via::Retry,
                 ..answer
             }),
-            Claim::Running(rx) => wait(rx, deadline).await.map(|a| Answer {
+            Some(Claim::Running(rx)) => wait(rx, deadline).await.map(|a| Answer {
                 via: Via::Retry,
                 ..a
             }),
-            Claim::First(rx) => match Answer::from_decision(&pending.decision) {
-                Some(answer) => {
-                    self.cache.finish(&pending.key, answer.clone());
-                    Some(answer)
+            Some(Claim::First(rx)) => {
+                if let Decision::Run {
+                    rule,
+                    program,
+                    fallback,
+                } = pending.decision.clone()
+                {
+                    let input = pending.json.clone().unwrap_or_default();
+                    self.spawn_program(pending.key.clone(), rule, program, fallback, input);
                 }
-                None => {
-                    if let Decision::Run {
-                        rule,
-                        program,
-                        fallback,
-                    } = pending.decision.clone()
-                    {
-                        let input = pending.json.clone().unwrap_or_default();
-                        self.spawn_program(pending.key.clone(), rule, program, fallback, input);
-                    }
-                    wait(rx, deadline).await
-                }
-            },
+                wait(rx, deadline).await
+            }
         };
         let Some(answer) = answer else {
             tracing::warn!(
@@ -543,6 +578,25 @@ mod tests {
                 assert!(matches!(cache.claim(&k), Claim::Done(_)), "m{j} at m{i}");
             }
         }
+    }
+
+    #[test]
+    fn an_answer_known_at_once_is_stored_without_a_channel_and_earlier_claims_win() {
+        let cache = MemoryCache::new(10, Duration::from_secs(60));
+        assert!(cache.claim_answered("k", &answer("first")).is_none());
+        match cache.claim_answered("k", &answer("second")) {
+            Some(Claim::Done(a)) => assert_eq!(a, answer("first")),
+            _ => panic!("the stored answer wins"),
+        }
+        assert!(matches!(cache.claim("k"), Claim::Done(_)));
+        // A program's message still running: an immediate answer for it waits too.
+        let Claim::First(_rx) = cache.claim("p") else {
+            panic!("first")
+        };
+        assert!(matches!(
+            cache.claim_answered("p", &answer("x")),
+            Some(Claim::Running(_))
+        ));
     }
 
     #[test]

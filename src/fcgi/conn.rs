@@ -68,6 +68,20 @@ impl Connection {
     }
 
     /// Whether a request has begun and not yet been handed out.
+    /// Bytes the active request's body still needs (with the headers of the records
+    /// carrying it and their padding), as far as its CONTENT_LENGTH tells; 0 when
+    /// unknown or none.
+    pub fn body_remaining(&self) -> usize {
+        let Some(p) = &self.active else { return 0 };
+        match p.decoded.as_ref().and_then(|h| h.content_length) {
+            Some(len) if len > p.stdin.len() => {
+                let rest = len - p.stdin.len();
+                rest + (rest / record::MAX_CONTENT + 2) * (record::HEADER_LEN + 8)
+            }
+            _ => 0,
+        }
+    }
+
     pub fn in_request(&self) -> bool {
         self.active.is_some()
     }
@@ -246,6 +260,8 @@ impl Connection {
                     limit: limits.max_body_bytes,
                 })));
             }
+            // Within the limit: room for the whole body at once.
+            p.stdin.reserve_exact(len);
         }
         Ok(None)
     }
@@ -306,5 +322,45 @@ impl Connection {
             params,
             body: Err(rejection),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(conn: &mut Connection, record_type: u8, content: &[u8]) -> Option<Ready> {
+        let mut out = Vec::new();
+        let rec = Record {
+            record_type,
+            request_id: 1,
+            content,
+        };
+        conn.on_record(rec, &mut out).expect("accepted")
+    }
+
+    #[test]
+    fn body_remaining_follows_content_length() {
+        let mut conn = Connection::new(ConnLimits {
+            max_params_bytes: 4096,
+            max_body_bytes: 1 << 20,
+            max_connections: 1,
+        });
+        assert_eq!(conn.body_remaining(), 0, "no request");
+        feed(&mut conn, record::BEGIN_REQUEST, &[0, 1, 1, 0, 0, 0, 0, 0]);
+        let mut p = Vec::new();
+        params::write_pair(&mut p, b"CONTENT_LENGTH", b"100000");
+        feed(&mut conn, record::PARAMS, &p);
+        assert_eq!(conn.body_remaining(), 0, "params not complete yet");
+        feed(&mut conn, record::PARAMS, b"");
+        // 100 000 bytes take two records, plus the empty one; each up to 16 bytes more.
+        assert_eq!(conn.body_remaining(), 100_000 + 3 * 16);
+        feed(&mut conn, record::STDIN, &[b'x'; 65_535]);
+        assert_eq!(conn.body_remaining(), 34_465 + 2 * 16);
+        feed(&mut conn, record::STDIN, &[b'x'; 34_465]);
+        assert_eq!(conn.body_remaining(), 0, "all there");
+        let ready = feed(&mut conn, record::STDIN, b"").expect("complete");
+        assert_eq!(ready.body.map(|b| b.len()), Ok(100_000));
+        assert_eq!(conn.body_remaining(), 0);
     }
 }

@@ -117,6 +117,11 @@ pub async fn serve_connection<S>(
             _ if draining => Instant::now() + DRAIN_GRACE,
             _ => Instant::now() + limits.idle_timeout,
         };
+        // A body of known length is read in as few reads as the socket allows.
+        let want = conn.body_remaining();
+        if want > buf.capacity() - buf.len() {
+            buf.reserve(want);
+        }
         let read = tokio::select! {
             r = tokio::time::timeout_at(deadline.into(), read_some(&mut stream, &mut buf)) => r,
             _ = shutdown.changed(), if !busy && !draining => {
