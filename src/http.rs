@@ -8,6 +8,10 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
 use crate::core::{Outcome, Response};
+use crate::log::{
+    request_line,
+    Value::{Num, Str},
+};
 
 /// The random source the shells give the core: ChaCha12 seeded once per thread from the
 /// OS, so a reply's random prefix and nonce cost no system call.
@@ -69,33 +73,30 @@ pub fn log_request(method: &str, response: &Response, latency: Duration) {
             rule,
             reply_type,
             via,
-        } => tracing::info!(
-            %method,
-            outcome = %"reply",
-            status = response.status,
-            %msg_type,
-            %rule,
-            %reply_type,
-            via = %via.label(),
-            latency_us,
-            "request"
-        ),
-        Outcome::Success { msg_type, via } => tracing::info!(
-            %method,
-            outcome = "success",
-            status = response.status,
-            %msg_type,
-            via = %via.label(),
-            latency_us,
-            "request"
-        ),
-        other => tracing::info!(
-            %method,
-            outcome = %other.label(),
-            status = response.status,
-            latency_us,
-            "request"
-        ),
+        } => request_line(&[
+            ("method", Str(method)),
+            ("outcome", Str("reply")),
+            ("status", Num(response.status.into())),
+            ("msg_type", Str(msg_type)),
+            ("rule", Str(rule)),
+            ("reply_type", Str(reply_type)),
+            ("via", Str(via.label())),
+            ("latency_us", Num(latency_us)),
+        ]),
+        Outcome::Success { msg_type, via } => request_line(&[
+            ("method", Str(method)),
+            ("outcome", Str("success")),
+            ("status", Num(response.status.into())),
+            ("msg_type", Str(msg_type)),
+            ("via", Str(via.label())),
+            ("latency_us", Num(latency_us)),
+        ]),
+        other => request_line(&[
+            ("method", Str(method)),
+            ("outcome", Str(other.label())),
+            ("status", Num(response.status.into())),
+            ("latency_us", Num(latency_us)),
+        ]),
     }
 }
 

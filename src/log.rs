@@ -9,9 +9,17 @@
 //! exit. Under load that is one write per batch of requests; when idle, a line appears
 //! as soon as its request is answered. Only a SIGKILL can lose lines (at most one
 //! batch). CGI mode writes every line at once.
+//!
+//! The INFO line for each answered request is written by [`request_line`], in the
+//! same format, without `tracing`'s formatter: that formatter cost 3.4 µs per request
+//! (measured: CPU per request behind nginx at `info` vs `warn`), more than the core's
+//! whole answer. Refusals (WARN) and everything else go through `tracing`.
 
+use std::cell::RefCell;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::Level;
 use tracing_subscriber::fmt::MakeWriter;
@@ -20,6 +28,7 @@ use tracing_subscriber::fmt::MakeWriter;
 pub const FLUSH_AT: usize = 8 * 1024;
 
 static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static BUFFERED: AtomicBool = AtomicBool::new(false);
 
 /// Install the subscriber. `buffered`: hold INFO lines until [`flush`] (the server);
 /// otherwise every line is written as it is logged (CGI, the CLI's other commands).
@@ -27,6 +36,7 @@ pub fn init(buffered: bool) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("WECHAT_FCGI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    BUFFERED.store(buffered, Ordering::Relaxed);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Stderr { buffered })
@@ -92,5 +102,131 @@ impl Write for LineWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Write one INFO line for an answered request, as `tracing` would print
+/// `tracing::info!(fields.., "request")`: `<time>  INFO request k=v k=v ...`. `fields`
+/// gives the pairs; values are written as they are, control characters replaced by `?`.
+/// Nothing is written when the filter (`WECHAT_FCGI_LOG`) leaves INFO out.
+pub fn request_line(fields: &[(&str, Value<'_>)]) {
+    if !tracing::enabled!(target: "wechat_fcgi::http", Level::INFO) {
+        return;
+    }
+    let mut line = Vec::with_capacity(160);
+    timestamp(&mut line);
+    line.extend_from_slice(b"  INFO request");
+    for (key, value) in fields {
+        line.push(b' ');
+        line.extend_from_slice(key.as_bytes());
+        line.push(b'=');
+        match value {
+            Value::Str(v) => {
+                line.extend(
+                    v.bytes()
+                        .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
+                )
+            }
+            Value::Num(n) => crate::core::reply::decimal(&mut line, *n),
+        }
+    }
+    line.push(b'\n');
+    let mut out = LineWriter {
+        hold: BUFFERED.load(Ordering::Relaxed),
+    };
+    let _ = out.write_all(&line);
+}
+
+/// A field value of [`request_line`].
+#[derive(Debug, Clone, Copy)]
+pub enum Value<'a> {
+    Str(&'a str),
+    Num(u64),
+}
+
+thread_local! {
+    /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// `2026-11-25T21:47:09.411359Z` (UTC, microseconds), as `tracing`'s formatter writes it.
+fn timestamp(out: &mut Vec<u8>) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, civil(secs));
+        }
+        out.extend_from_slice(&cached.1);
+    });
+    let micros = now.subsec_micros();
+    out.push(b'.');
+    for div in [100_000, 10_000, 1_000, 100, 10, 1] {
+        out.push(b'0' + (micros / div % 10) as u8);
+    }
+    out.push(b'Z');
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SS` (UTC), by the days-to-civil algorithm
+/// (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
+fn civil(secs: u64) -> [u8; 19] {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = *b"0000-00-00T00:00:00";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999) as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, rem / 3600);
+    put(14, 2, rem / 60 % 60);
+    put(17, 2, rem % 60);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_table() {
+        // Values from `date -u -d @N +%Y-%m-%dT%H:%M:%S`.
+        let rows: &[(u64, &str)] = &[
+            (0, "1970-01-01T00:00:00"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (1_700_000_000, "2023-11-14T22:13:20"),
+            (1_709_164_799, "2024-02-28T23:59:59"),
+            (1_709_251_199, "2024-02-29T23:59:59"),
+            (1_798_761_599, "2026-12-31T23:59:59"),
+            (4_102_444_800, "2100-01-01T00:00:00"),
+        ];
+        for &(secs, want) in rows {
+            assert_eq!(std::str::from_utf8(&civil(secs)).unwrap(), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn timestamp_has_the_tracing_shape() {
+        let mut out = Vec::new();
+        timestamp(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.len(), "2026-11-25T21:47:09.411359Z".len(), "{text}");
+        assert!(text.ends_with('Z') && text.as_bytes()[19] == b'.', "{text}");
     }
 }

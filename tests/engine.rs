@@ -415,3 +415,44 @@ fn a_full_retry_cache_warns_once_not_per_message() {
     assert!(log.contains("capacity=2 dropped=1"), "{log}");
     assert!(log.contains("raise retry_cache_entries"), "{log}");
 }
+
+#[test]
+fn request_lines_follow_the_log_filter_and_stay_one_line_each() {
+    for (filter, info_lines) in [("info", 2), ("warn", 0), ("wechat_fcgi=warn", 0)] {
+        let dir = TempDir::new("log-filter");
+        let config = write_config(
+            &dir,
+            "[[rule]]\ntext = \"hi\"\nreply = { text = \"Hello!\" }\n",
+        );
+        let (server, addr) = start_server_with_env(&dir, &config, &[("WECHAT_FCGI_LOG", filter)]);
+        let send = |query: &str, body: &str| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let mut out = Vec::new();
+            fcgi_request(&mut out, 1, false, "POST", query, body.as_bytes());
+            std::io::Write::write_all(&mut s, &out).unwrap();
+            fcgi_response(&mut s).expect("answered")
+        };
+        let hi = wechat_fcgi::cli::sample_text_with_id("gh", "oF", unix_now(), "hi", 1);
+        assert!(send(&signed(0, "1"), &hi).contains("Hello!"));
+        // A value with a newline in it (MsgType is the peer's) stays on its line.
+        let odd = wechat_fcgi::cli::sample_text_with_id("gh", "oF", unix_now(), "x", 2)
+            .replace("[CDATA[text]]", "[CDATA[te\nxt]]");
+        assert!(send(&signed(0, "2"), &odd).starts_with("Status: 200"));
+        assert!(send("x=1", &hi).starts_with("Status: 403"));
+        // The refusal is a WARN line: written at once, after the INFO lines before it.
+        let log = wait_for_log(&server, "request refused");
+        let infos: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" INFO request "))
+            .collect();
+        assert_eq!(infos.len(), info_lines, "{filter}: {log}");
+        if info_lines > 0 {
+            assert!(
+                infos[0].contains(" INFO request method=POST outcome=reply status=200 msg_type=text rule=rule[0] reply_type=text via=rule latency_us="),
+                "{log}"
+            );
+            assert!(infos[1].contains("msg_type=te?xt"), "{log}");
+        }
+        assert!(!log.lines().any(|l| l.starts_with("xt")), "{log}");
+    }
+}

@@ -109,6 +109,16 @@ pub fn write_config(dir: &TempDir, extra: &str) -> PathBuf {
 /// Start `wechat-fcgi serve` on a fresh loopback listener passed as fd 0 (as spawn-fcgi
 /// does). Returns the process and the FastCGI address.
 pub fn start_server(dir: &TempDir, config: &Path) -> (Proc, std::net::SocketAddr) {
+    start_server_with_env(dir, config, &[])
+}
+
+/// [`start_server`] with extra environment variables (the log filter at its default
+/// `info` unless given).
+pub fn start_server_with_env(
+    dir: &TempDir,
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (Proc, std::net::SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let stderr = dir.path("server.log");
@@ -120,6 +130,8 @@ pub fn start_server(dir: &TempDir, config: &Path) -> (Proc, std::net::SocketAddr
         .stderr(std::fs::File::create(&stderr).unwrap())
         .env_remove("WECHAT_FCGI_CONFIG")
         .env_remove("LISTEN_FDS")
+        .env_remove("WECHAT_FCGI_LOG")
+        .envs(env.iter().copied())
         .spawn()
         .unwrap();
     (Proc { child, stderr }, addr)
