@@ -136,8 +136,9 @@ pub const KNOWN_EVENTS: &[&str] = &[
 impl Rules {
     /// Decide what answers this message; `rng` picks among several replies.
     pub fn decide(&self, message: &Message<'_>, rng: &mut dyn RngCore) -> Decision {
+        let subject = Subject::new(message);
         for rule in &self.rules {
-            if let Some(captures) = rule.matcher.matches(message) {
+            if let Some(captures) = rule.matcher.matches_subject(&subject) {
                 return rule.action.decide(&rule.name, message, &captures, rng);
             }
         }
@@ -158,22 +159,72 @@ pub struct Captures {
     named: Vec<(String, String)>,
 }
 
+/// A text message's content without surrounding whitespace (Unicode's, so a full-width
+/// space U+3000 goes too). Runs of spaces are cut eight bytes at a time, other ASCII
+/// whitespace byte by byte, and only then `str::trim`, which decodes every char: alone
+/// it took 50 µs on a 16 KiB run of spaces, `trim_ascii` 25 µs.
+pub fn trim_content(content: &str) -> &str {
+    const SPACES: [u8; 8] = [b' '; 8];
+    let bytes = content.as_bytes();
+    let (mut start, mut end) = (0, bytes.len());
+    while end - start >= 8 && bytes[end - 8..end] == SPACES {
+        end -= 8;
+    }
+    while end - start >= 8 && bytes[start..start + 8] == SPACES {
+        start += 8;
+    }
+    // Cutting ASCII spaces keeps char boundaries.
+    content[start..end].trim_ascii().trim()
+}
+
+/// What the matchers look at, worked out once per message rather than once per rule.
+struct Subject<'m, 'a> {
+    message: &'m Message<'a>,
+    /// The trimmed content of a text message.
+    text: Option<&'m str>,
+    /// The same, lowercased, for `ignore_case` rules (made on first use).
+    lowered: std::cell::OnceCell<Option<String>>,
+}
+
+impl<'m, 'a> Subject<'m, 'a> {
+    fn new(message: &'m Message<'a>) -> Subject<'m, 'a> {
+        let text = match &message.kind {
+            Kind::Text { content, .. } => Some(trim_content(content)),
+            _ => None,
+        };
+        Subject {
+            message,
+            text,
+            lowered: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn lowered(&self) -> Option<&str> {
+        self.lowered
+            .get_or_init(|| self.text.map(str::to_lowercase))
+            .as_deref()
+    }
+}
+
 impl Matcher {
     /// `Some(captures)` when the matcher accepts the message.
     pub fn matches(&self, message: &Message<'_>) -> Option<Captures> {
-        let text = || match &message.kind {
-            Kind::Text { content, .. } => Some(content.trim()),
-            _ => None,
-        };
+        self.matches_subject(&Subject::new(message))
+    }
+
+    fn matches_subject(&self, subject: &Subject<'_, '_>) -> Option<Captures> {
+        let message = subject.message;
+        let text = || subject.text;
         let words_match = |words: &[String], ignore_case: bool, test: fn(&str, &str) -> bool| {
-            let content = text()?;
-            let hit = if ignore_case {
-                let lowered = content.to_lowercase();
-                words.iter().any(|w| test(&lowered, w))
+            let content = if ignore_case {
+                subject.lowered()?
             } else {
-                words.iter().any(|w| test(content, w))
+                subject.text?
             };
-            hit.then(Captures::default)
+            words
+                .iter()
+                .any(|w| test(content, w))
+                .then(Captures::default)
         };
         match self {
             Matcher::Text { words, ignore_case } => words_match(words, *ignore_case, |c, w| c == w),
@@ -371,7 +422,7 @@ impl Template {
                 Piece::From => out.push_str(&message.from_user_name),
                 Piece::To => out.push_str(&message.to_user_name),
                 Piece::Content => match &message.kind {
-                    Kind::Text { content, .. } => out.push_str(content.trim()),
+                    Kind::Text { content, .. } => out.push_str(trim_content(content)),
                     Kind::Voice {
                         recognition: Some(r),
                         ..
@@ -421,4 +472,31 @@ pub fn parse_program_output(stdout: &[u8]) -> Result<Option<Reply>, String> {
     Ok(Some(Reply::Text(
         text.trim_end_matches(['\n', '\r']).to_owned(),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trim_content_is_str_trim() {
+        let long = format!("hi{}", " ".repeat(16_384));
+        let rows = [
+            "",
+            " ",
+            "hi",
+            "  hi  ",
+            "\t\r\nhi\n",
+            "hi\u{3000}",
+            "\u{3000} hi \u{3000}",
+            "hi \u{3000} ",
+            " \u{a0}hi\u{2003}\t",
+            "你好　",
+            "a b",
+            &long,
+        ];
+        for row in rows {
+            assert_eq!(trim_content(row), row.trim(), "{row:?}");
+        }
+    }
 }
