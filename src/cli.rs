@@ -77,7 +77,13 @@ pub fn run() -> anyhow::Result<ExitCode> {
         // CGI: argv may carry words from a query without `=`, so only --config is read.
         return match load(cgi_config_path().as_deref()) {
             Ok(config) => {
-                let engine = crate::engine::Engine::new(config.responder, config.server.engine);
+                // One request per process: a retry cache could never answer a retry, so
+                // do not allocate one of the configured size.
+                let engine_config = crate::engine::EngineConfig {
+                    cache_entries: 2,
+                    ..config.server.engine
+                };
+                let engine = crate::engine::Engine::new(config.responder, engine_config);
                 crate::cgi::run(&engine, &config.server.limits)?;
                 Ok(ExitCode::SUCCESS)
             }

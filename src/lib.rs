@@ -8,7 +8,8 @@
 //!   `Responder::complete(..) -> Response` renders ([`core::reply`]) and seals the
 //!   answer. [`core::error`] is the one place that maps a refusal to a status.
 //! - [`engine`]: the async answer path both shells share: the retry cache (one answer
-//!   per message), reply programs (run once, killed on timeout, capped), the budget.
+//!   per message; two generations of key fingerprints), reply programs (run once,
+//!   killed on timeout, capped), the budget.
 //! - [`config`]: the TOML config, parsed once into core values; errors name the key.
 //! - [`fcgi`]: our FastCGI protocol: the record codec and params decoder
 //!   ([`fcgi::record`], [`fcgi::params`]), the per-connection state machine
@@ -18,6 +19,8 @@
 //! - [`cgi`]: the CGI adapter: environment and stdin in, headers and body out.
 //! - [`http`]: what the shells share: CGI response framing, the request log line, the
 //!   per-thread random source.
+//! - [`log`]: stderr logging: `tracing` filtered by `WECHAT_FCGI_LOG`, INFO lines
+//!   batched in the server, the per-request line written without `tracing`'s formatter.
 //! - [`cli`]: the command line (`serve`, `check-config`, `sign`), SIGHUP reload.
 //!
 //! Invariants:
