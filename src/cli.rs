@@ -320,8 +320,8 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         config.server.socket_mode,
         config.server.listen_backlog,
     )?;
-    // Request log lines are batched (see `crate::log`): written whenever the runtime
-    // runs out of work, and at exit however serving ends.
+    // Request log lines are batched (see `crate::log`): the flusher task writes them,
+    // and they are written at exit however serving ends.
     struct FlushLog;
     impl Drop for FlushLog {
         fn drop(&mut self) {
@@ -331,9 +331,9 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
     let _flush = FlushLog;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .on_thread_park(crate::log::flush)
         .build()?;
     runtime.block_on(async move {
+        tokio::spawn(crate::log::flusher());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;

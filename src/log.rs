@@ -3,12 +3,13 @@
 //! The server writes one INFO line per request. Written one by one, that is one
 //! `write(2)` per request, which measured 10-15% of the server's throughput behind
 //! nginx (README, Performance). So in `serve`, INFO and lower lines are gathered in a
-//! buffer and written together: when the runtime has nothing left to do (its park hook
-//! calls [`flush`]), when [`FLUSH_AT`] bytes are waiting, with the next WARN or ERROR
+//! buffer and written together: [`FLUSH_AFTER`] after the first line of a batch (the
+//! [`flusher`] task), when [`FLUSH_AT`] bytes are waiting, with the next WARN or ERROR
 //! line (which is never held back: it flushes the buffer and itself, in order), and at
-//! exit. Under load that is one write per batch of requests; when idle, a line appears
-//! as soon as its request is answered. Only a SIGKILL can lose lines (at most one
-//! batch). CGI mode writes every line at once.
+//! exit. Flushing whenever the runtime went idle was tried first: behind nginx at 32
+//! connections it goes idle after almost every request, so that was still about one
+//! write per request. Only a SIGKILL can lose lines (at most one batch). CGI mode
+//! writes every line at once.
 //!
 //! The INFO line for each answered request is written by [`request_line`], in the
 //! same format, without `tracing`'s formatter: that formatter cost 3.4 µs per request
@@ -24,8 +25,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::Level;
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Buffered bytes that trigger a write even while the runtime is busy.
+/// Buffered bytes that trigger a write at once.
 pub const FLUSH_AT: usize = 8 * 1024;
+/// The longest an INFO line waits in the buffer.
+pub const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Wakes the [`flusher`] when a batch starts.
+static BATCH_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 static BUFFERED: AtomicBool = AtomicBool::new(false);
@@ -43,6 +49,16 @@ pub fn init(buffered: bool) {
         .with_target(false)
         .with_ansi(false)
         .try_init();
+}
+
+/// The server's flushing task: writes each batch [`FLUSH_AFTER`] after its first line.
+/// It sleeps while nothing is buffered, so an idle server does not wake up for it.
+pub async fn flusher() {
+    loop {
+        BATCH_STARTED.notified().await;
+        tokio::time::sleep(FLUSH_AFTER).await;
+        flush();
+    }
 }
 
 /// Write whatever is buffered to stderr.
@@ -93,9 +109,12 @@ impl<'a> MakeWriter<'a> for Stderr {
 impl Write for LineWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let mut buf = lock();
+        let first = buf.is_empty();
         buf.extend_from_slice(data);
         if !self.hold || buf.len() >= FLUSH_AT {
             write_out(&mut buf);
+        } else if first {
+            BATCH_STARTED.notify_one();
         }
         Ok(data.len())
     }
