@@ -96,15 +96,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
         };
     }
     let cli = Cli::parse();
-    let serving = match &cli.command {
-        Some(Command::Serve { .. }) => true,
-        None => listen::fd_is_listening_socket(0),
-        Some(_) => false,
-    };
-    crate::log::init(serving);
+    // With no command, a listening socket on fd 0 (spawn-fcgi, mod_fcgid) means serve.
+    let fd0_listens = cli.command.is_none() && listen::fd_is_listening_socket(0);
+    crate::log::init(fd0_listens || matches!(cli.command, Some(Command::Serve { .. })));
     match cli.command {
         Some(Command::Serve { listen }) => serve(cli.config.as_deref(), listen.as_ref()),
-        None if listen::fd_is_listening_socket(0) => serve(cli.config.as_deref(), None),
+        None if fd0_listens => serve(cli.config.as_deref(), None),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;

@@ -88,7 +88,7 @@ pub enum Claim {
 /// Keys are held as 128-bit fingerprints (two SipHash-1-3 runs with this process's
 /// random keys), not as strings. Two messages sharing a fingerprint has a chance of
 /// about n² / 2¹²⁹ (n entries held), and nobody outside can aim at one: the hash keys
-/// are secret. Full at the default capacity: 3.2 MiB (`examples/cache_mem.rs`).
+/// are secret. Full at the default capacity: 3.3 MiB (`examples/cache_mem.rs`).
 pub struct MemoryCache {
     inner: Mutex<CacheInner>,
     /// Entries per generation: half the capacity.
@@ -176,9 +176,7 @@ impl MemoryCache {
         c.previous = std::mem::replace(&mut c.current, HashMap::with_capacity(self.half));
         c.current_since = now;
     }
-}
 
-impl MemoryCache {
     /// The claim both entry points share: what an earlier claim left (`Err`), or the
     /// entry `make` gives stored for a new key (in a new generation when the current
     /// one is full or old) and `make`'s other value (`Ok`).

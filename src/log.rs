@@ -45,7 +45,7 @@ pub fn init(buffered: bool) {
     BUFFERED.store(buffered, Ordering::Relaxed);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(Stderr { buffered })
+        .with_writer(Stderr)
         .with_target(false)
         .with_ansi(false)
         .try_init();
@@ -83,9 +83,8 @@ fn write_out(buf: &mut Vec<u8>) {
     }
 }
 
-struct Stderr {
-    buffered: bool,
-}
+/// The subscriber's writer; whether it holds INFO lines is [`BUFFERED`].
+struct Stderr;
 
 /// One event's writer: appends to the shared buffer, or writes through.
 pub struct LineWriter {
@@ -101,7 +100,7 @@ impl<'a> MakeWriter<'a> for Stderr {
 
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LineWriter {
         LineWriter {
-            hold: self.buffered && *meta.level() >= Level::INFO,
+            hold: BUFFERED.load(Ordering::Relaxed) && *meta.level() >= Level::INFO,
         }
     }
 }

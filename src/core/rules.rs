@@ -214,7 +214,6 @@ impl Matcher {
 
     fn matches_subject(&self, subject: &Subject<'_, '_>) -> Option<Captures> {
         let message = subject.message;
-        let text = || subject.text;
         let words_match = |words: &[String], ignore_case: bool, test: fn(&str, &str) -> bool| {
             let content = if ignore_case {
                 subject.lowered()?
@@ -235,7 +234,7 @@ impl Matcher {
                 words_match(words, *ignore_case, |c, w| c.starts_with(w))
             }
             Matcher::Regex(re) => {
-                let caps = re.captures(text()?)?;
+                let caps = re.captures(subject.text?)?;
                 let numbered = caps
                     .iter()
                     .map(|m| m.map_or("", |m| m.as_str()).to_owned())

@@ -67,7 +67,6 @@ impl Connection {
         }
     }
 
-    /// Whether a request has begun and not yet been handed out.
     /// Bytes the active request's body still needs (with the headers of the records
     /// carrying it and their padding), as far as its CONTENT_LENGTH tells; 0 when
     /// unknown or none.
@@ -82,6 +81,7 @@ impl Connection {
         }
     }
 
+    /// Whether a request has begun and not yet been handed out.
     pub fn in_request(&self) -> bool {
         self.active.is_some()
     }
