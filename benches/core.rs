@@ -44,7 +44,7 @@ fn bench(c: &mut Criterion) {
                     body: black_box(body.as_bytes()),
                 },
                 1_700_000_001,
-                &mut wechat_fcgi::http::ThreadRng,
+                &mut wechat_fcgi::engine::ThreadRng,
             );
             assert_eq!(r.status, 200);
             r
@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion) {
                     body: black_box(envelope.as_bytes()),
                 },
                 1_700_000_001,
-                &mut wechat_fcgi::http::ThreadRng,
+                &mut wechat_fcgi::engine::ThreadRng,
             );
             assert_eq!(r.status, 200);
             r

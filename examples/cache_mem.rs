@@ -1,4 +1,4 @@
-//! Memory of the in-memory retry cache when full: fills a `MemoryCache` of the default
+//! Memory of the in-memory retry cache when full: fills a `MemoryStore` of the default
 //! capacity with distinct keys shaped like real ones (`m:` + a 28-character OpenID +
 //! a MsgId), then prints how much the process's RSS grew.
 //!
@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wechat_fcgi::core::{Answer, Via};
-use wechat_fcgi::engine::{EngineConfig, MemoryCache, RetryCache};
+use wechat_fcgi::engine::store::MemoryStore;
+use wechat_fcgi::engine::EngineConfig;
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -27,19 +28,19 @@ fn main() {
         .unwrap_or(capacity * 2);
     let rule: Arc<str> = Arc::from("keyword");
     let before = rss_kib();
-    let cache = MemoryCache::new(capacity, Duration::from_secs(3600));
+    let cache = MemoryStore::new(capacity, Duration::from_secs(3600));
+    let now = tokio::time::Instant::now();
     for i in 0..claims {
         let key = format!(
             "m:oFollower{i:017}:{}",
             24_000_000_000_000_000u64 + i as u64
         );
-        let _ = cache.claim(&key);
         let answer = Answer {
             reply: None,
             rule: rule.clone(),
             via: Via::Rule,
         };
-        cache.finish(&key, answer);
+        let _ = cache.put_new(&key, &answer, now);
     }
     let grew = rss_kib().saturating_sub(before);
     println!(

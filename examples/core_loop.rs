@@ -59,7 +59,7 @@ fn main() {
                 body: body.as_bytes(),
             },
             1_700_000_001,
-            &mut wechat_fcgi::http::ThreadRng,
+            &mut wechat_fcgi::engine::ThreadRng,
         );
         bytes += r.body.len();
     }

@@ -1,20 +1,85 @@
 //! The CGI adapter: one request from the environment and stdin, the answer on stdout.
 //! Used when fd 0 is not a listening socket and `GATEWAY_INTERFACE` starts with `CGI/`.
+//!
+//! In CGI mode the command line is not ours: a web server passes the words of a query
+//! string without `=` as arguments (`?--config+/etc/passwd`), so argv is never read.
+//! The config comes from `WECHAT_FCGI_CONFIG` only.
 
 use std::io::{Read, Write};
-use std::time::Instant;
 
-use crate::config::Limits;
-use crate::core::Rejection;
-use crate::engine::Engine;
-use crate::http;
+use tokio::time::Instant;
+
+use crate::config::{Config, Limits};
+use crate::core::{Rejection, Response};
+use crate::engine::{Engine, EngineConfig};
+use crate::fcgi::conn::parse_content_length;
+
+/// The environment variable naming the config file in CGI mode.
+pub const CONFIG_VAR: &str = "WECHAT_FCGI_CONFIG";
 
 /// Whether this process was started as a CGI program: fd 0 is not a listening socket
 /// (checked first, as libfcgi does: some spawners set CGI variables too) and
 /// `GATEWAY_INTERFACE` starts with `CGI/`.
 pub fn is_cgi() -> bool {
-    !crate::listen::fd_is_listening_socket(0)
+    !crate::listen::stdin_is_listening_socket()
         && std::env::var("GATEWAY_INTERFACE").is_ok_and(|g| g.starts_with("CGI/"))
+}
+
+/// Run as a CGI program: load the config named by [`CONFIG_VAR`], answer the one
+/// request, write the response to stdout. A config that cannot be loaded answers 503
+/// (the cause goes to stderr, the web server's error log).
+pub fn main() -> anyhow::Result<std::process::ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (out, code) = runtime.block_on(async {
+        match load() {
+            Ok(config) => {
+                // One request per process: a retry cache of the configured size could
+                // never answer a retry.
+                let engine_config = EngineConfig {
+                    cache_entries: 2,
+                    ..config.server.engine
+                };
+                let engine = Engine::new(config.responder, engine_config);
+                let out = respond(
+                    &engine,
+                    &config.server.limits,
+                    |k| std::env::var(k).ok(),
+                    std::io::stdin().lock(),
+                )
+                .await;
+                (out, std::process::ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                tracing::error!("CGI: {e:#}");
+                let response = Response::rejected(Rejection::Misconfigured);
+                crate::log::request(
+                    &std::env::var("REQUEST_METHOD").unwrap_or_default(),
+                    &response,
+                    std::time::Duration::ZERO,
+                );
+                let mut out = Vec::new();
+                response.write_cgi(&mut out);
+                (out, std::process::ExitCode::from(1))
+            }
+        }
+    });
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&out)?;
+    stdout.flush()?;
+    Ok(code)
+}
+
+fn load() -> anyhow::Result<Config> {
+    let Some(path) = std::env::var_os(CONFIG_VAR) else {
+        anyhow::bail!("no config file: set {CONFIG_VAR} (SetEnv in Apache) to its path");
+    };
+    let config = Config::load(std::path::Path::new(&path))?;
+    for w in &config.warnings {
+        tracing::warn!("config: {w}");
+    }
+    Ok(config)
 }
 
 /// Answer one CGI request: variables from `var`, the body from `stdin`, the response
@@ -38,26 +103,8 @@ pub async fn respond(
         )
         .await;
     let mut out = Vec::with_capacity(128 + response.body.len());
-    http::write_response(&mut out, &response);
+    response.write_cgi(&mut out);
     out
-}
-
-/// Run as a CGI program: answer the one request and return. (The retry cache lives
-/// only as long as the process, so CGI answers each retry anew.)
-pub fn run(engine: &Engine, limits: &Limits) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let out = runtime.block_on(respond(
-        engine,
-        limits,
-        |k| std::env::var(k).ok(),
-        std::io::stdin().lock(),
-    ));
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(&out)?;
-    stdout.flush()?;
-    Ok(())
 }
 
 /// Read exactly CONTENT_LENGTH bytes (none when it is absent), refusing a length over
@@ -67,9 +114,12 @@ fn read_body(
     max: usize,
     stdin: impl Read,
 ) -> Result<Vec<u8>, Rejection> {
-    let len = match content_length.as_deref().map(str::trim) {
-        None | Some("") => return Ok(Vec::new()),
-        Some(s) => s.parse::<usize>().map_err(|_| Rejection::BadParams)?,
+    let len = match content_length {
+        None => return Ok(Vec::new()),
+        Some(s) => match parse_content_length(s.as_bytes())? {
+            None => return Ok(Vec::new()),
+            Some(len) => len,
+        },
     };
     if len > max {
         return Err(Rejection::BodyTooLarge { limit: max });

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::core::signature::sign;
+use crate::engine::unix_now;
 use crate::listen::{self, ListenAddr};
 
 #[derive(Parser, Debug)]
@@ -74,30 +75,11 @@ enum Command {
 pub fn run() -> anyhow::Result<ExitCode> {
     if crate::cgi::is_cgi() {
         crate::log::init(false);
-        // CGI: argv may carry words from a query without `=`, so only --config is read.
-        return match load(cgi_config_path().as_deref()) {
-            Ok(config) => {
-                // One request per process: a retry cache could never answer a retry, so
-                // do not allocate one of the configured size.
-                let engine_config = crate::engine::EngineConfig {
-                    cache_entries: 2,
-                    ..config.server.engine
-                };
-                let engine = crate::engine::Engine::new(config.responder, engine_config);
-                crate::cgi::run(&engine, &config.server.limits)?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                // The web server shows stdout to the client and stderr in its error log.
-                tracing::error!("CGI: {e:#}");
-                print!("Status: 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nserver misconfigured\n");
-                Ok(ExitCode::from(1))
-            }
-        };
+        return crate::cgi::main();
     }
     let cli = Cli::parse();
     // With no command, a listening socket on fd 0 (spawn-fcgi, mod_fcgid) means serve.
-    let fd0_listens = cli.command.is_none() && listen::fd_is_listening_socket(0);
+    let fd0_listens = cli.command.is_none() && listen::stdin_is_listening_socket();
     crate::log::init(fd0_listens || matches!(cli.command, Some(Command::Serve { .. })));
     match cli.command {
         Some(Command::Serve { listen }) => serve(cli.config.as_deref(), listen.as_ref()),
@@ -248,25 +230,6 @@ fn sample_field(out: &mut Vec<u8>, name: &str, text: &str) {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn cgi_config_path() -> Option<PathBuf> {
-    let mut args = std::env::args_os().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--config" {
-            return args.next().map(PathBuf::from);
-        }
-        if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
-            return Some(PathBuf::from(path));
-        }
-    }
-    std::env::var_os("WECHAT_FCGI_CONFIG").map(PathBuf::from)
 }
 
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {

@@ -41,6 +41,5 @@ pub mod config;
 pub mod core;
 pub mod engine;
 pub mod fcgi;
-pub mod http;
 pub mod listen;
 pub mod log;

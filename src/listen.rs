@@ -3,8 +3,7 @@
 //! as spawn-fcgi and mod_fcgid do), or `[server] listen`, first that applies.
 
 use std::fmt;
-use std::io;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -86,10 +85,10 @@ pub fn acquire(
         ));
     }
     if let Some(fd) = systemd_fd() {
-        return Ok((adopt(fd)?, Source::Systemd));
+        return Ok((adopt(fd, "fd 3 (systemd)")?, Source::Systemd));
     }
-    if fd_is_listening_socket(0) {
-        return Ok((adopt(0)?, Source::Fd0));
+    if let Some(fd) = stdin_listener() {
+        return Ok((adopt(fd, "fd 0")?, Source::Fd0));
     }
     if let Some(addr) = config {
         return Ok((
@@ -102,63 +101,74 @@ pub fn acquire(
     )
 }
 
-/// Whether `fd` is a socket in the listening state (libfcgi's `FCGX_IsCGI` test).
-pub fn fd_is_listening_socket(fd: RawFd) -> bool {
-    let mut accepting: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `accepting`, a live c_int; an
-    // invalid or non-socket fd only makes it return -1.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&mut accepting as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && accepting != 0
+/// Whether fd 0 is a socket in the listening state (libfcgi's `FCGX_IsCGI` test): a
+/// spawner (spawn-fcgi, mod_fcgid) handed us `FCGI_LISTENSOCK_FILENO`.
+pub fn stdin_is_listening_socket() -> bool {
+    is_listening(&std::io::stdin())
+}
+
+/// Whether this file descriptor is a listening socket (`SO_ACCEPTCONN`); false for
+/// anything that is not a socket.
+pub fn is_listening(fd: &impl AsFd) -> bool {
+    socket2::SockRef::from(fd).is_listener().unwrap_or(false)
 }
 
 /// fd 3 when systemd passed exactly our sockets (`LISTEN_PID` is us, `LISTEN_FDS` ≥ 1).
-fn systemd_fd() -> Option<RawFd> {
+fn systemd_fd() -> Option<OwnedFd> {
+    const SD_LISTEN_FDS_START: RawFd = 3;
     let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
     let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-    (pid == std::process::id() && fds >= 1 && fd_is_listening_socket(3)).then_some(3)
+    if pid != std::process::id() || fds < 1 {
+        return None;
+    }
+    // SAFETY: systemd passed fd 3 to this process (LISTEN_PID is ours) and nothing else
+    // in this program opens, owns or closes fd 3, so taking ownership of it is sound;
+    // an fd 3 that is not a listening socket is closed again at once below.
+    #[allow(unsafe_code)]
+    let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
+    if is_listening(&fd) {
+        Some(fd)
+    } else {
+        // Not ours to close if it is something else: forget it rather than drop it.
+        std::mem::forget(fd);
+        None
+    }
 }
 
-/// Take ownership of an inherited listening socket, as TCP or Unix by its family.
-fn adopt(fd: RawFd) -> anyhow::Result<Listener> {
-    // SAFETY: sockaddr_storage is plain data; getsockname fills at most `len` bytes.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `addr` is a live sockaddr_storage of `len` bytes.
-    let rc = unsafe {
-        libc::getsockname(
-            fd,
-            (&mut addr as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        anyhow::bail!("fd {fd}: getsockname: {}", io::Error::last_os_error());
+/// fd 0 when it is a listening socket, taken over: stdin is not used for anything else
+/// by a FastCGI server.
+fn stdin_listener() -> Option<OwnedFd> {
+    if !stdin_is_listening_socket() {
+        return None;
     }
-    let family = libc::c_int::from(addr.ss_family);
-    // SAFETY: `fd` is an open listening socket we were handed and now own alone.
-    let listener = match family {
-        libc::AF_UNIX => {
-            Listener::Unix(unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) })
+    // SAFETY: fd 0 is a listening socket handed to us by the spawner (checked just
+    // above), and once serving FastCGI nothing else in this program reads stdin or
+    // closes fd 0, so this is its only owner.
+    #[allow(unsafe_code)]
+    Some(unsafe { OwnedFd::from_raw_fd(0) })
+}
+
+/// Make an inherited listening socket ours, as TCP or Unix by its family, and close it
+/// on exec so reply programs never inherit it.
+fn adopt(fd: OwnedFd, name: &str) -> anyhow::Result<Listener> {
+    let socket = socket2::Socket::from(fd);
+    socket
+        .set_cloexec(true)
+        .map_err(|e| anyhow::anyhow!("{name}: FD_CLOEXEC: {e}"))?;
+    let addr = socket
+        .local_addr()
+        .map_err(|e| anyhow::anyhow!("{name}: getsockname: {e}"))?;
+    let fd = OwnedFd::from(socket);
+    Ok(match addr.domain() {
+        socket2::Domain::UNIX => Listener::Unix(std::os::unix::net::UnixListener::from(fd)),
+        socket2::Domain::IPV4 | socket2::Domain::IPV6 => {
+            Listener::Tcp(std::net::TcpListener::from(fd))
         }
-        libc::AF_INET | libc::AF_INET6 => {
-            Listener::Tcp(unsafe { std::net::TcpListener::from_raw_fd(fd) })
-        }
-        other => anyhow::bail!("fd {fd}: unsupported socket family {other}"),
-    };
-    Ok(listener)
+        other => anyhow::bail!("{name}: unsupported socket family {other:?}"),
+    })
 }
 
 fn bind(addr: &ListenAddr, socket_mode: u32, backlog: u32) -> anyhow::Result<Listener> {
-    use std::os::fd::AsRawFd;
     let listener = match addr {
         ListenAddr::Tcp(a) => {
             let l =
@@ -178,18 +188,14 @@ fn bind(addr: &ListenAddr, socket_mode: u32, backlog: u32) -> anyhow::Result<Lis
     // that is dropped by the kernel and retried after 200 ms or more. Listening again
     // on the bound socket sets the backlog we were configured with (capped by the
     // kernel's somaxconn).
-    let fd = match &listener {
-        Listener::Tcp(l) => l.as_raw_fd(),
-        Listener::Unix(l) => l.as_raw_fd(),
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    let socket = match &listener {
+        Listener::Tcp(l) => socket2::SockRef::from(l),
+        Listener::Unix(l) => socket2::SockRef::from(l),
     };
-    let backlog = libc::c_int::try_from(backlog).unwrap_or(libc::c_int::MAX);
-    // SAFETY: listen(2) on a socket fd we own; no memory is passed.
-    if unsafe { libc::listen(fd, backlog) } != 0 {
-        anyhow::bail!(
-            "listen {addr} with backlog {backlog}: {}",
-            io::Error::last_os_error()
-        );
-    }
+    socket
+        .listen(backlog)
+        .map_err(|e| anyhow::anyhow!("listen {addr} with backlog {backlog}: {e}"))?;
     Ok(listener)
 }
 
@@ -241,11 +247,11 @@ mod tests {
     #[test]
     fn listening_socket_detection() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        use std::os::fd::AsRawFd;
-        assert!(fd_is_listening_socket(l.as_raw_fd()));
+        assert!(is_listening(&l));
         let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        assert!(!fd_is_listening_socket(s.as_raw_fd()));
-        assert!(!fd_is_listening_socket(-1));
+        assert!(!is_listening(&s));
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(!is_listening(&file));
     }
 
     #[test]

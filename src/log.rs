@@ -22,8 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::time::Duration;
+
 use tracing::Level;
 use tracing_subscriber::fmt::MakeWriter;
+
+use crate::core::{Outcome, Response};
+use Value::{Num, Str};
 
 /// Buffered bytes that trigger a write at once.
 pub const FLUSH_AT: usize = 8 * 1024;
@@ -128,7 +133,7 @@ impl Write for LineWriter {
 /// gives the pairs; values are written as they are, control characters replaced by `?`.
 /// Nothing is written when the filter (`WECHAT_FCGI_LOG`) leaves INFO out.
 pub fn request_line(fields: &[(&str, Value<'_>)]) {
-    if !tracing::enabled!(target: "wechat_fcgi::http", Level::INFO) {
+    if !tracing::enabled!(Level::INFO) {
         return;
     }
     let mut line = Vec::with_capacity(160);
@@ -145,7 +150,7 @@ pub fn request_line(fields: &[(&str, Value<'_>)]) {
                         .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
                 )
             }
-            Value::Num(n) => crate::core::reply::decimal(&mut line, *n),
+            Value::Num(n) => line.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
         }
     }
     line.push(b'\n');
@@ -153,6 +158,71 @@ pub fn request_line(fields: &[(&str, Value<'_>)]) {
         hold: BUFFERED.load(Ordering::Relaxed),
     };
     let _ = out.write_all(&line);
+}
+
+/// Log one answered (or refused) request: an INFO line with method, outcome, status,
+/// message type, rule, reply type, `via` and latency; a refusal is a WARN line that
+/// also names its cause.
+pub fn request(method: &str, response: &Response, latency: Duration) {
+    let latency_us = latency.as_micros() as u64;
+    match &response.outcome {
+        Outcome::Rejected(cause) => tracing::warn!(
+            method = %Escaped(method),
+            outcome = %response.outcome.label(),
+            status = response.status,
+            latency_us,
+            cause = %Escaped(&cause.to_string()),
+            "request refused"
+        ),
+        Outcome::Reply {
+            msg_type,
+            rule,
+            reply_type,
+            via,
+        } => request_line(&[
+            ("method", Str(method)),
+            ("outcome", Str("reply")),
+            ("status", Num(response.status.into())),
+            ("msg_type", Str(msg_type)),
+            ("rule", Str(rule)),
+            ("reply_type", Str(reply_type)),
+            ("via", Str(via.label())),
+            ("latency_us", Num(latency_us)),
+        ]),
+        Outcome::Success { msg_type, via } => request_line(&[
+            ("method", Str(method)),
+            ("outcome", Str("success")),
+            ("status", Num(response.status.into())),
+            ("msg_type", Str(msg_type)),
+            ("via", Str(via.label())),
+            ("latency_us", Num(latency_us)),
+        ]),
+        other => request_line(&[
+            ("method", Str(method)),
+            ("outcome", Str(other.label())),
+            ("status", Num(response.status.into())),
+            ("latency_us", Num(latency_us)),
+        ]),
+    }
+}
+
+/// A value that came from outside (a request, a program, a file), written into a log
+/// line with control characters replaced by `?`, so it can neither forge a line nor
+/// reach the terminal as an escape sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(|c: char| c.is_control()) {
+            f.write_str(&rest[..i])?;
+            f.write_str("?")?;
+            let c = rest[i..].chars().next().map_or(1, char::len_utf8);
+            rest = &rest[i + c..];
+        }
+        f.write_str(rest)
+    }
 }
 
 /// A field value of [`request_line`].

@@ -67,9 +67,10 @@ fn cgi_requests() {
             "cgi-echo",
         ),
         (
-            "text rule, config from --config",
-            vec!["--config", config],
+            "text rule",
+            vec![],
             vec![
+                env_cfg,
                 ("REQUEST_METHOD", "POST"),
                 ("QUERY_STRING", &q),
                 ("CONTENT_LENGTH", &hi_len),
@@ -77,6 +78,45 @@ fn cgi_requests() {
             hi.as_bytes(),
             "Status: 200 OK",
             "<Content><![CDATA[Hello!]]></Content>",
+        ),
+        // Regression: Apache passes `?--config+FILE` as argv; argv chose the config.
+        (
+            "--config in argv is never read in CGI mode",
+            vec!["--config", config],
+            vec![
+                ("REQUEST_METHOD", "POST"),
+                ("QUERY_STRING", &q),
+                ("CONTENT_LENGTH", &hi_len),
+            ],
+            hi.as_bytes(),
+            "Status: 503 Service Unavailable",
+            "server misconfigured",
+        ),
+        (
+            "--config=/dev/zero in argv cannot replace the configured file",
+            vec!["--config=/dev/zero", "--config", "/dev/stdin"],
+            vec![
+                env_cfg,
+                ("REQUEST_METHOD", "POST"),
+                ("QUERY_STRING", &q),
+                ("CONTENT_LENGTH", &hi_len),
+            ],
+            hi.as_bytes(),
+            "Status: 200 OK",
+            "Hello!",
+        ),
+        (
+            "CONTENT_LENGTH that is not a number",
+            vec![],
+            vec![
+                env_cfg,
+                ("REQUEST_METHOD", "POST"),
+                ("QUERY_STRING", &q),
+                ("CONTENT_LENGTH", "12abc"),
+            ],
+            hi.as_bytes(),
+            "Status: 400 Bad Request",
+            "malformed Content-Length",
         ),
         (
             "argv words from a query without '=' are ignored",

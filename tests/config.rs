@@ -21,7 +21,14 @@ fn bad_configs_name_the_key() {
         (format!("{OK_ACCOUNT}tokn = \"x\"\n"), "unknown field `tokn`"),
         (format!("[server]\nlisten = \"9000\"\n{OK_ACCOUNT}"), "server.listen: \"9000\": expected unix:PATH or tcp:HOST:PORT"),
         (format!("[server]\nsocket_mode = \"rw\"\n{OK_ACCOUNT}"), "server.socket_mode"),
-        (format!("[server]\nmax_body_bytes = 0\n{OK_ACCOUNT}"), "server.max_body_bytes: must be greater than 0"),
+        (format!("[server]\nmax_body_bytes = 0\n{OK_ACCOUNT}"), "server.max_body_bytes: 0 is out of range: must be 1 to 67108864"),
+        // Regression: values check-config accepted made `serve` panic.
+        (format!("[server]\nidle_timeout_secs = 9223372036854775807\n{OK_ACCOUNT}"), "server.idle_timeout_secs: 9223372036854775807 is out of range"),
+        (format!("[server]\nmax_connections = 9223372036854775807\n{OK_ACCOUNT}"), "server.max_connections: 9223372036854775807 is out of range"),
+        (format!("[server]\nmax_programs = 100000000\n{OK_ACCOUNT}"), "server.max_programs: 100000000 is out of range: must be 1 to 1024"),
+        (format!("[server]\nretry_cache_entries = 9223372036854775807\n{OK_ACCOUNT}"), "server.retry_cache_entries: 9223372036854775807 is out of range"),
+        (format!("[server]\nlisten_backlog = 0\n{OK_ACCOUNT}"), "server.listen_backlog: 0 is out of range"),
+        (format!("[server]\ntimestamp_window_secs = 999999\n{OK_ACCOUNT}"), "server.timestamp_window_secs: 999999 is out of range"),
         (format!("[server]\nmax_body_bytes = -1\n{OK_ACCOUNT}"), "max_body_bytes"),
         (format!("[server]\nread_timeout_secs = 0\n{OK_ACCOUNT}"), "server.read_timeout_secs"),
         (format!("{OK_ACCOUNT}[[rule]]\nreply = {{ text = \"x\" }}\n"), "rule[0]: matches nothing"),
@@ -98,15 +105,18 @@ fn bad_configs_name_the_key() {
         ),
         (
             format!("[server]\nreply_budget_ms = 6000\n{OK_ACCOUNT}"),
-            "server.reply_budget_ms: 6000 must be 100 to 4900",
+            "server.reply_budget_ms: 6000 is out of range: must be 100 to 4900",
         ),
         (
             format!("[server]\nmax_programs = 0\n{OK_ACCOUNT}"),
-            "server.max_programs: must be greater than 0",
+            "server.max_programs: 0 is out of range: must be 1 to 1024",
         ),
     ];
+    let dir = TempDir::new("bad-configs");
+    let path = dir.path("c.toml");
     for (text, needle) in rows.into_iter().chain(more) {
-        let err = Config::parse(&text).expect_err(&text).to_string();
+        std::fs::write(&path, &text).unwrap();
+        let err = format!("{:#}", Config::load(&path).expect_err(&text));
         assert!(
             err.contains(needle),
             "config:\n{text}\nerror: {err}\nexpected: {needle}"
@@ -120,6 +130,98 @@ fn rule_text_run(program: &std::path::Path) -> String {
         "{OK_ACCOUNT}[[rule]]\nname = \"r\"\ntext = \"a\"\nrun = {{ command = [\"{}\"] }}\n",
         program.display()
     )
+}
+
+#[test]
+fn program_paths_with_a_slash_are_relative_to_the_config_folder_bare_names_use_path() {
+    let dir = TempDir::new("program-paths");
+    std::fs::create_dir_all(dir.path("bin")).unwrap();
+    let script = dir.path("bin/answer.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path("c.toml");
+    std::fs::write(
+        &path,
+        format!("{OK_ACCOUNT}[[rule]]\ntext = \"a\"\nrun = {{ command = [\"bin/answer.sh\"] }}\n[default]\nrun = {{ command = [\"sh\", \"-c\", \"echo x\"] }}\n"),
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    let command = |action: &wechat_fcgi::core::rules::Action| match action {
+        wechat_fcgi::core::rules::Action::Run { program, .. } => program.command.clone(),
+        _ => panic!("a program rule"),
+    };
+    let folder = dir.0.canonicalize().unwrap();
+    assert_eq!(
+        command(&config.responder.rules.rules[0].action)[0],
+        folder.join("bin/answer.sh").to_string_lossy()
+    );
+    let sh = &command(config.responder.rules.default.as_ref().unwrap())[0];
+    assert!(
+        sh.ends_with("/sh") && sh.starts_with('/'),
+        "found in PATH: {sh}"
+    );
+    // Parsing alone touches no file: a missing program is only found by `load`.
+    let missing =
+        format!("{OK_ACCOUNT}[[rule]]\ntext = \"a\"\nrun = {{ command = [\"./nope.sh\"] }}\n");
+    assert!(Config::parse(&missing).is_ok());
+    std::fs::write(&path, &missing).unwrap();
+    assert!(format!("{:#}", Config::load(&path).unwrap_err()).contains("./nope.sh"));
+}
+
+#[test]
+fn the_file_itself_is_checked_before_it_is_parsed() {
+    let dir = TempDir::new("config-file");
+    use std::os::unix::fs::PermissionsExt;
+    // Not a regular file, or too large: never read whole (`/dev/zero` would never end).
+    for special in ["/dev/zero", "/dev/null"] {
+        let err = format!(
+            "{:#}",
+            Config::load(std::path::Path::new(special)).unwrap_err()
+        );
+        assert!(err.contains("not a regular file"), "{special}: {err}");
+    }
+    let big = dir.path("big.toml");
+    std::fs::write(&big, format!("{OK_ACCOUNT}# {}\n", "x".repeat(2 << 20))).unwrap();
+    let err = format!("{:#}", Config::load(&big).unwrap_err());
+    assert!(err.contains("larger than 1048576 bytes"), "{err}");
+    // Writable by everyone: anyone could add a rule that runs a program.
+    let path = dir.path("c.toml");
+    std::fs::write(&path, OK_ACCOUNT).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = format!("{:#}", Config::load(&path).unwrap_err());
+    assert!(err.contains("writable by every user"), "{err}");
+    // Readable by everyone: works, with a warning.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("readable by every user")),
+        "{:?}",
+        config.warnings
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(Config::load(&path).unwrap().warnings.is_empty());
+}
+
+// Regression: a TOML syntax error quoted the offending line, token or AES key included.
+#[test]
+fn syntax_errors_never_quote_the_file() {
+    let secret = "s3cretTok3nValue";
+    let key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    let rows = [
+        format!("[account]\ntoken = \"{secret}\" junk\n"),
+        format!("[account]\ntoken = \"{secret}\"\nencoding_aes_key = {key}\n"),
+        format!("[account]\ntoken = {secret}\n"),
+        format!("[account]\ntoken = \"{secret}\"\n[account]\nencoding_aes_key = \"{key}\"\n"),
+    ];
+    for text in rows {
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(!err.contains(secret) && !err.contains(key), "{err}");
+        assert!(err.starts_with("line "), "says where: {err}");
+    }
 }
 
 #[test]

@@ -119,9 +119,9 @@ fn nginx_end_to_end() {
 
 /// The wechatpy-made vector `text-emoji` (tests/data/message-crypto.json).
 mod vector {
-    pub const TOKEN: &str = "4yN275N7g3cY7t2znnG7U7h4MbU7wT42";
-    pub const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
-    pub const APPID: &str = "wx0123456789abcdef";
+    pub(crate) const TOKEN: &str = "4yN275N7g3cY7t2znnG7U7h4MbU7wT42";
+    pub(crate) const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    pub(crate) const APPID: &str = "wx0123456789abcdef";
 }
 
 #[test]
@@ -284,7 +284,7 @@ fn hostile_http_bodies_through_nginx_are_4xx_never_500() {
         ("missing MsgType", q.clone(), format!("<xml>{head}<CreateTime>1</CreateTime></xml>").into_bytes(), 400, "message field missing", "message has no <MsgType>"),
         ("10 000 nested elements", q.clone(), deep.into_bytes(), 400, "malformed XML", "nesting deeper than 16"),
         ("non-numeric CreateTime", q.clone(), format!("<xml>{head}<CreateTime>later</CreateTime><MsgType>text</MsgType><Content>x</Content></xml>").into_bytes(), 400, "message field malformed", "<CreateTime> is malformed"),
-        ("duplicate query keys", format!("{q}&nonce=1"), ok_text("hi").into_bytes(), 403, "duplicate signature parameter", "appears more than once"),
+        ("duplicate query keys", format!("{q}&nonce=1"), ok_text("hi").into_bytes(), 403, "duplicate query parameter", "appears more than once"),
         ("query without =", "signature&timestamp&nonce".to_owned(), ok_text("hi").into_bytes(), 403, "bad signature", "does not match"),
         ("empty body", q.clone(), Vec::new(), 400, "malformed XML", "no root element"),
     ];

@@ -512,7 +512,7 @@ fn a_peer_that_resets_while_we_write_harms_no_one() {
         let mut s2 = s.try_clone().unwrap();
         s2.write_all(&b).unwrap();
         // SO_LINGER 0: close sends RST while the server is still writing answers.
-        let sock = socket2_linger_zero(s);
+        let sock = reset_on_close(s);
         drop(sock);
     }
     let mut fresh = TcpStream::connect(addr).unwrap();
@@ -523,24 +523,11 @@ fn a_peer_that_resets_while_we_write_harms_no_one() {
     assert!(!server.log().contains("panicked"));
 }
 
-/// Set SO_LINGER {on, 0} so that dropping the socket resets the connection.
-fn socket2_linger_zero(s: TcpStream) -> TcpStream {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `linger` (a live, correctly sized struct) for this fd.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
+/// Set SO_LINGER {on, 0}, so that dropping the socket resets the connection (RST).
+fn reset_on_close(s: TcpStream) -> TcpStream {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     s
 }
 

@@ -1,4 +1,4 @@
-//! WeChat message encryption (WXBizMsgCrypt, PROTOCOL.md §2): AES-256-CBC with the key
+//! WeChat message encryption (WXBizMsgCrypt, docs/protocol.md §2): AES-256-CBC with the key
 //! from the EncodingAESKey, a random 16-byte prefix, a length, the message, the AppID,
 //! and PKCS#7 padding to 32 bytes. Randomness comes in as an argument.
 

@@ -9,9 +9,11 @@ use super::crypto::CryptoError;
 /// the short text for the client; `status()` is the HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
-    /// A query parameter the signature check needs is absent.
+    /// A query parameter the request needs is absent: one of `signature`, `timestamp`,
+    /// `nonce`, or `echostr` for the handshake, or `msg_signature` for an encrypted
+    /// message.
     MissingParam(&'static str),
-    /// A signed query parameter appears more than once.
+    /// A parameter this program reads appears more than once in the query.
     DuplicateParam(&'static str),
     /// `signature` (or `msg_signature`) does not match the token.
     BadSignature(&'static str),
@@ -23,6 +25,11 @@ pub enum Rejection {
     ParamsTooLarge { limit: usize },
     /// The FastCGI params do not decode as name-value pairs.
     BadParams,
+    /// CONTENT_LENGTH is not a decimal number of bytes.
+    BadContentLength,
+    /// The config could not be loaded (CGI mode, where every request loads it): the
+    /// log says why; the client only learns that the server is misconfigured.
+    Misconfigured,
     /// The body's length differs from CONTENT_LENGTH.
     BodyLength { expected: usize, got: usize },
     /// The request did not arrive within `[server] read_timeout_secs`.
@@ -61,7 +68,9 @@ impl Rejection {
             Rejection::EncryptedWithoutKey | Rejection::PlaintextInSafeMode => 403,
             Rejection::StaleTimestamp { .. } => 403,
             Rejection::UnknownEncryptType(_) => 400,
+            Rejection::Misconfigured => 503,
             Rejection::BadParams
+            | Rejection::BadContentLength
             | Rejection::BodyLength { .. }
             | Rejection::MalformedXml(_)
             | Rejection::MissingField(_)
@@ -73,12 +82,14 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::MissingParam(_) => "missing query parameter",
-            Rejection::DuplicateParam(_) => "duplicate signature parameter",
+            Rejection::DuplicateParam(_) => "duplicate query parameter",
             Rejection::BadSignature(_) => "bad signature",
             Rejection::MethodNotAllowed(_) => "method not allowed",
             Rejection::BodyTooLarge { .. } => "body too large",
             Rejection::ParamsTooLarge { .. } => "request headers too large",
             Rejection::BadParams => "malformed request",
+            Rejection::BadContentLength => "malformed Content-Length",
+            Rejection::Misconfigured => "server misconfigured",
             Rejection::BodyLength { .. } => "body length does not match Content-Length",
             Rejection::ReadTimeout => "request timed out",
             Rejection::Crypto(e) if e.status() == 403 => "bad encrypted message",
@@ -105,6 +116,8 @@ impl Rejection {
             Rejection::BodyTooLarge { .. } => "body_too_large",
             Rejection::ParamsTooLarge { .. } => "params_too_large",
             Rejection::BadParams => "bad_params",
+            Rejection::BadContentLength => "bad_content_length",
+            Rejection::Misconfigured => "misconfigured",
             Rejection::BodyLength { .. } => "body_length",
             Rejection::ReadTimeout => "read_timeout",
             Rejection::Crypto(CryptoError::BadMsgSignature) => "bad_msg_signature",
@@ -146,6 +159,8 @@ impl fmt::Display for Rejection {
                 )
             }
             Rejection::BadParams => f.write_str("FastCGI params do not decode as name-value pairs"),
+            Rejection::BadContentLength => f.write_str("CONTENT_LENGTH is not a number of bytes"),
+            Rejection::Misconfigured => f.write_str("the config could not be loaded (see the line before)"),
             Rejection::BodyLength { expected, got } => {
                 write!(f, "body is {got} bytes but CONTENT_LENGTH says {expected}")
             }

@@ -11,6 +11,19 @@ use super::error::Rejection;
 /// Deepest element nesting accepted (WeChat's deepest is 4: xml/SendPicsInfo/PicList/item).
 pub const MAX_DEPTH: usize = 16;
 
+/// The MsgType values this version parses into a typed [`Kind`] (docs/protocol.md §3).
+pub const KNOWN_MSG_TYPES: &[&str] = &[
+    "text",
+    "image",
+    "voice",
+    "video",
+    "shortvideo",
+    "location",
+    "link",
+    "miniprogrampage",
+    "event",
+];
+
 /// One XML element: its name and either its text or its child elements.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field<'a> {
@@ -46,7 +59,7 @@ pub struct Message<'a> {
 /// Text borrowed from the request body where possible.
 pub type Str<'a> = Cow<'a, str>;
 
-/// A message's type and the values specific to it (PROTOCOL.md §3).
+/// A message's type and the values specific to it (docs/protocol.md §3).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind<'a> {
     Text {
@@ -227,8 +240,8 @@ impl<'a> Message<'a> {
                 key.push_str(p);
             }
         };
-        let mut digits = [0u8; 20];
-        let time = decimal_str(self.create_time, &mut digits);
+        let mut digits = itoa::Buffer::new();
+        let time = digits.format(self.create_time);
         match (&self.kind, self.field("MsgId")) {
             (Kind::Event(_), _) => push(&[
                 "e:",
@@ -248,19 +261,9 @@ impl<'a> Message<'a> {
 
     /// A short name of the type for logs: `text`, `image`, `event:CLICK`, ...
     pub fn type_label(&self) -> Cow<'static, str> {
-        const KNOWN: &[&str] = &[
-            "text",
-            "image",
-            "voice",
-            "video",
-            "shortvideo",
-            "location",
-            "link",
-            "miniprogrampage",
-        ];
         match &self.kind {
             Kind::Event(_) => Cow::Owned(format!("event:{}", self.field("Event").unwrap_or(""))),
-            _ => match KNOWN.iter().find(|k| **k == self.msg_type) {
+            _ => match KNOWN_MSG_TYPES.iter().find(|k| **k == self.msg_type) {
                 Some(k) => Cow::Borrowed(k),
                 None => Cow::Owned(self.msg_type.to_string()),
             },
@@ -409,21 +412,6 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
         return Err(bad("unexpected end of document".into()));
     }
     root.ok_or_else(|| bad("no root element".into()))
-}
-
-/// `n` in decimal, written into `buf` (no allocation).
-fn decimal_str(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// `text` without `prefix`, staying borrowed when it was.

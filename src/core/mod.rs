@@ -136,6 +136,23 @@ impl Response {
         }
     }
 
+    /// Append the response as a CGI (and FastCGI STDOUT) response: `Status:`,
+    /// `Content-Type:`, `Content-Length:`, then the body. The one writer both shells use.
+    pub fn write_cgi(&self, out: &mut Vec<u8>) {
+        let mut digits = itoa::Buffer::new();
+        out.reserve(96 + self.body.len());
+        out.extend_from_slice(b"Status: ");
+        out.extend_from_slice(digits.format(self.status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason_phrase(self.status).as_bytes());
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(self.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(digits.format(self.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&self.body);
+    }
+
     /// `success`: the message was received and gets no reply.
     pub fn success(msg_type: MsgTypeLabel, via: Via) -> Response {
         Response {
@@ -144,6 +161,21 @@ impl Response {
             body: b"success".to_vec(),
             outcome: Outcome::Success { msg_type, via },
         }
+    }
+}
+
+/// The HTTP reason phrase of the statuses this program sends.
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
     }
 }
 
@@ -195,7 +227,7 @@ pub enum Step {
 #[derive(Debug)]
 pub struct Pending {
     /// The retry key: MsgId for messages; FromUserName + CreateTime + Event + EventKey
-    /// for events (PROTOCOL.md §5).
+    /// for events (docs/protocol.md §5).
     pub key: String,
     /// The type label for logs.
     pub msg_type: MsgTypeLabel,
@@ -212,9 +244,20 @@ pub struct ReplyContext {
     pub follower: String,
     /// The account: the reply's FromUserName.
     pub account: String,
-    /// How to seal the reply: `None` plaintext, `Some(false)` with the current key,
-    /// `Some(true)` with the previous key (the one that opened the message).
-    pub sealed: Option<bool>,
+    /// How the message came, and so how its reply goes.
+    pub seal: Seal,
+}
+
+/// How a message was encrypted, which is how its reply is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seal {
+    /// A plaintext message: a plaintext reply.
+    Plain,
+    /// Opened with the current `encoding_aes_key`: the reply is sealed with it.
+    CurrentKey,
+    /// Opened with `previous_encoding_aes_key` (during a key change): the reply is
+    /// sealed with that key too.
+    PreviousKey,
 }
 
 impl Answer {
@@ -287,12 +330,15 @@ impl Responder {
         };
         let mut body = Vec::with_capacity(256);
         reply.render(&context.follower, &context.account, now, &mut body);
-        if let (Some(previous), Some(crypto)) = (context.sealed, &self.account.crypto) {
-            let key = match (&crypto.previous_key, previous) {
-                (Some(old), true) => old,
-                _ => &crypto.key,
+        if let Some(crypto) = &self.account.crypto {
+            let key = match (context.seal, &crypto.previous_key) {
+                (Seal::Plain, _) => None,
+                (Seal::PreviousKey, Some(old)) => Some(old),
+                (Seal::CurrentKey | Seal::PreviousKey, _) => Some(&crypto.key),
             };
-            body = self.seal(crypto, key, &body, now, rng);
+            if let Some(key) = key {
+                body = self.seal(crypto, key, &body, now, rng);
+            }
         }
         Response {
             status: 200,
@@ -339,33 +385,28 @@ impl Responder {
                         return Err(Rejection::PlaintextInSafeMode);
                     }
                     let message = Message::parse(request.body)?;
-                    return Ok(Step::Message(self.pending(&message, None, rng)));
+                    return Ok(Step::Message(self.pending(&message, Seal::Plain, rng)));
                 }
                 let crypto = self
                     .account
                     .crypto
                     .as_ref()
                     .ok_or(Rejection::EncryptedWithoutKey)?;
-                let (inner, previous) = self.open_envelope(crypto, &query, request.body)?;
+                let (inner, seal) = self.open_envelope(crypto, &query, request.body)?;
                 let message = Message::parse(&inner).map_err(|e| match e {
                     Rejection::MalformedXml(why) => {
                         Rejection::Crypto(CryptoError::Xml(format!("inner message: {why}")))
                     }
                     other => other,
                 })?;
-                Ok(Step::Message(self.pending(&message, Some(previous), rng)))
+                Ok(Step::Message(self.pending(&message, seal, rng)))
             }
             other => Err(Rejection::MethodNotAllowed(other.to_owned())),
         }
     }
 
     /// Decide the answer for a parsed message and keep what completing it needs.
-    fn pending(
-        &self,
-        message: &Message<'_>,
-        sealed: Option<bool>,
-        rng: &mut dyn RngCore,
-    ) -> Pending {
+    fn pending(&self, message: &Message<'_>, seal: Seal, rng: &mut dyn RngCore) -> Pending {
         let decision = self.rules.decide(message, rng);
         let json =
             matches!(decision, Decision::Run { .. }).then(|| message::to_json(&message.fields));
@@ -375,7 +416,7 @@ impl Responder {
             context: ReplyContext {
                 follower: message.from_user_name.to_string(),
                 account: message.to_user_name.to_string(),
-                sealed,
+                seal,
             },
             decision,
             json,
@@ -417,14 +458,14 @@ impl Responder {
         }
     }
 
-    /// Verify `msg_signature` and decrypt `<Encrypt>`; returns the inner XML and whether
-    /// the previous key opened it (the reply is sealed with the same key).
+    /// Verify `msg_signature` and decrypt `<Encrypt>`; returns the inner XML and which key
+    /// opened it (the reply is sealed with the same key).
     fn open_envelope(
         &self,
         crypto: &Crypto,
         query: &CallbackQuery,
         body: &[u8],
-    ) -> Result<(Vec<u8>, bool), Rejection> {
+    ) -> Result<(Vec<u8>, Seal), Rejection> {
         let (_, timestamp, nonce) = query.signed_triple()?;
         let msg_signature = query
             .msg_signature
@@ -455,12 +496,12 @@ impl Responder {
         )
         .map_err(Rejection::Crypto)?;
         match crypto::decrypt(&crypto.key, &crypto.appid, encrypt) {
-            Ok(inner) => Ok((inner, false)),
+            Ok(inner) => Ok((inner, Seal::CurrentKey)),
             Err(first) => match &crypto.previous_key {
                 // Base64 does not depend on the key: no point trying the other one.
                 Some(previous) if first != CryptoError::BadBase64 => {
                     crypto::decrypt(previous, &crypto.appid, encrypt)
-                        .map(|inner| (inner, true))
+                        .map(|inner| (inner, Seal::PreviousKey))
                         .map_err(|_| Rejection::Crypto(first))
                 }
                 _ => Err(Rejection::Crypto(first)),

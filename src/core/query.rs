@@ -4,15 +4,16 @@ use std::borrow::Cow;
 
 use super::error::Rejection;
 
-/// The parameters WeChat puts on the callback URL. Unknown keys are ignored; a signed
-/// key given twice is refused (which of the two would be checked is ambiguous).
+/// The parameters WeChat puts on the callback URL that this program reads. Unknown keys
+/// are ignored; any of the read keys given twice is refused (which of the two counts
+/// would be ambiguous, and WeChat never sends one twice). `openid` is not read: the
+/// follower comes from the signed (or encrypted) body.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CallbackQuery<'a> {
     pub signature: Option<Cow<'a, str>>,
     pub timestamp: Option<Cow<'a, str>>,
     pub nonce: Option<Cow<'a, str>>,
     pub echostr: Option<Cow<'a, str>>,
-    pub openid: Option<Cow<'a, str>>,
     pub encrypt_type: Option<Cow<'a, str>>,
     pub msg_signature: Option<Cow<'a, str>>,
 }
@@ -39,7 +40,6 @@ impl<'a> CallbackQuery<'a> {
                 "timestamp" => (&mut q.timestamp, "timestamp"),
                 "nonce" => (&mut q.nonce, "nonce"),
                 "echostr" => (&mut q.echostr, "echostr"),
-                "openid" => (&mut q.openid, "openid"),
                 "encrypt_type" => (&mut q.encrypt_type, "encrypt_type"),
                 "msg_signature" => (&mut q.msg_signature, "msg_signature"),
                 _ => continue,
@@ -120,7 +120,6 @@ mod tests {
             (
                 "openid=o1&encrypt_type=aes&msg_signature=m",
                 Ok(CallbackQuery {
-                    openid: Some("o1".into()),
                     encrypt_type: Some("aes".into()),
                     msg_signature: Some("m".into()),
                     ..Default::default()

@@ -1,4 +1,4 @@
-//! Passive replies (PROTOCOL.md §4): the types, their TOML/JSON shape, and rendering to
+//! Passive replies (docs/protocol.md §4): the types, their TOML/JSON shape, and rendering to
 //! the XML WeChat expects, CDATA-safe.
 
 use serde::Deserialize;
@@ -54,7 +54,7 @@ pub struct Article {
     pub url: String,
 }
 
-/// Most articles a news reply may carry (WeChat's current limit is 8; see PROTOCOL.md §4).
+/// Most articles a news reply may carry (WeChat's current limit is 8; see docs/protocol.md §4).
 pub const MAX_ARTICLES: usize = 8;
 
 impl Reply {
@@ -102,7 +102,7 @@ impl Reply {
         out.extend_from_slice(b"</ToUserName><FromUserName>");
         cdata(out, from);
         out.extend_from_slice(b"</FromUserName><CreateTime>");
-        decimal(out, create_time);
+        out.extend_from_slice(itoa::Buffer::new().format(create_time).as_bytes());
         out.extend_from_slice(b"</CreateTime><MsgType>");
         cdata(out, self.msg_type());
         out.extend_from_slice(b"</MsgType>");
@@ -146,7 +146,7 @@ impl Reply {
             }
             Reply::News(articles) => {
                 out.extend_from_slice(b"<ArticleCount>");
-                decimal(out, articles.len() as u64);
+                out.extend_from_slice(itoa::Buffer::new().format(articles.len()).as_bytes());
                 out.extend_from_slice(b"</ArticleCount><Articles>");
                 for a in articles {
                     out.extend_from_slice(b"<item>");
@@ -168,21 +168,6 @@ impl Reply {
         }
         out.extend_from_slice(b"</xml>");
     }
-}
-
-/// Append `n` in decimal without allocating.
-pub fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 fn element(out: &mut Vec<u8>, name: &str, text: &str) {
@@ -237,15 +222,6 @@ mod tests {
         let mut out = Vec::new();
         cdata(&mut out, text);
         String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn decimal_table() {
-        for n in [0u64, 7, 10, 1_700_000_000, u64::MAX] {
-            let mut out = Vec::new();
-            decimal(&mut out, n);
-            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
-        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rand_core::RngCore;
 use regex::Regex;
 
+pub use super::message::KNOWN_MSG_TYPES;
 use super::message::{Event, Kind, Message};
 use super::reply::Reply;
 
@@ -99,19 +100,6 @@ pub enum Decision {
     /// No rule and no default: `success`.
     Nothing,
 }
-
-/// MsgType values this version knows (for `msg_type` rules).
-pub const KNOWN_MSG_TYPES: &[&str] = &[
-    "text",
-    "image",
-    "voice",
-    "video",
-    "shortvideo",
-    "location",
-    "link",
-    "miniprogrampage",
-    "event",
-];
 
 /// Event names this version knows, as WeChat spells them (matching ignores case).
 pub const KNOWN_EVENTS: &[&str] = &[
@@ -207,11 +195,6 @@ impl<'m, 'a> Subject<'m, 'a> {
 }
 
 impl Matcher {
-    /// `Some(captures)` when the matcher accepts the message.
-    pub fn matches(&self, message: &Message<'_>) -> Option<Captures> {
-        self.matches_subject(&Subject::new(message))
-    }
-
     fn matches_subject(&self, subject: &Subject<'_, '_>) -> Option<Captures> {
         let message = subject.message;
         let words_match = |words: &[String], ignore_case: bool, test: fn(&str, &str) -> bool| {

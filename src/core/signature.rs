@@ -3,9 +3,18 @@
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
-/// The token shared with WeChat (admin panel "Token"). Never printed: `Debug` is redacted.
-#[derive(Clone, PartialEq, Eq)]
+/// The token shared with WeChat (admin panel "Token"). Never printed: `Debug` is redacted;
+/// compared in constant time (length aside, which is not secret: 3 to 32).
+#[derive(Clone)]
 pub struct Token(String);
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Token) -> bool {
+        bool::from(self.0.as_bytes().ct_eq(other.0.as_bytes()))
+    }
+}
+
+impl Eq for Token {}
 
 impl Token {
     /// Accept a token as the admin panel does: 3 to 32 ASCII letters or digits.

@@ -27,20 +27,28 @@ pub struct Ready {
 /// The CGI variables the responder uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpParams {
+    /// `REQUEST_METHOD`.
     pub method: String,
+    /// `QUERY_STRING`.
     pub query: String,
+    /// `CONTENT_LENGTH`, when given and a number.
     pub content_length: Option<usize>,
-    pub remote_addr: String,
 }
 
-/// What went wrong on the connection. `Fatal` means close it; the rest are logged and
-/// the connection goes on.
+/// What one record did to the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnEvent {
-    /// A record we ignore, as the spec says (e.g. STDIN for an id never begun).
+pub enum Progress {
+    /// Taken in; the request is not complete yet (or a management record was answered).
+    Continue,
+    /// A request is complete, or refused early: answer it.
+    Ready(Ready),
+    /// The client aborted its request; its END_REQUEST is already in the output.
+    Aborted(u16),
+    /// A record ignored as the spec says (e.g. STDIN for an id never begun); any
+    /// protocol answer (UNKNOWN_TYPE, CANT_MPX_CONN, UNKNOWN_ROLE) is in the output.
     Ignored(String),
-    /// The connection cannot go on (e.g. a malformed BEGIN_REQUEST).
-    Fatal(String),
+    /// The connection cannot go on (e.g. a malformed BEGIN_REQUEST): close it.
+    Close(String),
 }
 
 /// State of one connection: at most one request at a time (FCGI_MPXS_CONNS = 0).
@@ -97,13 +105,8 @@ impl Connection {
     }
 
     /// Take one record. Protocol answers (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST for
-    /// refused or aborted requests) are appended to `out`. Returns a complete request, or
-    /// an event to log.
-    pub fn on_record(
-        &mut self,
-        rec: Record<'_>,
-        out: &mut Vec<u8>,
-    ) -> Result<Option<Ready>, ConnEvent> {
+    /// refused or aborted requests) are appended to `out`.
+    pub fn on_record(&mut self, rec: Record<'_>, out: &mut Vec<u8>) -> Progress {
         if rec.request_id == 0 {
             return self.on_management(rec, out);
         }
@@ -113,23 +116,17 @@ impl Connection {
                 if self.is_active(rec.request_id) {
                     self.active = None;
                     record::write_end_request(out, rec.request_id, 0, record::REQUEST_COMPLETE);
-                    Err(ConnEvent::Ignored(format!(
-                        "request {} aborted by the client",
-                        rec.request_id
-                    )))
+                    Progress::Aborted(rec.request_id)
                 } else {
-                    Err(ConnEvent::Ignored(format!(
-                        "ABORT_REQUEST for inactive id {}",
-                        rec.request_id
-                    )))
+                    Progress::Ignored(format!("ABORT_REQUEST for inactive id {}", rec.request_id))
                 }
             }
             record::PARAMS => self.on_params(rec),
             record::STDIN => self.on_stdin(rec),
-            other => Err(ConnEvent::Ignored(format!(
+            other => Progress::Ignored(format!(
                 "record type {other} for request {} is not for an application",
                 rec.request_id
-            ))),
+            )),
         }
     }
 
@@ -137,19 +134,16 @@ impl Connection {
         matches!(&self.active, Some(p) if p.id == id)
     }
 
-    fn on_management(
-        &mut self,
-        rec: Record<'_>,
-        out: &mut Vec<u8>,
-    ) -> Result<Option<Ready>, ConnEvent> {
+    fn on_management(&mut self, rec: Record<'_>, out: &mut Vec<u8>) -> Progress {
         if rec.record_type != record::GET_VALUES {
             record::write_unknown_type(out, rec.record_type);
-            return Err(ConnEvent::Ignored(format!(
+            return Progress::Ignored(format!(
                 "management record type {} answered with UNKNOWN_TYPE",
                 rec.record_type
-            )));
+            ));
         }
-        let max = self.limits.max_connections.to_string();
+        let mut digits = itoa::Buffer::new();
+        let max = digits.format(self.limits.max_connections);
         let mut answer = Vec::new();
         for pair in params::pairs(rec.content) {
             let Ok((name, _)) = pair else {
@@ -163,36 +157,36 @@ impl Connection {
             params::write_pair(&mut answer, name, value);
         }
         record::write_record(out, record::GET_VALUES_RESULT, 0, &answer);
-        Ok(None)
+        Progress::Continue
     }
 
-    fn on_begin(&mut self, rec: Record<'_>, out: &mut Vec<u8>) -> Result<Option<Ready>, ConnEvent> {
+    fn on_begin(&mut self, rec: Record<'_>, out: &mut Vec<u8>) -> Progress {
         let Some(begin) = BeginRequest::parse(rec.content) else {
-            return Err(ConnEvent::Fatal(format!(
+            return Progress::Close(format!(
                 "BEGIN_REQUEST for request {} has a {}-byte body, expected 8",
                 rec.request_id,
                 rec.content.len()
-            )));
+            ));
         };
         if let Some(active) = &self.active {
             if active.id == rec.request_id {
-                return Err(ConnEvent::Ignored(format!(
+                return Progress::Ignored(format!(
                     "second BEGIN_REQUEST for active request {}",
                     rec.request_id
-                )));
+                ));
             }
             record::write_end_request(out, rec.request_id, 0, record::CANT_MPX_CONN);
-            return Err(ConnEvent::Ignored(format!(
+            return Progress::Ignored(format!(
                 "BEGIN_REQUEST for request {} while {} is active: CANT_MPX_CONN",
                 rec.request_id, active.id
-            )));
+            ));
         }
         if begin.role != record::ROLE_RESPONDER {
             record::write_end_request(out, rec.request_id, 0, record::UNKNOWN_ROLE);
-            return Err(ConnEvent::Ignored(format!(
+            return Progress::Ignored(format!(
                 "request {} asks for role {}, only Responder (1) is served: UNKNOWN_ROLE",
                 rec.request_id, begin.role
-            )));
+            ));
         }
         self.active = Some(Pending {
             id: rec.request_id,
@@ -201,96 +195,87 @@ impl Connection {
             decoded: None,
             stdin: Vec::new(),
         });
-        Ok(None)
+        Progress::Continue
     }
 
-    fn on_params(&mut self, rec: Record<'_>) -> Result<Option<Ready>, ConnEvent> {
+    fn on_params(&mut self, rec: Record<'_>) -> Progress {
         let limits = self.limits;
         let Some(p) = self.active.as_mut().filter(|p| p.id == rec.request_id) else {
-            return Err(ConnEvent::Ignored(format!(
-                "PARAMS for inactive request {}",
-                rec.request_id
-            )));
+            return Progress::Ignored(format!("PARAMS for inactive request {}", rec.request_id));
         };
         if p.decoded.is_some() {
-            return Err(ConnEvent::Ignored(format!(
+            return Progress::Ignored(format!(
                 "PARAMS after the end of params for request {}",
                 rec.request_id
-            )));
+            ));
         }
         if !rec.content.is_empty() {
             if p.params.len() + rec.content.len() > limits.max_params_bytes {
-                let early = self.refuse(Rejection::ParamsTooLarge {
+                return self.refuse(Rejection::ParamsTooLarge {
                     limit: limits.max_params_bytes,
                 });
-                return Ok(Some(early));
             }
             p.params.extend_from_slice(rec.content);
-            return Ok(None);
+            return Progress::Continue;
         }
         // End of params: decode them once.
         let mut http = HttpParams::default();
-        let mut bad = false;
+        let mut refusal = None;
         for pair in params::pairs(&p.params) {
             let Ok((name, value)) = pair else {
-                bad = true;
+                refusal = Some(Rejection::BadParams);
                 break;
             };
             let text = || String::from_utf8_lossy(value).into_owned();
             match name {
                 b"REQUEST_METHOD" => http.method = text(),
                 b"QUERY_STRING" => http.query = text(),
-                b"REMOTE_ADDR" => http.remote_addr = text(),
-                b"CONTENT_LENGTH" => {
-                    http.content_length = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())
-                }
+                b"CONTENT_LENGTH" => match parse_content_length(value) {
+                    Ok(len) => http.content_length = len,
+                    Err(rejection) => refusal = Some(rejection),
+                },
                 _ => {}
             }
         }
         p.params = Vec::new();
         p.decoded = Some(http);
-        if bad {
-            return Ok(Some(self.refuse(Rejection::BadParams)));
+        if let Some(rejection) = refusal {
+            return self.refuse(rejection);
         }
         if let Some(len) = p.decoded.as_ref().and_then(|h| h.content_length) {
             if len > limits.max_body_bytes {
-                return Ok(Some(self.refuse(Rejection::BodyTooLarge {
+                return self.refuse(Rejection::BodyTooLarge {
                     limit: limits.max_body_bytes,
-                })));
+                });
             }
             // Within the limit: room for the whole body at once.
             p.stdin.reserve_exact(len);
         }
-        Ok(None)
+        Progress::Continue
     }
 
-    fn on_stdin(&mut self, rec: Record<'_>) -> Result<Option<Ready>, ConnEvent> {
+    fn on_stdin(&mut self, rec: Record<'_>) -> Progress {
         let limits = self.limits;
         let Some(p) = self.active.as_mut().filter(|p| p.id == rec.request_id) else {
-            return Err(ConnEvent::Ignored(format!(
-                "STDIN for inactive request {}",
-                rec.request_id
-            )));
+            return Progress::Ignored(format!("STDIN for inactive request {}", rec.request_id));
         };
         if p.decoded.is_none() {
-            return Err(ConnEvent::Fatal(format!(
+            return Progress::Close(format!(
                 "STDIN before the end of PARAMS for request {}",
                 rec.request_id
-            )));
+            ));
         }
         if !rec.content.is_empty() {
             if p.stdin.len() + rec.content.len() > limits.max_body_bytes {
-                return Ok(Some(self.refuse(Rejection::BodyTooLarge {
+                return self.refuse(Rejection::BodyTooLarge {
                     limit: limits.max_body_bytes,
-                })));
+                });
             }
             p.stdin.extend_from_slice(rec.content);
-            return Ok(None);
+            return Progress::Continue;
         }
         let Some(p) = self.active.take() else {
-            return Ok(None); // unreachable: checked above
+            return Progress::Continue; // unreachable: checked above
         };
         let params = p.decoded.unwrap_or_default();
         let body = match params.content_length {
@@ -300,29 +285,45 @@ impl Connection {
             }),
             _ => Ok(p.stdin),
         };
-        Ok(Some(Ready {
+        Progress::Ready(Ready {
             request_id: p.id,
             keep_conn: p.keep_conn,
             params,
             body,
-        }))
+        })
     }
 
     /// Answer the active request now with a refusal; later records for it are ignored.
-    fn refuse(&mut self, rejection: Rejection) -> Ready {
+    fn refuse(&mut self, rejection: Rejection) -> Progress {
         // Only called with an active request; an empty one is a harmless fallback.
         let p = self.active.take();
         let (request_id, keep_conn, params) = match p {
             Some(p) => (p.id, p.keep_conn, p.decoded.unwrap_or_default()),
             None => (0, false, HttpParams::default()),
         };
-        Ready {
+        Progress::Ready(Ready {
             request_id,
             keep_conn,
             params,
             body: Err(rejection),
-        }
+        })
     }
+}
+
+/// `CONTENT_LENGTH` as both shells read it: absent or empty is no body; otherwise a
+/// decimal number of bytes (surrounding spaces allowed), or the request is refused.
+pub fn parse_content_length(value: &[u8]) -> Result<Option<usize>, Rejection> {
+    let text = std::str::from_utf8(value).map_err(|_| Rejection::BadContentLength)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Rejection::BadContentLength);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| Rejection::BadContentLength)
 }
 
 #[cfg(test)]
@@ -336,7 +337,11 @@ mod tests {
             request_id: 1,
             content,
         };
-        conn.on_record(rec, &mut out).expect("accepted")
+        match conn.on_record(rec, &mut out) {
+            Progress::Continue => None,
+            Progress::Ready(ready) => Some(ready),
+            other => panic!("not accepted: {other:?}"),
+        }
     }
 
     #[test]

@@ -3,17 +3,16 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 
-use super::conn::{ConnEvent, ConnLimits, Connection, Ready};
+use super::conn::{ConnLimits, Connection, Progress, Ready};
 use super::record;
 use crate::config::Limits;
 use crate::core::Rejection;
 use crate::engine::Engine;
-use crate::http;
 use crate::listen::Listener;
 
 /// Serve FastCGI on `listener` until `shutdown` turns true, then let in-flight requests
@@ -96,145 +95,192 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Readable + Unpin,
 {
-    let mut conn = Connection::new(ConnLimits {
-        max_params_bytes: limits.max_params_bytes,
-        max_body_bytes: limits.max_body_bytes,
-        max_connections: limits.max_connections,
-    });
-    // An idle connection holds no buffer: `read_some` allocates one when bytes arrive,
-    // and both are given back once a request is answered (see below), so a thousand
-    // idle keep-alive connections cost little memory.
-    let mut buf: Vec<u8> = Vec::new();
-    let mut out: Vec<u8> = Vec::new();
-    let mut request_started: Option<Instant> = None;
-    let mut served = 0u64;
-    let mut draining = *shutdown.borrow();
+    let mut session = Session::new(limits, *shutdown.borrow());
     loop {
-        let busy = conn.in_request() || !buf.is_empty();
-        let deadline = match request_started {
-            Some(t) if busy => t + limits.read_timeout,
-            _ if draining && served == 0 => Instant::now() + limits.read_timeout,
-            _ if draining => Instant::now() + DRAIN_GRACE,
-            _ => Instant::now() + limits.idle_timeout,
-        };
-        // A body of known length is read in as few reads as the socket allows.
-        let want = conn.body_remaining();
-        if want > buf.capacity() - buf.len() {
-            buf.reserve(want);
-        }
+        let busy = session.busy();
+        let deadline = session.deadline(Instant::now());
+        session.reserve_for_body();
         let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline.into(), read_some(&mut stream, &mut buf)) => r,
-            _ = shutdown.changed(), if !busy && !draining => {
-                draining = true;
+            r = tokio::time::timeout_at(deadline, read_some(&mut stream, &mut session.buf)) => r,
+            _ = shutdown.changed(), if !busy && !session.draining => {
+                session.draining = true;
                 continue;
             }
         };
-        let n = match read {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "connection read failed");
-                return;
-            }
-            Err(_) if busy => {
-                // A request started but did not finish in time: answer it, then close.
-                if let Some((id, _)) = conn.active_request() {
-                    conn.drop_active();
-                    let ready = Ready {
-                        request_id: id,
-                        keep_conn: false,
-                        params: Default::default(),
-                        body: Err(Rejection::ReadTimeout),
-                    };
-                    answer(
-                        engine,
-                        ready,
-                        request_started.unwrap_or_else(Instant::now),
-                        &mut out,
-                    )
-                    .await;
-                    let _ = stream.write_all(&out).await;
-                } else {
+        let flow = match read {
+            Ok(Ok(0)) => {
+                if busy {
                     tracing::warn!(
-                        "connection closed: partial record not completed within read_timeout_secs"
+                        buffered = session.buf.len(),
+                        "peer closed the connection in the middle of a request"
                     );
                 }
                 return;
             }
+            Ok(Ok(_)) => session.take_records(engine).await,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "connection read failed");
+                return;
+            }
+            Err(_) if busy => session.timed_out(engine).await,
             Err(_) => return, // idle keep-alive connection timed out
         };
-        if n == 0 {
-            if busy {
-                tracing::warn!(
-                    buffered = buf.len(),
-                    "peer closed the connection in the middle of a request"
-                );
+        if !session.out.is_empty() {
+            if let Err(e) = stream.write_all(&session.out).await {
+                tracing::debug!(error = %e, "connection write failed");
+                return;
             }
+            session.out = Vec::new();
+        }
+        if flow == Flow::Close {
+            let _ = stream.shutdown().await;
             return;
         }
-        if request_started.is_none() {
-            request_started = Some(Instant::now());
+    }
+}
+
+/// Whether a connection goes on after what it just did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    KeepOpen,
+    Close,
+}
+
+/// One connection's state between reads: the protocol state machine, the bytes read
+/// but not yet decoded, the bytes to write, and the clock of the request in progress.
+struct Session {
+    conn: Connection,
+    limits: Limits,
+    /// Read but not yet decoded. An idle connection holds no buffer: `read_some`
+    /// allocates one when bytes arrive, and both buffers are given back once a request
+    /// is answered, so a thousand idle keep-alive connections cost little memory.
+    buf: Vec<u8>,
+    /// Answers to write.
+    out: Vec<u8>,
+    /// When the first byte of the request in progress arrived.
+    request_started: Option<Instant>,
+    /// Requests answered on this connection.
+    served: u64,
+    /// Shutdown was asked: answer what comes, then close.
+    draining: bool,
+}
+
+impl Session {
+    fn new(limits: Limits, draining: bool) -> Session {
+        Session {
+            conn: Connection::new(ConnLimits {
+                max_params_bytes: limits.max_params_bytes,
+                max_body_bytes: limits.max_body_bytes,
+                max_connections: limits.max_connections,
+            }),
+            limits,
+            buf: Vec::new(),
+            out: Vec::new(),
+            request_started: None,
+            served: 0,
+            draining,
         }
-        let mut close = false;
+    }
+
+    /// A request (or part of a record) is in progress.
+    fn busy(&self) -> bool {
+        self.conn.in_request() || !self.buf.is_empty()
+    }
+
+    /// Until when the next read may wait: the rest of the request's read timeout while
+    /// one is in progress; else the idle timeout, or a short grace when draining.
+    fn deadline(&self, now: Instant) -> Instant {
+        match self.request_started {
+            Some(t) if self.busy() => t + self.limits.read_timeout,
+            _ if self.draining && self.served == 0 => now + self.limits.read_timeout,
+            _ if self.draining => now + DRAIN_GRACE,
+            _ => now + self.limits.idle_timeout,
+        }
+    }
+
+    /// Make room for the rest of a body of known length, so it is read in as few reads
+    /// as the socket allows.
+    fn reserve_for_body(&mut self) {
+        let want = self.conn.body_remaining();
+        if want > self.buf.capacity() - self.buf.len() {
+            self.buf.reserve(want);
+        }
+    }
+
+    /// A request started but did not arrive within the read timeout: answer it with
+    /// 408 (when its id is known), then close.
+    async fn timed_out(&mut self, engine: &Engine) -> Flow {
+        if let Some((id, _)) = self.conn.active_request() {
+            self.conn.drop_active();
+            let ready = Ready {
+                request_id: id,
+                keep_conn: false,
+                params: Default::default(),
+                body: Err(Rejection::ReadTimeout),
+            };
+            let started = self.request_started.unwrap_or_else(Instant::now);
+            answer(engine, ready, started, &mut self.out).await;
+        } else {
+            tracing::warn!(
+                "connection closed: partial record not completed within read_timeout_secs"
+            );
+        }
+        Flow::Close
+    }
+
+    /// Decode and act on every complete record read so far; answer each request that
+    /// completes.
+    async fn take_records(&mut self, engine: &Engine) -> Flow {
+        if self.request_started.is_none() {
+            self.request_started = Some(Instant::now());
+        }
+        let mut flow = Flow::KeepOpen;
         let mut used = 0;
         loop {
-            let (rec, len) = match record::decode(&buf[used..]) {
+            let (rec, len) = match record::decode(&self.buf[used..]) {
                 Ok(Some(decoded)) => decoded,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "closing connection: undecodable record");
-                    close = true;
+                    flow = Flow::Close;
                     break;
                 }
             };
             used += len;
-            match conn.on_record(rec, &mut out) {
-                Ok(None) => {}
-                Ok(Some(ready)) => {
+            match self.conn.on_record(rec, &mut self.out) {
+                Progress::Continue => {}
+                Progress::Ready(ready) => {
                     // While draining, close after this answer: the next request should
                     // go to the instance that replaces us.
-                    let keep = ready.keep_conn && !draining;
-                    served += 1;
-                    answer(
-                        engine,
-                        ready,
-                        request_started.unwrap_or_else(Instant::now),
-                        &mut out,
-                    )
-                    .await;
-                    request_started = None;
+                    let keep = ready.keep_conn && !self.draining;
+                    self.served += 1;
+                    let started = self.request_started.unwrap_or_else(Instant::now);
+                    answer(engine, ready, started, &mut self.out).await;
+                    self.request_started = None;
                     if !keep {
-                        close = true;
+                        flow = Flow::Close;
                         break;
                     }
                 }
-                Err(ConnEvent::Ignored(what)) => tracing::debug!("fastcgi: {what}"),
-                Err(ConnEvent::Fatal(what)) => {
+                Progress::Aborted(id) => {
+                    tracing::debug!("fastcgi: request {id} aborted by the client")
+                }
+                Progress::Ignored(what) => tracing::debug!("fastcgi: {what}"),
+                Progress::Close(what) => {
                     tracing::warn!("closing connection: {what}");
-                    close = true;
+                    flow = Flow::Close;
                     break;
                 }
             }
         }
-        buf.drain(..used);
-        if buf.is_empty() && !conn.in_request() {
-            request_started = None;
-        } else if request_started.is_none() {
-            request_started = Some(Instant::now());
+        self.buf.drain(..used);
+        if self.buf.is_empty() && !self.conn.in_request() {
+            self.request_started = None;
+            self.buf = Vec::new();
+        } else if self.request_started.is_none() {
+            self.request_started = Some(Instant::now());
         }
-        if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out).await {
-                tracing::debug!(error = %e, "connection write failed");
-                return;
-            }
-            out = Vec::new();
-        }
-        if buf.is_empty() {
-            buf = Vec::new();
-        }
-        if close {
-            let _ = stream.shutdown().await;
-            return;
-        }
+        flow
     }
 }
 
@@ -282,7 +328,7 @@ fn answer<'a>(
             .answer(&ready.params.method, &ready.params.query, body, started)
             .await;
         let mut stdout = Vec::with_capacity(128 + response.body.len());
-        http::write_response(&mut stdout, &response);
+        response.write_cgi(&mut stdout);
         record::write_stream(out, record::STDOUT, ready.request_id, &stdout);
         record::write_end_request(out, ready.request_id, 0, record::REQUEST_COMPLETE);
     })

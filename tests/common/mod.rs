@@ -2,6 +2,7 @@
 //! spawn-fcgi does), a real nginx in front of it, and talk plain HTTP/1.0 to nginx.
 
 #![allow(dead_code)] // each test file uses a different part
+#![allow(unreachable_pub)] // `pub` here means "for the test files", which are crates of their own
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,0 +1,222 @@
+//! The TOML config file: read (the only IO here: the file, its permissions, program
+//! paths) and parsed into core values. Every problem names its key.
+//!
+//! - [`raw`]: the file's shapes as serde reads them.
+//! - [`server`], [`account`], [`rules`]: validation of each part, pure.
+//! - [`defaults`]: every default and range, in one place.
+
+mod account;
+pub mod defaults;
+mod raw;
+mod rules;
+mod server;
+
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::core::rules::{Action, Rules};
+use crate::core::Responder;
+use raw::RawConfig;
+pub use server::{Limits, ServerConfig};
+
+/// A loaded, validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// The account and its rules, ready to answer.
+    pub responder: Responder,
+    /// Things that work but are probably not what the owner meant.
+    pub warnings: Vec<String>,
+}
+
+/// Every problem found in a config, each naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.problems.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Read, parse and check a config file: at most [`defaults::MAX_CONFIG_BYTES`], a
+    /// regular file, not writable by others. Program paths are resolved: one with a `/`
+    /// is relative to the config file's folder (which is also where programs run); a
+    /// bare name is looked up in `PATH`.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let (text, mode) = read_config(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => {
+                p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+            }
+            _ => std::env::current_dir().unwrap_or_else(|_| ".".into()),
+        };
+        let fail = |problems: Vec<String>| {
+            anyhow::anyhow!("config {}:\n{}", path.display(), problems.join("\n"))
+        };
+        if mode & 0o002 != 0 {
+            return Err(fail(vec![format!(
+                "the file is writable by every user (mode {:o}); anyone could add a rule that runs a program: chmod o-w it",
+                mode & 0o777
+            )]));
+        }
+        let mut config = Config::parse_in(&text, &base).map_err(|e| fail(e.problems))?;
+        let mut problems = Vec::new();
+        config.resolve_programs(&mut problems);
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        if mode & 0o004 != 0 {
+            config.warnings.push(format!(
+                "{} is readable by every user (mode {:o}) and holds the token: chmod o-r it",
+                path.display(),
+                mode & 0o777
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Parse config text (no IO): programs run in the current folder, and their paths
+    /// are checked only by [`Config::load`].
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    /// Parse config text (no IO); programs run in `base`.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            problems: vec![toml_problem(text, &e)],
+        })?;
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        let server = raw.server.validate(&mut problems);
+        let account = raw.account.validate(&mut problems);
+        let mut check = rules::Check {
+            problems: &mut problems,
+            warnings: &mut warnings,
+            base,
+        };
+        let rules: Vec<_> = raw
+            .rule
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, rule)| rule.validate(i, &mut check))
+            .collect();
+        let default = raw
+            .default
+            .and_then(|d| rules::validate_default(d, &mut check));
+        match account {
+            Some(account) if problems.is_empty() => Ok(Config {
+                responder: Responder {
+                    account,
+                    rules: Rules { rules, default },
+                    timestamp_window: server.timestamp_window_secs,
+                },
+                server,
+                warnings,
+            }),
+            _ => Err(ConfigError { problems }),
+        }
+    }
+
+    /// Resolve every program's path (see [`Config::load`]) and check it is an
+    /// executable file.
+    fn resolve_programs(&mut self, problems: &mut Vec<String>) {
+        let rules = &mut self.responder.rules;
+        let actions = rules
+            .rules
+            .iter_mut()
+            .enumerate()
+            .map(|(i, r)| (rules::rule_label(i, Some(&r.name)), &mut r.action))
+            .chain(rules.default.as_mut().map(|d| ("default".to_owned(), d)));
+        for (label, action) in actions {
+            if let Action::Run { program, .. } = action {
+                let program = Arc::make_mut(program);
+                if let Some(first) = program.command.first_mut() {
+                    let key = format!("{label}.run.command");
+                    match resolve_program(first, &program.dir) {
+                        Ok(path) => *first = path.to_string_lossy().into_owned(),
+                        Err(problem) => problems.push(format!("{key}: {problem}")),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Read the file, refusing what is not a regular file or is larger than
+/// [`defaults::MAX_CONFIG_BYTES`]; returns its text and permission bits.
+fn read_config(path: &Path) -> std::io::Result<(String, u32)> {
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    if !meta.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    let max = defaults::MAX_CONFIG_BYTES;
+    if meta.size() > max {
+        return Err(invalid(format!("larger than {max} bytes")));
+    }
+    let mut text = String::new();
+    file.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(invalid(format!("larger than {max} bytes")));
+    }
+    Ok((text, meta.permissions().mode()))
+}
+
+/// A TOML syntax or type error as one line, with its line, column and key but without
+/// the source line toml would quote: that line may hold the token or an AES key.
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    let Some(span) = e.span() else {
+        return message.to_owned();
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    // The key of that line, when it has a plain one (keys are never secret).
+    let source = text[line_start..].lines().next().unwrap_or("");
+    let key = source.split_once('=').map(|(k, _)| k.trim()).filter(|k| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    });
+    match key {
+        Some(key) => format!("line {line}, column {column} (`{key}`): {message}"),
+        None => format!("line {line}, column {column}: {message}"),
+    }
+}
+
+/// Where a program is: a path with a `/` against `base`, a bare name in `PATH`. It must
+/// be an executable file.
+fn resolve_program(program: &str, base: &Path) -> Result<PathBuf, String> {
+    let path = if program.contains('/') {
+        Some(base.join(program))
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+    };
+    let Some(path) = path else {
+        return Err(format!("{program:?} is not found in PATH"));
+    };
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => Ok(path),
+        Ok(_) => Err(format!("{program:?} is not an executable file")),
+        Err(e) => Err(format!("{program:?} cannot be read: {e}")),
+    }
+}

@@ -1,0 +1,151 @@
+//! The config file's shapes as serde reads them, before validation.
+
+use serde::Deserialize;
+
+use crate::core::reply::Reply;
+
+/// The whole file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) server: RawServer,
+    pub(super) account: RawAccount,
+    #[serde(default)]
+    pub(super) rule: Vec<RawRule>,
+    #[serde(default)]
+    pub(super) default: Option<RawAction>,
+}
+
+/// `[server]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) listen: Option<String>,
+    pub(super) socket_mode: Option<String>,
+    pub(super) listen_backlog: Option<u64>,
+    pub(super) max_body_bytes: Option<u64>,
+    pub(super) max_params_bytes: Option<u64>,
+    pub(super) max_connections: Option<u64>,
+    pub(super) idle_timeout_secs: Option<u64>,
+    pub(super) read_timeout_secs: Option<u64>,
+    pub(super) drain_timeout_secs: Option<u64>,
+    pub(super) reply_budget_ms: Option<u64>,
+    pub(super) max_programs: Option<u64>,
+    pub(super) retry_cache_entries: Option<u64>,
+    pub(super) timestamp_window_secs: Option<u64>,
+    pub(super) allowed_clients: Option<Vec<String>>,
+}
+
+/// `[account]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccount {
+    pub(super) token: String,
+    pub(super) appid: Option<String>,
+    pub(super) mode: Option<String>,
+    pub(super) encoding_aes_key: Option<String>,
+    pub(super) previous_encoding_aes_key: Option<String>,
+}
+
+/// One `[[rule]]`: what it matches (one of the matcher keys) and what it does.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    pub(super) name: Option<String>,
+    pub(super) text: Option<OneOrMany>,
+    pub(super) contains: Option<OneOrMany>,
+    pub(super) prefix: Option<OneOrMany>,
+    pub(super) regex: Option<String>,
+    pub(super) ignore_case: Option<bool>,
+    pub(super) event: Option<String>,
+    pub(super) key: Option<String>,
+    pub(super) msg_type: Option<String>,
+    pub(super) reply: Option<Reply>,
+    pub(super) replies: Option<Vec<Reply>>,
+    pub(super) run: Option<RawRun>,
+    pub(super) fallback: Option<Reply>,
+}
+
+/// What a rule (or `[default]`) does: exactly one of `reply`, `replies`, `run`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAction {
+    pub(super) reply: Option<Reply>,
+    pub(super) replies: Option<Vec<Reply>>,
+    pub(super) run: Option<RawRun>,
+    pub(super) fallback: Option<Reply>,
+}
+
+/// `run = { command = [..], timeout_ms = .. }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRun {
+    pub(super) command: Vec<String>,
+    pub(super) timeout_ms: Option<u64>,
+}
+
+/// A string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub(super) fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(w) => vec![w],
+            OneOrMany::Many(ws) => ws,
+        }
+    }
+}
+
+/// The matcher keys of a rule, as given.
+pub(super) enum RawMatcher {
+    Text(OneOrMany),
+    Contains(OneOrMany),
+    Prefix(OneOrMany),
+    Regex(String),
+    Event(String),
+    MsgType(String),
+}
+
+impl RawMatcher {
+    /// The key this matcher was written with.
+    pub(super) fn key(&self) -> &'static str {
+        match self {
+            RawMatcher::Text(_) => "text",
+            RawMatcher::Contains(_) => "contains",
+            RawMatcher::Prefix(_) => "prefix",
+            RawMatcher::Regex(_) => "regex",
+            RawMatcher::Event(_) => "event",
+            RawMatcher::MsgType(_) => "msg_type",
+        }
+    }
+}
+
+impl RawRule {
+    /// Split into the matchers given (in key order), and the action.
+    pub(super) fn split(self) -> (Vec<RawMatcher>, RawAction) {
+        let matchers = [
+            self.text.map(RawMatcher::Text),
+            self.contains.map(RawMatcher::Contains),
+            self.prefix.map(RawMatcher::Prefix),
+            self.regex.map(RawMatcher::Regex),
+            self.event.map(RawMatcher::Event),
+            self.msg_type.map(RawMatcher::MsgType),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let action = RawAction {
+            reply: self.reply,
+            replies: self.replies,
+            run: self.run,
+            fallback: self.fallback,
+        };
+        (matchers, action)
+    }
+}

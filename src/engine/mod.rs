@@ -1,0 +1,261 @@
+//! The async answer path both shells share: the core's decision, the answer store (one
+//! answer per message however often WeChat retries), reply programs (run once, killed on
+//! timeout, capped in number), and the reply budget (answer before WeChat's 5 s).
+//!
+//! Time on this path is tokio's clock ([`tokio::time::Instant`]): the tests pause and
+//! advance it. Unix time (the core's `now`) comes from [`unix_now`].
+
+pub mod program;
+mod rng;
+pub mod store;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::config::defaults;
+use crate::core::reply::Reply;
+use crate::core::rules::{Decision, Program};
+use crate::core::{Answer, Pending, Rejection, Request, Responder, Response, Step, Via};
+pub use rng::ThreadRng;
+use store::{Claim, MemoryStore, Store};
+
+/// Settings of the answer path (`[server]` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// The whole answer goes out within this time from the request's first byte.
+    pub reply_budget: Duration,
+    /// Reply programs running at once.
+    pub max_programs: usize,
+    /// Entries the in-memory store holds at most.
+    pub cache_entries: usize,
+    /// How long an answer is kept for retries and replays.
+    pub cache_retention: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            reply_budget: Duration::from_millis(defaults::REPLY_BUDGET_MS),
+            max_programs: defaults::MAX_PROGRAMS,
+            cache_entries: defaults::RETRY_CACHE_ENTRIES,
+            cache_retention: defaults::retention(defaults::TIMESTAMP_WINDOW_SECS),
+        }
+    }
+}
+
+/// How long a program's claim on a message lasts past its timeout: the program is
+/// killed at its timeout, so an unanswered lease means its process died.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The answer path: the current rules (swapped on reload), the store, the program cap.
+pub struct Engine {
+    responder: RwLock<Arc<Responder>>,
+    store: Arc<Store>,
+    programs: Arc<Semaphore>,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// An engine over an in-memory store sized by `config`.
+    pub fn new(responder: Responder, config: EngineConfig) -> Engine {
+        let store = MemoryStore::new(config.cache_entries, config.cache_retention);
+        Engine::with_store(responder, config, Store::Memory(store))
+    }
+
+    /// An engine over the given store.
+    pub fn with_store(responder: Responder, config: EngineConfig, store: Store) -> Engine {
+        Engine {
+            responder: RwLock::new(Arc::new(responder)),
+            store: Arc::new(store),
+            programs: Arc::new(Semaphore::new(config.max_programs.max(1))),
+            config,
+        }
+    }
+
+    /// The store answers are kept in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The rules in force now.
+    pub fn responder(&self) -> Arc<Responder> {
+        self.responder
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Put new rules in force; requests already running finish with the old ones.
+    pub fn reload(&self, responder: Responder) {
+        *self.responder.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(responder);
+    }
+
+    /// Answer one request and log it. `body` is the request body, or why the shell
+    /// refused it; `started` is when its first byte arrived (the budget counts from it).
+    pub async fn answer(
+        &self,
+        method: &str,
+        query: &str,
+        body: Result<&[u8], Rejection>,
+        started: Instant,
+    ) -> Response {
+        let response = match body {
+            Err(rejection) => Response::rejected(rejection),
+            Ok(body) => {
+                let responder = self.responder();
+                let request = Request {
+                    method,
+                    query,
+                    body,
+                };
+                match responder.prepare(&request, unix_now(), &mut ThreadRng) {
+                    Step::Done(response) => response,
+                    Step::Message(pending) => self.resolve(&responder, pending, started).await,
+                }
+            }
+        };
+        crate::log::request(method, &response, started.elapsed());
+        response
+    }
+
+    async fn resolve(&self, responder: &Responder, pending: Pending, started: Instant) -> Response {
+        let deadline = started + self.config.reply_budget;
+        let Some(answer) = self.settle(&pending, deadline).await else {
+            tracing::warn!(
+                key = %crate::log::Escaped(&pending.key),
+                budget_ms = self.config.reply_budget.as_millis() as u64,
+                "reply budget ran out before the answer was ready: answering success"
+            );
+            return Response::success(pending.msg_type, Via::Deadline);
+        };
+        responder.complete(
+            &pending.context,
+            pending.msg_type,
+            &answer,
+            unix_now(),
+            &mut ThreadRng,
+        )
+    }
+
+    /// The message's answer, decided once across retries: stored at once when a rule
+    /// gives it, else claimed and worked out (a program), or waited for when another
+    /// request holds the claim. `None` when `deadline` passes first.
+    async fn settle(&self, pending: &Pending, deadline: Instant) -> Option<Answer> {
+        let key = pending.key.as_str();
+        let known = Answer::from_decision(&pending.decision);
+        let lease = match &pending.decision {
+            Decision::Run { program, .. } => {
+                Duration::from_millis(program.timeout_ms) + LEASE_MARGIN
+            }
+            _ => LEASE_MARGIN,
+        };
+        let mut claim = match &known {
+            Some(answer) => match self.store.put_new(key, answer, Instant::now()).await {
+                None => return known,
+                Some(earlier) => earlier,
+            },
+            None => self.store.claim(key, Instant::now(), lease).await,
+        };
+        let mut won = false;
+        loop {
+            match claim {
+                Claim::Answered(answer) if won => return Some(answer),
+                Claim::Answered(answer) => {
+                    return Some(Answer {
+                        via: Via::Retry,
+                        ..answer
+                    })
+                }
+                Claim::Won => {
+                    won = true;
+                    match (&known, &pending.decision) {
+                        (Some(answer), _) => {
+                            self.store.finish(key, answer.clone(), Instant::now()).await;
+                            return known;
+                        }
+                        (
+                            None,
+                            Decision::Run {
+                                rule,
+                                program,
+                                fallback,
+                            },
+                        ) => self.spawn_program(
+                            pending.key.clone(),
+                            rule.clone(),
+                            program.clone(),
+                            fallback.clone(),
+                            pending.json.clone().unwrap_or_default(),
+                        ),
+                        (None, _) => return None, // from_decision covers the others
+                    }
+                }
+                Claim::Held { until } => {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    self.store.wait(key, until.min(deadline)).await;
+                }
+            }
+            claim = self.store.claim(key, Instant::now(), lease).await;
+        }
+    }
+
+    /// Run a program in the background; its answer goes to the store, where the
+    /// request (and any retry) waits for it. It keeps running past the request's budget
+    /// up to its own timeout, so a slow answer still serves WeChat's retry.
+    fn spawn_program(
+        &self,
+        key: String,
+        rule: Arc<str>,
+        program: Arc<Program>,
+        fallback: Option<Arc<Reply>>,
+        input: Vec<u8>,
+    ) {
+        let store = self.store.clone();
+        let permits = self.programs.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let command = program.command.first().map_or("", String::as_str);
+            let answer = match program::run(&program, &input, &permits).await {
+                Ok(reply) => {
+                    tracing::info!(
+                        %rule,
+                        program = %crate::log::Escaped(command),
+                        ms = started.elapsed().as_millis() as u64,
+                        "program answered"
+                    );
+                    Answer {
+                        reply: reply.map(Arc::new),
+                        rule,
+                        via: Via::Program,
+                    }
+                }
+                Err(cause) => {
+                    tracing::warn!(
+                        %rule,
+                        program = %crate::log::Escaped(command),
+                        cause = %crate::log::Escaped(&cause),
+                        "program failed: answering with the fallback"
+                    );
+                    Answer {
+                        reply: fallback,
+                        rule,
+                        via: Via::Fallback,
+                    }
+                }
+            };
+            store.finish(&key, answer, Instant::now()).await;
+        });
+    }
+}
+
+/// The Unix time in seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,111 @@
+//! Reply programs: started with the message JSON on stdin, their stdout read (capped)
+//! as the reply, killed with their whole process group on timeout, always reaped.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+use crate::core::reply::Reply;
+use crate::core::rules::{parse_program_output, Program};
+
+/// Largest program output read; more is a failure.
+pub const MAX_PROGRAM_OUTPUT: usize = 64 * 1024;
+
+/// Run a reply program: the message JSON on stdin, the reply on stdout. Waits for one of
+/// `permits` first (within the program's timeout). Killed (with its process group) on
+/// timeout and always reaped. `Err` says why there is no reply.
+pub async fn run(
+    program: &Program,
+    input: &[u8],
+    permits: &Semaphore,
+) -> Result<Option<Reply>, String> {
+    let timeout = Duration::from_millis(program.timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let _permit = tokio::time::timeout_at(deadline, permits.acquire())
+        .await
+        .map_err(|_| {
+            format!(
+                "no program slot free within {} ms (max_programs)",
+                program.timeout_ms
+            )
+        })?
+        .map_err(|_| "program slots closed".to_owned())?;
+    let (name, args) = program.command.split_first().ok_or("empty command")?;
+    let mut child = tokio::process::Command::new(name)
+        .args(args)
+        .current_dir(&program.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    let pid = child.id();
+    let mut stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let work = async {
+        let feed = async {
+            if let Some(mut s) = stdin.take() {
+                // A program that does not read its input is fine: ignore EPIPE.
+                let _ = s.write_all(input).await;
+            }
+        };
+        let (_, out, err, status) =
+            tokio::join!(feed, read_capped(stdout), read_capped(stderr), child.wait());
+        (out, err, status)
+    };
+    let outcome = match tokio::time::timeout_at(deadline, work).await {
+        Ok((out, err, status)) => {
+            let status = status.map_err(|e| format!("wait: {e}"))?;
+            if !status.success() {
+                let err = String::from_utf8_lossy(&err.unwrap_or_default())
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect::<String>();
+                Err(format!("exited with {status}; stderr: {err:?}"))
+            } else {
+                match out {
+                    Some(out) => parse_program_output(&out),
+                    None => Err(format!("output larger than {MAX_PROGRAM_OUTPUT} bytes")),
+                }
+            }
+        }
+        Err(_) => Err(format!("timed out after {} ms", program.timeout_ms)),
+    };
+    // Kill what is left of the program's process group (a timed-out program, or
+    // children it left behind), then reap the program itself.
+    if let Some(pid) = pid {
+        kill_group(pid);
+    }
+    let _ = child.wait().await;
+    outcome
+}
+
+/// SIGKILL the process group led by `pid` (programs run as group leaders).
+fn kill_group(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) with a negative pid signals that process group; it takes no
+    // pointers and has no memory effects. std offers no way to signal a group.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+}
+
+/// Read a pipe to its end, up to [`MAX_PROGRAM_OUTPUT`] bytes; `None` when larger.
+async fn read_capped(pipe: Option<impl AsyncRead + Unpin>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let Some(pipe) = pipe else {
+        return Some(out);
+    };
+    let mut limited = pipe.take(MAX_PROGRAM_OUTPUT as u64 + 1);
+    let _ = limited.read_to_end(&mut out).await;
+    (out.len() <= MAX_PROGRAM_OUTPUT).then_some(out)
+}

@@ -1,0 +1,73 @@
+//! Where answers live between a message and its retries: claims with leases, stored
+//! answers, and waiting for an answer another request (or process) is deciding.
+//!
+//! The interface assumes nothing about processes: a claim is a lease that ends at a
+//! time, not a channel; waiting is the store's own business (the memory store wakes
+//! waiters directly; a store shared between processes polls or subscribes). Time is
+//! passed in, so the rules are tested with a clock the test controls.
+
+mod memory;
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::core::Answer;
+pub use memory::MemoryStore;
+
+/// What [`Store::claim`] found for a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The caller now holds the message's lease: it decides the answer and stores it
+    /// with [`Store::finish`] before the lease ends.
+    Won,
+    /// The message was answered before: this is the answer.
+    Answered(Answer),
+    /// Another request (in this process or another) holds the lease until `until`.
+    /// Wait with [`Store::wait`] and claim again: the answer, or the lease's end (then
+    /// the message is taken over), comes first.
+    Held {
+        /// When the holder's lease ends.
+        until: Instant,
+    },
+}
+
+/// The answer store the engine runs on. One variant per kind of store; they all keep
+/// the rules of [`Claim`].
+pub enum Store {
+    /// In this process's memory: answers are shared by the requests of one process.
+    Memory(MemoryStore),
+}
+
+impl Store {
+    /// Claim `key` at `now`: when nobody holds it (or the holder's lease ended), the
+    /// caller holds it until `now + lease`.
+    pub async fn claim(&self, key: &str, now: Instant, lease: Duration) -> Claim {
+        match self {
+            Store::Memory(m) => m.claim(key, now, lease),
+        }
+    }
+
+    /// Store an answer known at once (a rule's reply) for a new `key`, in one step.
+    /// `None`: stored. `Some(claim)`: what an earlier request left, which wins.
+    pub async fn put_new(&self, key: &str, answer: &Answer, now: Instant) -> Option<Claim> {
+        match self {
+            Store::Memory(m) => m.put_new(key, answer, now),
+        }
+    }
+
+    /// Store the answer of a claimed `key` and wake whoever waits for it.
+    pub async fn finish(&self, key: &str, answer: Answer, now: Instant) {
+        match self {
+            Store::Memory(m) => m.finish(key, answer, now),
+        }
+    }
+
+    /// Return when `key`'s answer may have been stored, or at `until`, whichever comes
+    /// first. The caller claims again to see which.
+    pub async fn wait(&self, key: &str, until: Instant) {
+        match self {
+            Store::Memory(m) => m.wait(key, until).await,
+        }
+    }
+}
