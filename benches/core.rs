@@ -5,7 +5,6 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use wechat_fcgi::config::Config;
 use wechat_fcgi::core::crypto::{self, AesKey};
-use wechat_fcgi::core::signature::sign;
 use wechat_fcgi::core::Request;
 
 const TOKEN: &str = "4yN275N7g3cY7t2znnG7U7h4MbU7wT42";
@@ -23,7 +22,7 @@ fn config(mode: &str) -> wechat_fcgi::core::Responder {
 }
 
 fn message() -> String {
-    wechat_fcgi::cli::sample_text(
+    wechat_fcgi::sample::text(
         "gh_0123456789ab",
         "oFollower0000000000000000001",
         1_700_000_000,
@@ -31,9 +30,27 @@ fn message() -> String {
     )
 }
 
+/// The message sealed as WeChat sends it in safe mode.
+fn encrypted(message: &str) -> wechat_fcgi::sample::SignedRequest {
+    let crypto = wechat_fcgi::core::Crypto {
+        key: AesKey::parse(KEY).unwrap(),
+        previous_key: None,
+        appid: APPID.to_owned(),
+    };
+    wechat_fcgi::sample::encrypted_request(
+        TOKEN,
+        &crypto,
+        "gh_0123456789ab",
+        message,
+        1_700_000_000,
+        "1234567890",
+        &[7; 16],
+    )
+}
+
 fn bench(c: &mut Criterion) {
     let plain = config("compat");
-    let query = wechat_fcgi::cli::signed_query(TOKEN, 1_700_000_000, "1234567890");
+    let query = wechat_fcgi::sample::signed_query(TOKEN, 1_700_000_000, "1234567890");
     let body = message();
     c.bench_function("plaintext message -> reply", |b| {
         b.iter(|| {
@@ -52,23 +69,8 @@ fn bench(c: &mut Criterion) {
     });
 
     let safe = config("safe");
-    let encrypt = crypto::encrypt(
-        &AesKey::parse(KEY).unwrap(),
-        APPID,
-        body.as_bytes(),
-        &[7; 16],
-    );
-    let msg_signature = sign(&mut [
-        TOKEN.as_bytes(),
-        b"1700000000",
-        b"1234567890",
-        encrypt.as_bytes(),
-    ]);
-    let enc_query = format!(
-        "{query}&encrypt_type=aes&msg_signature={}",
-        String::from_utf8_lossy(&msg_signature)
-    );
-    let envelope = format!("<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
+    let sealed = encrypted(&body);
+    let (enc_query, envelope) = (sealed.query, sealed.body);
     c.bench_function("safe-mode round trip", |b| {
         b.iter(|| {
             let r = safe.handle(
@@ -98,15 +100,13 @@ fn bench_parts(c: &mut Criterion) {
         })
     });
     let key = AesKey::parse(KEY).unwrap();
-    let encrypt = crypto::encrypt(&key, APPID, body.as_bytes(), &[7; 16]);
-    let sig = sign(&mut [
-        TOKEN.as_bytes(),
-        b"1700000000",
-        b"1234567890",
-        encrypt.as_bytes(),
-    ]);
-    let sig = String::from_utf8_lossy(&sig).into_owned();
-    let envelope = format!("<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
+    let sealed = encrypted(&body);
+    let envelope = sealed.body;
+    let sig = sealed
+        .query
+        .split_once("msg_signature=")
+        .map(|(_, s)| s.to_owned())
+        .unwrap();
     c.bench_function("decrypt only (wechatpy decrypt_message)", |b| {
         b.iter(|| {
             let fields =

@@ -2,12 +2,11 @@
 //! MsgIds), one per line, plaintext or sealed for safe mode, plus the query string.
 //! Usage: bench_bodies plain|safe N CONTENT_BYTES OUT_DIR
 
-use wechat_fcgi::core::crypto::{self, AesKey};
-use wechat_fcgi::core::signature::sign;
+use wechat_fcgi::core::crypto::AesKey;
 
-pub const TOKEN: &str = "4yN275N7g3cY7t2znnG7U7h4MbU7wT42";
-pub const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
-pub const APPID: &str = "wx0123456789abcdef";
+const TOKEN: &str = "4yN275N7g3cY7t2znnG7U7h4MbU7wT42";
+const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const APPID: &str = "wx0123456789abcdef";
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,12 +29,17 @@ fn main() -> std::io::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let nonce = "1234567890";
-    let key = AesKey::parse(KEY).map_err(std::io::Error::other)?;
+    let crypto = wechat_fcgi::core::Crypto {
+        key: AesKey::parse(KEY).map_err(std::io::Error::other)?,
+        previous_key: None,
+        appid: APPID.to_owned(),
+    };
     let mut bodies = String::new();
-    let mut query = wechat_fcgi::cli::signed_query(TOKEN, ts, nonce);
-    let mut encrypts = Vec::new();
+    // msg_signature covers the Encrypt text, so each sealed body needs its own query.
+    let mut queries = String::new();
+    let mut query = wechat_fcgi::sample::signed_query(TOKEN, ts, nonce);
     for i in 0..n {
-        let msg = wechat_fcgi::cli::sample_text_with_id(
+        let msg = wechat_fcgi::sample::text_with_id(
             "gh_0123456789ab",
             "oBench",
             ts,
@@ -45,29 +49,24 @@ fn main() -> std::io::Result<()> {
         if mode == "safe" {
             let mut random = [0u8; 16];
             random[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            let encrypt = crypto::encrypt(&key, APPID, msg.as_bytes(), &random);
-            bodies.push_str(&format!("<xml><ToUserName><![CDATA[gh_0123456789ab]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>\n"));
-            encrypts.push(encrypt);
+            let sealed = wechat_fcgi::sample::encrypted_request(
+                TOKEN,
+                &crypto,
+                "gh_0123456789ab",
+                &msg,
+                ts,
+                nonce,
+                &random,
+            );
+            bodies.push_str(&sealed.body);
+            queries.push_str(&sealed.query);
+            queries.push('\n');
         } else {
             bodies.push_str(&msg);
-            bodies.push('\n');
         }
+        bodies.push('\n');
     }
     if mode == "safe" {
-        // msg_signature covers the Encrypt text, so each body needs its own query.
-        let mut queries = String::new();
-        for e in &encrypts {
-            let sig = sign(&mut [
-                TOKEN.as_bytes(),
-                ts.to_string().as_bytes(),
-                nonce.as_bytes(),
-                e.as_bytes(),
-            ]);
-            queries.push_str(&format!(
-                "{query}&encrypt_type=aes&msg_signature={}\n",
-                String::from_utf8_lossy(&sig)
-            ));
-        }
         std::fs::write(out.join("queries.txt"), queries)?;
         query.push_str("&encrypt_type=aes");
     }

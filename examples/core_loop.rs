@@ -3,8 +3,7 @@
 //! Usage: cargo run --release --example core_loop -- plain|safe N
 
 use wechat_fcgi::config::Config;
-use wechat_fcgi::core::crypto::{self, AesKey};
-use wechat_fcgi::core::signature::sign;
+use wechat_fcgi::core::crypto::AesKey;
 use wechat_fcgi::core::Request;
 
 const TOKEN: &str = "4yN275N7g3cY7t2znnG7U7h4MbU7wT42";
@@ -20,33 +19,29 @@ fn main() {
          [[rule]]\ntext = [\"hi\", \"你好\"]\nreply = {{ text = \"Hello!\" }}\n"
     );
     let responder = Config::parse(&text).expect("config").responder;
-    let body = wechat_fcgi::cli::sample_text(
+    let body = wechat_fcgi::sample::text(
         "gh_0123456789ab",
         "oFollower0000000000000000001",
         1_700_000_000,
         "hi",
     );
-    let query = wechat_fcgi::cli::signed_query(TOKEN, 1_700_000_000, "1234567890");
+    let query = wechat_fcgi::sample::signed_query(TOKEN, 1_700_000_000, "1234567890");
     let (query, body) = if mode == "safe" {
-        let encrypt = crypto::encrypt(
-            &AesKey::parse(KEY).expect("key"),
-            APPID,
-            body.as_bytes(),
+        let crypto = wechat_fcgi::core::Crypto {
+            key: AesKey::parse(KEY).expect("key"),
+            previous_key: None,
+            appid: APPID.to_owned(),
+        };
+        let sealed = wechat_fcgi::sample::encrypted_request(
+            TOKEN,
+            &crypto,
+            "gh_0123456789ab",
+            &body,
+            1_700_000_000,
+            "1234567890",
             &[7; 16],
         );
-        let sig = sign(&mut [
-            TOKEN.as_bytes(),
-            b"1700000000",
-            b"1234567890",
-            encrypt.as_bytes(),
-        ]);
-        (
-            format!(
-                "{query}&encrypt_type=aes&msg_signature={}",
-                String::from_utf8_lossy(&sig)
-            ),
-            format!("<xml><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"),
-        )
+        (sealed.query, sealed.body)
     } else {
         (query, body)
     };

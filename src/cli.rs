@@ -8,7 +8,6 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::core::signature::sign;
 use crate::engine::unix_now;
 use crate::listen::{self, ListenAddr};
 
@@ -108,11 +107,17 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 (rand_core::OsRng.next_u32() % 1_000_000_000).to_string()
             });
             let message = match (text, event) {
-                (Some(content), _) => Some(sample_text_with_id(&to, &from, timestamp, &content, {
-                    use rand_core::RngCore;
-                    rand_core::OsRng.next_u64() >> 8
-                })),
-                (None, Some(event)) => Some(sample_event(
+                (Some(content), _) => Some(crate::sample::text_with_id(
+                    &to,
+                    &from,
+                    timestamp,
+                    &content,
+                    {
+                        use rand_core::RngCore;
+                        rand_core::OsRng.next_u64() >> 8
+                    },
+                )),
+                (None, Some(event)) => Some(crate::sample::event(
                     &to,
                     &from,
                     timestamp,
@@ -121,7 +126,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 )),
                 (None, None) => None,
             };
-            let mut query = signed_query(&token, timestamp, &nonce);
+            let mut query = crate::sample::signed_query(&token, timestamp, &nonce);
             if let Some(e) = &echostr {
                 query.push_str("&echostr=");
                 query.extend(form_urlencoded::byte_serialize(e.as_bytes()));
@@ -150,82 +155,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         }
     }
-}
-
-/// `signature=..&timestamp=..&nonce=..` for this token.
-pub fn signed_query(token: &str, timestamp: u64, nonce: &str) -> String {
-    let ts = timestamp.to_string();
-    let signature = sign(&mut [token.as_bytes(), ts.as_bytes(), nonce.as_bytes()]);
-    let signature = String::from_utf8_lossy(&signature).into_owned();
-    let mut q = form_urlencoded::Serializer::new(String::new());
-    q.append_pair("signature", &signature)
-        .append_pair("timestamp", &ts)
-        .append_pair("nonce", nonce);
-    q.finish()
-}
-
-/// A text message as WeChat sends it, with a MsgId derived from its other values (the
-/// same message twice is a retry; different content is a different message).
-pub fn sample_text(to: &str, from: &str, create_time: u64, content: &str) -> String {
-    // FNV-1a over the values: stable, and distinct for distinct messages in practice.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in from
-        .bytes()
-        .chain(content.bytes())
-        .chain(create_time.to_le_bytes())
-    {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    sample_text_with_id(to, from, create_time, content, h >> 8)
-}
-
-/// A text message as WeChat sends it, with this MsgId.
-pub fn sample_text_with_id(
-    to: &str,
-    from: &str,
-    create_time: u64,
-    content: &str,
-    msg_id: u64,
-) -> String {
-    let mut out = sample_head(to, from, create_time, "text");
-    sample_field(&mut out, "Content", content);
-    // As WeChat sends it: a bare number, no CDATA.
-    out.extend_from_slice(format!("<MsgId>{msg_id}</MsgId></xml>").as_bytes());
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// An event as WeChat sends it.
-pub fn sample_event(
-    to: &str,
-    from: &str,
-    create_time: u64,
-    event: &str,
-    key: Option<&str>,
-) -> String {
-    let mut out = sample_head(to, from, create_time, "event");
-    sample_field(&mut out, "Event", event);
-    if let Some(key) = key {
-        sample_field(&mut out, "EventKey", key);
-    }
-    out.extend_from_slice(b"</xml>");
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The fields every message starts with.
-fn sample_head(to: &str, from: &str, create_time: u64, msg_type: &str) -> Vec<u8> {
-    let mut out = b"<xml>".to_vec();
-    sample_field(&mut out, "ToUserName", to);
-    sample_field(&mut out, "FromUserName", from);
-    out.extend_from_slice(format!("<CreateTime>{create_time}</CreateTime>").as_bytes());
-    sample_field(&mut out, "MsgType", msg_type);
-    out
-}
-
-/// `<name><![CDATA[text]]></name>`, CDATA-safe.
-fn sample_field(out: &mut Vec<u8>, name: &str, text: &str) {
-    out.extend_from_slice(format!("<{name}>").as_bytes());
-    crate::core::reply::cdata(out, text);
-    out.extend_from_slice(format!("</{name}>").as_bytes());
 }
 
 fn shell_quote(s: &str) -> String {
@@ -280,6 +209,17 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         config.server.socket_mode,
         config.server.listen_backlog,
     )?;
+    // A Unix socket this process created is removed when it exits (an inherited one
+    // belongs to whoever passed it).
+    struct RemoveSocket(Option<PathBuf>);
+    impl Drop for RemoveSocket {
+        fn drop(&mut self) {
+            if let Some(path) = &self.0 {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    let _socket = RemoveSocket(source.created_socket().map(Path::to_path_buf));
     // Request log lines are batched (see `crate::log`): the flusher task writes them,
     // and they are written at exit however serving ends.
     struct FlushLog;

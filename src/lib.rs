@@ -43,3 +43,4 @@ pub mod engine;
 pub mod fcgi;
 pub mod listen;
 pub mod log;
+pub mod sample;

@@ -60,6 +60,18 @@ pub enum Source {
     Config(ListenAddr),
 }
 
+impl Source {
+    /// The Unix socket file this process bound itself (and so removes at exit).
+    pub fn created_socket(&self) -> Option<&Path> {
+        match self {
+            Source::Flag(ListenAddr::Unix(path)) | Source::Config(ListenAddr::Unix(path)) => {
+                Some(path)
+            }
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -37,8 +37,8 @@ fn cgi_requests() {
     let dir = TempDir::new("cgi");
     let config = write_config(&dir, &format!("[server]\nmax_body_bytes = 2000\n{RULES}"));
     let config = config.to_str().unwrap();
-    let q = signed(1_700_000_000, "5");
-    let hi = wechat_fcgi::cli::sample_text("gh", "oF", 1, "hi");
+    let q = signed("5");
+    let hi = wechat_fcgi::sample::text("gh", "oF", 1, "hi");
     let hi_len = hi.len().to_string();
     let big = vec![b'x'; 5000];
     let env_cfg = ("WECHAT_FCGI_CONFIG", config);
@@ -218,9 +218,9 @@ fn cgi_runs_reply_programs_and_safe_mode() {
     );
     let config = config.to_str().unwrap();
     // A program rule, plaintext.
-    let body = wechat_fcgi::cli::sample_text("gh", "oF", unix_now(), "fortune");
+    let body = wechat_fcgi::sample::text("gh", "oF", unix_now(), "fortune");
     let len = body.len().to_string();
-    let q = signed(0, "1");
+    let q = signed("1");
     let (_, stdout, stderr) = run_cgi(
         &[],
         &[
@@ -245,26 +245,21 @@ fn cgi_runs_reply_programs_and_safe_mode() {
     );
     assert!(stderr.contains("via=program"), "{stderr}");
     // The same program answering an encrypted message: the reply is sealed.
-    use wechat_fcgi::core::crypto::{self, AesKey};
-    let encrypt = crypto::encrypt(
-        &AesKey::parse(key).unwrap(),
-        "wx0123456789abcdef",
-        body.as_bytes(),
+    let crypto = wechat_fcgi::core::Crypto {
+        key: wechat_fcgi::core::crypto::AesKey::parse(key).unwrap(),
+        previous_key: None,
+        appid: "wx0123456789abcdef".to_owned(),
+    };
+    let sealed = wechat_fcgi::sample::encrypted_request(
+        TOKEN,
+        &crypto,
+        "gh",
+        &body,
+        unix_now(),
+        "n",
         &[1; 16],
     );
-    let ts = unix_now().to_string();
-    let sig = wechat_fcgi::core::signature::sign(&mut [
-        TOKEN.as_bytes(),
-        ts.as_bytes(),
-        b"n",
-        encrypt.as_bytes(),
-    ]);
-    let q = format!(
-        "{}&encrypt_type=aes&msg_signature={}",
-        wechat_fcgi::cli::signed_query(TOKEN, ts.parse().unwrap(), "n"),
-        String::from_utf8_lossy(&sig)
-    );
-    let envelope = format!("<xml><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
+    let (q, envelope) = (sealed.query, sealed.body);
     let len = envelope.len().to_string();
     let (_, stdout, stderr) = run_cgi(
         &[],

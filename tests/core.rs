@@ -443,7 +443,7 @@ fn responder(rules: &str) -> Responder {
 }
 
 fn query(ts: &str, nonce: &str, extra: &str) -> String {
-    let mut q = wechat_fcgi::cli::signed_query(TOKEN, ts.parse().unwrap(), nonce);
+    let mut q = wechat_fcgi::sample::signed_query(TOKEN, ts.parse().unwrap(), nonce);
     q.push_str(extra);
     q
 }
@@ -467,8 +467,8 @@ reply = { text = "Sorry, I did not understand." }
 fn responder_decisions() {
     let r = responder(RULES);
     let good = query("1700000000", "42", "");
-    let text = |c: &str| wechat_fcgi::cli::sample_text("gh", "oF", 1, c);
-    let event = |e: &str, k: Option<&str>| wechat_fcgi::cli::sample_event("gh", "oF", 1, e, k);
+    let text = |c: &str| wechat_fcgi::sample::text("gh", "oF", 1, c);
+    let event = |e: &str, k: Option<&str>| wechat_fcgi::sample::event("gh", "oF", 1, e, k);
     // (method, query, body, status, body contains, outcome label)
     let rows: Vec<(&str, String, String, u16, &str, &str)> = vec![
         (
@@ -650,7 +650,7 @@ fn responder_decisions() {
 #[test]
 fn reply_swaps_names_and_uses_the_clock_passed_in() {
     let r = responder(RULES);
-    let body = wechat_fcgi::cli::sample_text("gh_acct", "oUser", 1, "hi");
+    let body = wechat_fcgi::sample::text("gh_acct", "oUser", 1, "hi");
     let resp = r.handle(
         &Request {
             method: "POST",
@@ -678,7 +678,7 @@ fn reply_swaps_names_and_uses_the_clock_passed_in() {
 #[test]
 fn no_default_means_success() {
     let r = responder("[[rule]]\ntext = \"hi\"\nreply = { text = \"x\" }\n");
-    let body = wechat_fcgi::cli::sample_text("gh", "oF", 1, "other");
+    let body = wechat_fcgi::sample::text("gh", "oF", 1, "other");
     let resp = r.handle(
         &Request {
             method: "POST",

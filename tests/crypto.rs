@@ -401,8 +401,9 @@ fn key_rotation_accepts_the_previous_key_and_answers_with_it() {
 #[test]
 fn modes_table() {
     let c = case("text-emoji");
-    let plain_body = wechat_fcgi::cli::sample_text("gh", "oUser", 1, "你好 👋 <b>&amp;");
-    let signed = wechat_fcgi::cli::signed_query(&c.token, c.timestamp.parse().unwrap(), &c.nonce);
+    let plain_body = wechat_fcgi::sample::text("gh", "oUser", 1, "你好 👋 <b>&amp;");
+    let signed =
+        wechat_fcgi::sample::signed_query(&c.token, c.timestamp.parse().unwrap(), &c.nonce);
     let plain_cfg = format!("[account]\ntoken = \"{}\"\n{RULES}", c.token);
     let plain_no_key = Config::parse(&plain_cfg).unwrap().responder;
     // (what, responder, encrypted?, status, outcome label)
@@ -497,7 +498,7 @@ fn modes_table() {
 fn success_stays_plain_in_safe_mode() {
     let c = case("text-emoji");
     let key = AesKey::parse(&c.encoding_aes_key).unwrap();
-    let unmatched = wechat_fcgi::cli::sample_text("gh", "oUser", 1, "no rule for this");
+    let unmatched = wechat_fcgi::sample::text("gh", "oUser", 1, "no rule for this");
     let encrypt = crypto::encrypt(&key, &c.appid, unmatched.as_bytes(), &[3; 16]);
     let resp = post_encrypted(&responder(&c, "safe", None), &c, &encrypt, None);
     assert_eq!(
@@ -521,7 +522,7 @@ fn undecodable_inner_xml_and_bad_envelopes() {
     // An envelope without <Encrypt>.
     let q = format!(
         "{}&encrypt_type=aes&msg_signature=00",
-        wechat_fcgi::cli::signed_query(&c.token, 1, "2")
+        wechat_fcgi::sample::signed_query(&c.token, 1, "2")
     );
     let resp = r.handle(
         &Request {
@@ -536,7 +537,7 @@ fn undecodable_inner_xml_and_bad_envelopes() {
     // No msg_signature at all.
     let q = format!(
         "{}&encrypt_type=aes",
-        wechat_fcgi::cli::signed_query(&c.token, 1, "2")
+        wechat_fcgi::sample::signed_query(&c.token, 1, "2")
     );
     let resp = r.handle(
         &Request {

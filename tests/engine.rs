@@ -121,7 +121,7 @@ fn setup() -> Setup {
 
 impl Setup {
     fn post(&self, body: &str) -> String {
-        let q = signed(1_700_000_000, "4242");
+        let q = signed("4242");
         let (status, reply) = http(self.port, "POST", &format!("/wechat?{q}"), body.as_bytes());
         let reply = String::from_utf8_lossy(&reply).into_owned();
         assert_eq!(status, 200, "{reply}\n{}", self.server.log());
@@ -129,7 +129,7 @@ impl Setup {
     }
 
     fn text(&self, content: &str, msg_id: u64) -> String {
-        self.post(&wechat_fcgi::cli::sample_text_with_id(
+        self.post(&wechat_fcgi::sample::text_with_id(
             "gh_acct",
             "oUser",
             1_700_000_000,
@@ -152,8 +152,8 @@ fn content(reply: &str) -> String {
 fn rules_and_programs_through_nginx() {
     let s = setup();
     let click =
-        wechat_fcgi::cli::sample_event("gh_acct", "oUser", 1_700_000_001, "CLICK", Some("V1001"));
-    let scene = wechat_fcgi::cli::sample_event(
+        wechat_fcgi::sample::event("gh_acct", "oUser", 1_700_000_001, "CLICK", Some("V1001"));
+    let scene = wechat_fcgi::sample::event(
         "gh_acct",
         "oUser",
         1_700_000_002,
@@ -254,9 +254,9 @@ fn retries_are_answered_once() {
     // Concurrent copies of a new MsgId (a retry while the first still runs) wait for
     // the one run.
     let port = s.port;
-    let q = signed(1_700_000_000, "4242");
+    let q = signed("4242");
     let body =
-        wechat_fcgi::cli::sample_text_with_id("gh_acct", "oUser", 1_700_000_000, "count again", 78);
+        wechat_fcgi::sample::text_with_id("gh_acct", "oUser", 1_700_000_000, "count again", 78);
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let (q, body) = (q.clone(), body.clone());
@@ -298,9 +298,9 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     let mut kept = std::net::TcpStream::connect(s.fcgi).unwrap();
     let ask = |kept: &mut std::net::TcpStream, id: u64| -> String {
         use std::io::Write;
-        let body = wechat_fcgi::cli::sample_text_with_id("gh", "oU", 1, "hi", 9_000 + id);
+        let body = wechat_fcgi::sample::text_with_id("gh", "oU", 1, "hi", 9_000 + id);
         let mut out = Vec::new();
-        fcgi_request(&mut out, 1, true, "POST", &signed(0, "3"), body.as_bytes());
+        fcgi_request(&mut out, 1, true, "POST", &signed("3"), body.as_bytes());
         kept.write_all(&out).unwrap();
         content(&fcgi_response(kept).expect("connection dropped"))
     };
@@ -367,11 +367,11 @@ fn max_programs_caps_programs_running_at_once() {
     let handles: Vec<_> = (0..3u64)
         .map(|i| {
             std::thread::spawn(move || {
-                let body = wechat_fcgi::cli::sample_text_with_id("gh", "oU", 1, "run", 500 + i);
+                let body = wechat_fcgi::sample::text_with_id("gh", "oU", 1, "run", 500 + i);
                 http(
                     port,
                     "POST",
-                    &format!("/wechat?{}", signed(0, "8")),
+                    &format!("/wechat?{}", signed("8")),
                     body.as_bytes(),
                 )
             })
@@ -401,9 +401,9 @@ fn a_full_retry_cache_warns_once_not_per_message() {
     let (server, addr) = start_server(&dir, &config);
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     for id in 0..10u16 {
-        let body = wechat_fcgi::cli::sample_text_with_id("gh", "oF", unix_now(), "hi", id.into());
+        let body = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", id.into());
         let mut out = Vec::new();
-        fcgi_request(&mut out, 1, true, "POST", &signed(0, "7"), body.as_bytes());
+        fcgi_request(&mut out, 1, true, "POST", &signed("7"), body.as_bytes());
         std::io::Write::write_all(&mut s, &out).unwrap();
         let reply = fcgi_response(&mut s).expect("answered");
         assert!(reply.contains("Hello!"), "{reply}");
@@ -432,12 +432,12 @@ fn request_lines_follow_the_log_filter_and_stay_one_line_each() {
             std::io::Write::write_all(&mut s, &out).unwrap();
             fcgi_response(&mut s).expect("answered")
         };
-        let hi = wechat_fcgi::cli::sample_text_with_id("gh", "oF", unix_now(), "hi", 1);
-        assert!(send(&signed(0, "1"), &hi).contains("Hello!"));
+        let hi = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", 1);
+        assert!(send(&signed("1"), &hi).contains("Hello!"));
         // A value with a newline in it (MsgType is the peer's) stays on its line.
-        let odd = wechat_fcgi::cli::sample_text_with_id("gh", "oF", unix_now(), "x", 2)
+        let odd = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "x", 2)
             .replace("[CDATA[text]]", "[CDATA[te\nxt]]");
-        assert!(send(&signed(0, "2"), &odd).starts_with("Status: 200"));
+        assert!(send(&signed("2"), &odd).starts_with("Status: 200"));
         assert!(send("x=1", &hi).starts_with("Status: 403"));
         // The refusal is a WARN line: written at once, after the INFO lines before it.
         let log = wait_for_log(&server, "request refused");

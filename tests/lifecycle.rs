@@ -9,6 +9,7 @@ use common::*;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::Duration;
 fn spawn_on(listener: &TcpListener, config: &std::path::Path, log: std::path::PathBuf) -> Proc {
     let fd = OwnedFd::from(listener.try_clone().unwrap());
     let child = Command::new(BIN)
+        .process_group(0)
         .args(["serve", "--config"])
         .arg(config)
         .stdin(Stdio::from(fd))
@@ -24,7 +26,11 @@ fn spawn_on(listener: &TcpListener, config: &std::path::Path, log: std::path::Pa
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    Proc { child, stderr: log }
+    Proc {
+        child,
+        stderr: log,
+        is_nginx: false,
+    }
 }
 
 /// One request on its own connection (no keep-conn, like nginx without keepalive).
@@ -51,7 +57,8 @@ fn sigterm_and_restart_under_load_lose_nothing() {
     let slow = dir.path("slow.sh");
     std::fs::write(
         &slow,
-        "#!/bin/sh\ncat >/dev/null; sleep 0.7; echo drained answer\n",
+        // It says when it runs, so the test knows the request is in flight.
+        "#!/bin/sh\ncat >/dev/null; touch started; sleep 0.7; echo drained answer\n",
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -74,7 +81,7 @@ fn sigterm_and_restart_under_load_lose_nothing() {
             let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let q = format!("{}&echostr=load", signed(0, "9"));
+                    let q = format!("{}&echostr=load", signed("9"));
                     match one_request(addr, "GET", &q, b"") {
                         Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
@@ -89,10 +96,17 @@ fn sigterm_and_restart_under_load_lose_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     // A request in flight when SIGTERM arrives: its program takes 0.7 s.
     let in_flight = std::thread::spawn(move || {
-        let body = wechat_fcgi::cli::sample_text_with_id("gh", "oF", unix_now(), "slow", 4242);
-        one_request(addr, "POST", &signed(0, "10"), body.as_bytes())
+        let body = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "slow", 4242);
+        one_request(addr, "POST", &signed("10"), body.as_bytes())
     });
-    std::thread::sleep(Duration::from_millis(150));
+    let start = std::time::Instant::now();
+    while !dir.path("started").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the slow program never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let before = ok.load(Ordering::Relaxed);
     // SIGTERM the first instance and start the second on the same socket at once.
     let pid = first.child.id().to_string();

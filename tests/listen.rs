@@ -8,6 +8,7 @@ use common::*;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 fn handshake_on(addr: std::net::SocketAddr) -> String {
@@ -18,7 +19,7 @@ fn handshake_on(addr: std::net::SocketAddr) -> String {
         1,
         false,
         "GET",
-        &format!("{}&echostr=here", signed(0, "1")),
+        &format!("{}&echostr=here", signed("1")),
         b"",
     );
     s.write_all(&out).unwrap();
@@ -35,6 +36,7 @@ fn systemd_socket_activation() {
     // systemd passes the socket as fd 3 and names our pid in LISTEN_PID; the shell
     // moves the socket from fd 0 to fd 3 and execs with its own pid.
     let child = Command::new("sh")
+        .process_group(0)
         .arg("-c")
         .arg(format!(
             "exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec '{BIN}' serve --config '{}'",
@@ -44,7 +46,11 @@ fn systemd_socket_activation() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let p = Proc { child, stderr: log };
+    let p = Proc {
+        child,
+        stderr: log,
+        is_nginx: false,
+    };
     wait_for_log(&p, "serving");
     assert!(
         p.log().contains("fd 3 (systemd socket activation)"),
@@ -65,6 +71,7 @@ fn config_listen_and_flag_precedence() {
     let log = dir.path("a.log");
     let p = Proc {
         child: Command::new(BIN)
+            .process_group(0)
             .args(["serve", "--config"])
             .arg(&config)
             .stdin(Stdio::null())
@@ -72,6 +79,7 @@ fn config_listen_and_flag_precedence() {
             .spawn()
             .unwrap(),
         stderr: log,
+        is_nginx: false,
     };
     wait_for_log(&p, "serving");
     assert!(
@@ -88,6 +96,7 @@ fn config_listen_and_flag_precedence() {
     let spawner = TcpListener::bind("127.0.0.1:0").unwrap();
     let p = Proc {
         child: Command::new(BIN)
+            .process_group(0)
             .args(["serve", "--config"])
             .arg(&config)
             .arg("--listen")
@@ -97,6 +106,7 @@ fn config_listen_and_flag_precedence() {
             .spawn()
             .unwrap(),
         stderr: log,
+        is_nginx: false,
     };
     wait_for_log(&p, "serving");
     assert!(p.log().contains("(--listen)"), "{}", p.log());
@@ -104,6 +114,7 @@ fn config_listen_and_flag_precedence() {
     // With no source at all: a clear error, exit 1.
     let bare = write_config(&dir, "");
     let out = Command::new(BIN)
+        .process_group(0)
         .args(["serve", "--config"])
         .arg(&bare)
         .stdin(Stdio::null())

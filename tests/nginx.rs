@@ -10,10 +10,9 @@ fn nginx_end_to_end() {
     let config = write_config(&dir, RULES);
     let (server, fcgi) = start_server(&dir, &config);
     let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
-    let q = signed(1_700_000_000, "12345");
-    let text = |c: &str| wechat_fcgi::cli::sample_text("gh_acct", "oUser", 1_700_000_000, c);
-    let event =
-        |e: &str| wechat_fcgi::cli::sample_event("gh_acct", "oUser", 1_700_000_000, e, None);
+    let q = signed("12345");
+    let text = |c: &str| wechat_fcgi::sample::text("gh_acct", "oUser", 1_700_000_000, c);
+    let event = |e: &str| wechat_fcgi::sample::event("gh_acct", "oUser", 1_700_000_000, e, None);
     let unknown = std::fs::read_to_string(format!(
         "{}/tests/data/messages/unknown-type.xml",
         env!("CARGO_MANIFEST_DIR")
@@ -129,22 +128,32 @@ fn nginx_safe_and_compat_modes() {
     use wechat_fcgi::core::crypto::{self, AesKey};
     use wechat_fcgi::core::message::{parse_fields, Value};
     let key = AesKey::parse(vector::KEY).unwrap();
-    let inner = wechat_fcgi::cli::sample_text("gh_acct", "oUser", 1_700_000_000, "hi");
-    let encrypt = crypto::encrypt(&key, vector::APPID, inner.as_bytes(), &[5; 16]);
-    let now = unix_now();
-    let (ts, nonce) = (now.to_string(), "31337");
-    let signature = wechat_fcgi::cli::signed_query(vector::TOKEN, now, nonce);
-    let msg_signature = wechat_fcgi::core::signature::sign(&mut [
-        vector::TOKEN.as_bytes(),
-        ts.as_bytes(),
-        nonce.as_bytes(),
-        encrypt.as_bytes(),
-    ]);
-    let enc_query = format!(
-        "{signature}&openid=oUser&encrypt_type=aes&msg_signature={}",
-        String::from_utf8_lossy(&msg_signature)
+    let inner = wechat_fcgi::sample::text("gh_acct", "oUser", 1_700_000_000, "hi");
+    let crypto = wechat_fcgi::core::Crypto {
+        key: key.clone(),
+        previous_key: None,
+        appid: vector::APPID.to_owned(),
+    };
+    let sealed = wechat_fcgi::sample::encrypted_request(
+        vector::TOKEN,
+        &crypto,
+        "gh_acct",
+        &inner,
+        unix_now(),
+        "31337",
+        &[5; 16],
     );
-    let envelope = format!("<xml><ToUserName><![CDATA[gh_acct]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
+    let enc_query = format!("{}&openid=oUser", sealed.query);
+    let signature = enc_query.split("&encrypt_type").next().unwrap().to_owned();
+    let envelope = sealed.body;
+    let encrypt = parse_fields(envelope.as_bytes())
+        .unwrap()
+        .into_iter()
+        .find_map(|f| match (f.name, f.value) {
+            ("Encrypt", Value::Text(t)) => Some(t.into_owned()),
+            _ => None,
+        })
+        .unwrap();
     // Compat mode also sends the plaintext fields beside <Encrypt>.
     let compat_envelope = inner.replace(
         "</xml>",
@@ -252,9 +261,9 @@ fn hostile_http_bodies_through_nginx_are_4xx_never_500() {
     let config = write_config(&dir, &format!("[server]\nmax_body_bytes = 300000\n{RULES}"));
     let (server, fcgi) = start_server(&dir, &config);
     let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
-    let q = signed(0, "77");
+    let q = signed("77");
     let head = "<ToUserName>a</ToUserName><FromUserName>b</FromUserName>";
-    let ok_text = |c: &str| wechat_fcgi::cli::sample_text("gh", "oF", unix_now(), c);
+    let ok_text = |c: &str| wechat_fcgi::sample::text("gh", "oF", unix_now(), c);
     let deep = format!(
         "<xml>{}{}</xml>",
         "<a>".repeat(10_000),
@@ -314,7 +323,7 @@ fn stale_timestamps_are_refused_with_the_skew_logged() {
     let (server, fcgi) = start_server(&dir, &config);
     let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
     let old = unix_now() - 3600;
-    let q = wechat_fcgi::cli::signed_query(TOKEN, old, "5");
+    let q = wechat_fcgi::sample::signed_query(TOKEN, old, "5");
     let (status, text) = http(port, "GET", &format!("/wechat?{q}&echostr=e"), b"");
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&text));
     assert!(String::from_utf8_lossy(&text).contains("timestamp outside the allowed window"));
@@ -325,8 +334,8 @@ fn stale_timestamps_are_refused_with_the_skew_logged() {
         "{log}"
     );
     // A replay inside the window is answered from the retry cache: same answer, no new decision.
-    let body = wechat_fcgi::cli::sample_text("gh", "oF", unix_now(), "hi");
-    let q = signed(0, "6");
+    let body = wechat_fcgi::sample::text("gh", "oF", unix_now(), "hi");
+    let q = signed("6");
     let first = http(port, "POST", &format!("/wechat?{q}"), body.as_bytes());
     let replay = http(port, "POST", &format!("/wechat?{q}"), body.as_bytes());
     let strip_time = |b: &[u8]| {

@@ -24,16 +24,6 @@ enum Got {
     Unknown(u8),
 }
 
-fn begin(out: &mut Vec<u8>, id: u16, role: u16, keep: bool) {
-    let r = role.to_be_bytes();
-    record::write_record(
-        out,
-        record::BEGIN_REQUEST,
-        id,
-        &[r[0], r[1], u8::from(keep), 0, 0, 0, 0, 0],
-    );
-}
-
 fn params_of(method: &str, query: &str, content_length: Option<usize>) -> Vec<u8> {
     let mut p = Vec::new();
     params::write_pair(&mut p, b"REQUEST_METHOD", method.as_bytes());
@@ -46,7 +36,7 @@ fn params_of(method: &str, query: &str, content_length: Option<usize>) -> Vec<u8
 
 /// A complete request: BEGIN, PARAMS (one record + end), STDIN (+ end).
 fn request(out: &mut Vec<u8>, id: u16, keep: bool, method: &str, query: &str, body: &[u8]) {
-    begin(out, id, record::ROLE_RESPONDER, keep);
+    begin(out, id, record::ROLE_RESPONDER, u8::from(keep));
     record::write_stream(
         out,
         record::PARAMS,
@@ -62,15 +52,15 @@ fn handshake(out: &mut Vec<u8>, id: u16, keep: bool) {
         id,
         keep,
         "GET",
-        &format!("{}&echostr=ok", signed(0, "1")),
+        &format!("{}&echostr=ok", signed("1")),
         b"",
     );
 }
 
 fn text_post(out: &mut Vec<u8>, id: u16, keep: bool) {
     let body =
-        wechat_fcgi::cli::sample_text_with_id("gh", "oF", unix_now(), "hi", u64::from(id) + 1_000);
-    request(out, id, keep, "POST", &signed(0, "2"), body.as_bytes());
+        wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", u64::from(id) + 1_000);
+    request(out, id, keep, "POST", &signed("2"), body.as_bytes());
 }
 
 /// Read records until EOF; fold them into what the client saw.
@@ -86,22 +76,18 @@ fn read_all(s: &mut TcpStream) -> Vec<Got> {
     }
     let mut got = Vec::new();
     let mut stdout: std::collections::HashMap<u16, Vec<u8>> = Default::default();
-    let mut pos = 0;
-    while let Ok(Some((rec, used))) = record::decode(&buf[pos..]) {
-        pos += used;
-        match rec.record_type {
-            record::STDOUT => stdout
-                .entry(rec.request_id)
-                .or_default()
-                .extend_from_slice(rec.content),
-            record::END_REQUEST => match stdout.remove(&rec.request_id) {
+    let (records, pos) = decode_records(&buf);
+    for (kind, id, content) in records {
+        match kind {
+            record::STDOUT => stdout.entry(id).or_default().extend_from_slice(&content),
+            record::END_REQUEST => match stdout.remove(&id) {
                 Some(out) => {
                     let status = String::from_utf8_lossy(&out[8..11]).parse().unwrap_or(0);
-                    got.push(Got::Resp(rec.request_id, status));
+                    got.push(Got::Resp(id, status));
                 }
-                None => got.push(Got::End(rec.request_id, rec.content[4])),
+                None => got.push(Got::End(id, content[4])),
             },
-            record::UNKNOWN_TYPE => got.push(Got::Unknown(rec.content[0])),
+            record::UNKNOWN_TYPE => got.push(Got::Unknown(content[0])),
             other => panic!("unexpected record type {other}"),
         }
     }
@@ -154,12 +140,12 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
 
     // A 65535-byte STDIN record (the largest, with one byte of padding) of junk body.
     let mut b = Vec::new();
-    begin(&mut b, 1, record::ROLE_RESPONDER, true);
+    begin(&mut b, 1, record::ROLE_RESPONDER, 1);
     record::write_stream(
         &mut b,
         record::PARAMS,
         1,
-        &params_of("POST", &signed(0, "3"), Some(65535)),
+        &params_of("POST", &signed("3"), Some(65535)),
     );
     record::write_record(&mut b, record::STDIN, 1, &vec![b'x'; 65535]);
     record::write_record(&mut b, record::STDIN, 1, &[]);
@@ -196,7 +182,7 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
     }
 
     let mut b = Vec::new();
-    begin(&mut b, 0, record::ROLE_RESPONDER, true);
+    begin(&mut b, 0, record::ROLE_RESPONDER, 1);
     rows.push((
         "BEGIN_REQUEST with request id 0",
         b,
@@ -205,7 +191,7 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
     ));
 
     let mut b = Vec::new();
-    begin(&mut b, 1, record::ROLE_RESPONDER, true);
+    begin(&mut b, 1, record::ROLE_RESPONDER, 1);
     let mut rest = Vec::new();
     text_post(&mut rest, 1, true);
     b.extend_from_slice(&rest);
@@ -217,14 +203,14 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
     ));
 
     let mut b = Vec::new();
-    begin(&mut b, 1, record::ROLE_RESPONDER, true);
+    begin(&mut b, 1, record::ROLE_RESPONDER, 1);
     text_post(&mut b, 2, true);
     let mut finish = Vec::new();
     record::write_stream(
         &mut finish,
         record::PARAMS,
         1,
-        &params_of("GET", &format!("{}&echostr=x", signed(0, "4")), None),
+        &params_of("GET", &format!("{}&echostr=x", signed("4")), None),
     );
     record::write_stream(&mut finish, record::STDIN, 1, b"");
     b.extend_from_slice(&finish);
@@ -237,7 +223,7 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
 
     for role in [record::ROLE_AUTHORIZER, record::ROLE_FILTER, 0, 77] {
         let mut b = Vec::new();
-        begin(&mut b, 1, role, true);
+        begin(&mut b, 1, role, 1);
         let name: &'static str = Box::leak(format!("role {role}").into_boxed_str());
         rows.push((
             name,
@@ -277,7 +263,7 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
     ));
 
     let mut b = Vec::new();
-    begin(&mut b, 1, record::ROLE_RESPONDER, true);
+    begin(&mut b, 1, record::ROLE_RESPONDER, 1);
     record::write_record(&mut b, record::PARAMS, 1, &params_of("POST", "", None));
     record::write_record(&mut b, record::ABORT_REQUEST, 1, b"");
     record::write_record(&mut b, record::ABORT_REQUEST, 1, b"");
@@ -300,7 +286,7 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
         ),
     ] {
         let mut b = Vec::new();
-        begin(&mut b, 1, record::ROLE_RESPONDER, true);
+        begin(&mut b, 1, record::ROLE_RESPONDER, 1);
         record::write_stream(&mut b, record::PARAMS, 1, &lengths);
         record::write_stream(&mut b, record::STDIN, 1, b"");
         rows.push((what, b, WithProbe, vec![Got::Resp(1, 400), PROBE]));
@@ -308,11 +294,11 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
 
     // A pair whose 4-byte length is split across two PARAMS records.
     let mut p = Vec::new();
-    let q = format!("{}&echostr=split{}", signed(0, "5"), "x".repeat(200));
+    let q = format!("{}&echostr=split{}", signed("5"), "x".repeat(200));
     params::write_pair(&mut p, b"QUERY_STRING", q.as_bytes());
     params::write_pair(&mut p, b"REQUEST_METHOD", b"GET");
     let mut b = Vec::new();
-    begin(&mut b, 1, record::ROLE_RESPONDER, true);
+    begin(&mut b, 1, record::ROLE_RESPONDER, 1);
     // p[0] is the name length (12), p[1..5] the 4-byte value length: split at 3.
     assert_eq!(p[1] & 0x80, 0x80);
     record::write_record(&mut b, record::PARAMS, 1, &p[..3]);
@@ -327,7 +313,7 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
     ));
 
     let mut b = Vec::new();
-    begin(&mut b, 1, record::ROLE_RESPONDER, true);
+    begin(&mut b, 1, record::ROLE_RESPONDER, 1);
     let mut big = params_of("GET", "", None);
     params::write_pair(&mut big, b"HTTP_X_BIG", &vec![b'y'; 5000]);
     record::write_stream(&mut b, record::PARAMS, 1, &big);
@@ -339,12 +325,12 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
         vec![Got::Resp(1, 431), PROBE],
     ));
 
-    let mut tiny = params_of("GET", &format!("{}&echostr=t", signed(0, "6")), None);
+    let mut tiny = params_of("GET", &format!("{}&echostr=t", signed("6")), None);
     for i in 0..900u32 {
         params::write_pair(&mut tiny, &[b'A' + (i % 26) as u8], b"");
     }
     let mut b = Vec::new();
-    begin(&mut b, 1, record::ROLE_RESPONDER, true);
+    begin(&mut b, 1, record::ROLE_RESPONDER, 1);
     record::write_stream(&mut b, record::PARAMS, 1, &tiny);
     record::write_stream(&mut b, record::STDIN, 1, b"");
     rows.push((
@@ -359,24 +345,24 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
         ("STDIN shorter than CONTENT_LENGTH", 20, 10),
     ] {
         let mut b = Vec::new();
-        begin(&mut b, 1, record::ROLE_RESPONDER, true);
+        begin(&mut b, 1, record::ROLE_RESPONDER, 1);
         record::write_stream(
             &mut b,
             record::PARAMS,
             1,
-            &params_of("POST", &signed(0, "7"), Some(declared)),
+            &params_of("POST", &signed("7"), Some(declared)),
         );
         record::write_stream(&mut b, record::STDIN, 1, &vec![b'<'; sent]);
         rows.push((what, b, WithProbe, vec![Got::Resp(1, 400), PROBE]));
     }
 
     let mut b = Vec::new();
-    begin(&mut b, 1, record::ROLE_RESPONDER, true);
+    begin(&mut b, 1, record::ROLE_RESPONDER, 1);
     record::write_stream(
         &mut b,
         record::PARAMS,
         1,
-        &params_of("POST", &signed(0, "8"), Some(200_000)),
+        &params_of("POST", &signed("8"), Some(200_000)),
     );
     record::write_record(&mut b, record::STDIN, 1, &vec![b'z'; 1000]);
     rows.push((
@@ -458,7 +444,7 @@ fn slow_loris_gets_408_and_the_slot_back() {
     for id in 1..=4u16 {
         let mut s = TcpStream::connect(addr).unwrap();
         let mut b = Vec::new();
-        begin(&mut b, id, record::ROLE_RESPONDER, true);
+        begin(&mut b, id, record::ROLE_RESPONDER, 1);
         record::write_record(&mut b, record::PARAMS, id, &params_of("GET", "", None));
         s.write_all(&b).unwrap();
         slow.push((id, s));

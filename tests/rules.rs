@@ -64,11 +64,11 @@ fn responder() -> Responder {
 }
 
 fn text(content: &str) -> String {
-    wechat_fcgi::cli::sample_text("gh_acct", "oUser", 1, content)
+    wechat_fcgi::sample::text("gh_acct", "oUser", 1, content)
 }
 
 fn event(name: &str, key: Option<&str>) -> String {
-    wechat_fcgi::cli::sample_event("gh_acct", "oUser", 1, name, key)
+    wechat_fcgi::sample::event("gh_acct", "oUser", 1, name, key)
 }
 
 /// (rule, reply text) the rules choose for a body, or ("-", "") for none.
@@ -220,7 +220,7 @@ fn program_gets_the_message_as_json_with_wechat_field_names() {
     let wechat_fcgi::core::Step::Message(p) = r.prepare(
         &wechat_fcgi::core::Request {
             method: "POST",
-            query: &wechat_fcgi::cli::signed_query("abc123", 1, "2"),
+            query: &wechat_fcgi::sample::signed_query("abc123", 1, "2"),
             body: body.as_bytes(),
         },
         1,

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ impl Drop for TempDir {
 pub struct Proc {
     pub child: Child,
     pub stderr: PathBuf,
+    /// Stopped with QUIT rather than TERM.
+    pub is_nginx: bool,
 }
 
 impl Proc {
@@ -64,7 +67,7 @@ impl Proc {
 
     /// Send a signal and wait for exit, returning the exit status.
     pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
-        unsafe_kill(self.child.id(), sig);
+        send_signal(self.child.id(), sig);
         self.wait_exit()
     }
 
@@ -84,14 +87,35 @@ impl Proc {
     }
 }
 
+/// Stop on drop the way its own docs say, so that nothing it started outlives the test:
+/// nginx with QUIT (its master then stops its workers; a SIGKILLed master leaves them
+/// running), wechat-fcgi with TERM (it drains and kills its programs' groups). Only a
+/// process that ignores that for 10 s is killed, with its whole process group (every
+/// process here is started as the leader of its own group).
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let polite = if self.is_nginx { 3 } else { 15 }; // QUIT, TERM
+        send_signal(self.child.id(), polite);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The group: the process, and whatever it started that is still there.
+        let _ = Command::new("kill")
+            .args(["-9", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.wait();
     }
 }
 
-fn unsafe_kill(pid: u32, sig: i32) {
+/// `kill -SIG PID`.
+pub fn send_signal(pid: u32, sig: i32) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -124,6 +148,7 @@ pub fn start_server_with_env(
     let addr = listener.local_addr().unwrap();
     let stderr = dir.path("server.log");
     let child = Command::new(BIN)
+        .process_group(0)
         .args(["serve", "--config"])
         .arg(config)
         .stdin(Stdio::from(OwnedFd::from(listener)))
@@ -135,7 +160,14 @@ pub fn start_server_with_env(
         .envs(env.iter().copied())
         .spawn()
         .unwrap();
-    (Proc { child, stderr }, addr)
+    (
+        Proc {
+            child,
+            stderr,
+            is_nginx: false,
+        },
+        addr,
+    )
 }
 
 /// Wait until the log contains `needle`.
@@ -182,7 +214,7 @@ pub fn nginx_bin() -> PathBuf {
 pub fn start_nginx(dir: &TempDir, fastcgi: &str) -> (Proc, u16) {
     let port = free_port();
     let root = dir.0.display();
-    let user = if unsafe_is_root() { "user root;" } else { "" };
+    let user = if is_root() { "user root;" } else { "" };
     let conf = format!(
         r#"{user}
 worker_processes 1;
@@ -223,6 +255,7 @@ http {{
     std::fs::write(&conf_path, conf).unwrap();
     let stderr = dir.path("nginx.stderr");
     let child = Command::new(nginx_bin())
+        .process_group(0)
         .arg("-p")
         .arg(&dir.0)
         .arg("-c")
@@ -232,7 +265,11 @@ http {{
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
-    let p = Proc { child, stderr };
+    let p = Proc {
+        child,
+        stderr,
+        is_nginx: true,
+    };
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -246,7 +283,7 @@ http {{
     (p, port)
 }
 
-fn unsafe_is_root() -> bool {
+fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -281,9 +318,9 @@ pub fn http(port: u16, method: &str, target: &str, body: &[u8]) -> (u16, Vec<u8>
 }
 
 /// A signed query with the current time (the server refuses stale timestamps) and this
-/// nonce. The first argument only documents which message the test means.
-pub fn signed(_label: u64, nonce: &str) -> String {
-    wechat_fcgi::cli::signed_query(TOKEN, unix_now(), nonce)
+/// nonce.
+pub fn signed(nonce: &str) -> String {
+    wechat_fcgi::sample::signed_query(TOKEN, unix_now(), nonce)
 }
 
 /// The Unix time in seconds.
@@ -292,6 +329,51 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// Append a BEGIN_REQUEST record for `id` with this role and flags.
+pub fn begin(out: &mut Vec<u8>, id: u16, role: u16, flags: u8) {
+    use wechat_fcgi::fcgi::record;
+    let r = role.to_be_bytes();
+    record::write_record(
+        out,
+        record::BEGIN_REQUEST,
+        id,
+        &[r[0], r[1], flags, 0, 0, 0, 0, 0],
+    );
+}
+
+/// Every complete record in `buf` as (type, request id, content), and how many bytes
+/// they took.
+pub fn decode_records(buf: &[u8]) -> (Vec<(u8, u16, Vec<u8>)>, usize) {
+    use wechat_fcgi::fcgi::record;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Ok(Some((rec, used))) = record::decode(&buf[pos..]) {
+        out.push((rec.record_type, rec.request_id, rec.content.to_vec()));
+        pos += used;
+    }
+    (out, pos)
+}
+
+/// Read records until one of type `until` arrives; returns all of them. Panics when
+/// the server closes first.
+pub fn read_records(s: &mut TcpStream, until: u8) -> Vec<(u8, u16, Vec<u8>)> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let (records, _) = decode_records(&buf);
+        if let Some(end) = records.iter().position(|r| r.0 == until) {
+            return records[..=end].to_vec();
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "server closed before record type {until}; got {records:?}"
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Append one complete FastCGI Responder request: BEGIN_REQUEST, PARAMS (method, query,
@@ -306,13 +388,7 @@ pub fn fcgi_request(
 ) {
     use wechat_fcgi::fcgi::{params, record};
     let flags = if keep_conn { record::FLAG_KEEP_CONN } else { 0 };
-    let role = record::ROLE_RESPONDER.to_be_bytes();
-    record::write_record(
-        out,
-        record::BEGIN_REQUEST,
-        id,
-        &[role[0], role[1], flags, 0, 0, 0, 0, 0],
-    );
+    begin(out, id, record::ROLE_RESPONDER, flags);
     let mut p = Vec::new();
     params::write_pair(&mut p, b"REQUEST_METHOD", method.as_bytes());
     params::write_pair(&mut p, b"QUERY_STRING", query.as_bytes());
@@ -329,11 +405,9 @@ pub fn fcgi_response(s: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::new();
     loop {
         let mut stdout = Vec::new();
-        let mut pos = 0;
-        while let Ok(Some((rec, used))) = record::decode(&buf[pos..]) {
-            pos += used;
-            match rec.record_type {
-                record::STDOUT => stdout.extend_from_slice(rec.content),
+        for (kind, _, content) in decode_records(&buf).0 {
+            match kind {
+                record::STDOUT => stdout.extend_from_slice(&content),
                 record::END_REQUEST => return Some(String::from_utf8_lossy(&stdout).into_owned()),
                 _ => {}
             }
