@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what the tests need (nginx, libfcgi-bin's cgi-fcgi) when missing, then run
-# every test. Usage: scripts/test.sh [extra cargo test args]
+# Install what the tests need when missing (nginx, libfcgi-bin's cgi-fcgi), then run the
+# gates and every test: rustfmt, clippy (warnings are errors), the fuzz targets build,
+# cargo test. Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +15,18 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-# The Debian package starts a system nginx on port 80; the tests start their own on a
-# free loopback port and do not need it.
+# The Debian package may start a system nginx on port 80; the tests start their own on
+# a free loopback port and do not need it.
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --all-targets -- -D warnings
+
+echo "== fuzz targets build (scripts/fuzz.sh runs them)"
+cargo build --manifest-path fuzz/Cargo.toml
 
 echo "== cargo test"
 cargo test --all-targets "$@"

@@ -24,7 +24,7 @@ fn rules(dir: &TempDir, keyword_reply: &str) -> String {
     format!(
         r#"
 [server]
-reply_budget_ms = 1500
+reply_budget_ms = 500
 [[rule]]
 name = "keyword"
 text = "hi"
@@ -93,11 +93,12 @@ fn setup() -> Setup {
         "counter.sh",
         r#"cat >/dev/null; echo run >> "$1"; echo "counted $(wc -l < "$1")""#,
     );
-    // slow.sh: answers after 2.5 s, past the 1.5 s reply budget, within its timeout.
+    // slow.sh: answers once the test creates `release` (after the 0.5 s reply budget
+    // ran out), within its timeout.
     write_program(
         &dir,
         "slow.sh",
-        "cat >/dev/null; sleep 2.5; echo slow answer",
+        "cat >/dev/null; while [ ! -e release ]; do sleep 0.02; done; echo slow answer",
     );
     write_program(&dir, "fail.sh", "echo oops >&2; exit 3");
     // stuck.sh: never answers; its sleeping child must die with it.
@@ -280,6 +281,7 @@ fn retries_are_answered_once() {
         "{}",
         s.server.log()
     );
+    std::fs::write(s.dir.path("release"), b"").unwrap();
     let mut retry = String::new();
     while started.elapsed() < Duration::from_secs(10) {
         retry = s.text("slow", 79);

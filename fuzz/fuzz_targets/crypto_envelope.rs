@@ -13,11 +13,19 @@ const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const APPID: &str = "wx0123456789abcdef";
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let key = AesKey::parse(KEY).expect("valid key");
     let encrypt = if mode % 2 == 0 {
-        let Ok(fields) = parse_fields(rest) else { return };
-        match fields.iter().find(|f| f.name == "Encrypt").map(|f| &f.value) {
+        let Ok(fields) = parse_fields(rest) else {
+            return;
+        };
+        match fields
+            .iter()
+            .find(|f| f.name == "Encrypt")
+            .map(|f| &f.value)
+        {
             Some(Value::Text(t)) => t.to_string(),
             _ => return,
         }

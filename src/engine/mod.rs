@@ -259,3 +259,132 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::core::Outcome;
+
+    const TOKEN: &str = "testtoken123";
+
+    fn engine(budget_ms: u64) -> Engine {
+        let text = format!(
+            "[server]\nreply_budget_ms = {budget_ms}\n[account]\ntoken = \"{TOKEN}\"\n\
+             [[rule]]\ntext = \"hi\"\nreply = {{ text = \"Hello!\" }}\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        Engine::new(config.responder, config.server.engine)
+    }
+
+    /// A text message "hi" with this MsgId, and its retry key.
+    fn message(msg_id: u64) -> (String, String) {
+        let body = crate::sample::text_with_id("gh", "oF", unix_now(), "hi", msg_id);
+        (body, format!("m:oF:{msg_id}"))
+    }
+
+    async fn post(engine: &Engine, body: &str) -> Response {
+        let query = crate::sample::signed_query(TOKEN, unix_now(), "1");
+        engine
+            .answer("POST", &query, Ok(body.as_bytes()), Instant::now())
+            .await
+    }
+
+    fn via(response: &Response) -> Option<Via> {
+        match &response.outcome {
+            Outcome::Reply { via, .. } | Outcome::Success { via, .. } => Some(*via),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rule_answer_is_stored_at_once_and_a_retry_gets_it() {
+        let engine = engine(4500);
+        let (body, _) = message(1);
+        let t0 = Instant::now();
+        let first = post(&engine, &body).await;
+        assert_eq!(via(&first), Some(Via::Rule));
+        let again = post(&engine, &body).await;
+        assert_eq!(via(&again), Some(Via::Retry));
+        assert_eq!(t0.elapsed(), Duration::ZERO, "nothing waited");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_held_elsewhere_past_the_budget_gets_success_at_the_budget() {
+        let engine = engine(1200);
+        let (body, key) = message(2);
+        // Another request (or process) holds the message for longer than the budget.
+        let t0 = Instant::now();
+        let held = engine
+            .store()
+            .claim(&key, t0, Duration::from_secs(10))
+            .await;
+        assert_eq!(held, Claim::Won);
+        let response = post(&engine, &body).await;
+        assert_eq!(via(&response), Some(Via::Deadline));
+        assert_eq!(response.body, b"success");
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_millis(1200),
+            "answered at the budget"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_retry_gets_the_answer_the_moment_it_is_stored() {
+        let engine = Arc::new(engine(4500));
+        let (body, key) = message(3);
+        let t0 = Instant::now();
+        assert_eq!(
+            engine
+                .store()
+                .claim(&key, t0, Duration::from_secs(10))
+                .await,
+            Claim::Won
+        );
+        let finisher = engine.clone();
+        let stored = key.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let answer = Answer {
+                reply: Some(Arc::new(Reply::Text("from the holder".into()))),
+                rule: Arc::from("slow"),
+                via: Via::Program,
+            };
+            finisher
+                .store()
+                .finish(&stored, answer, Instant::now())
+                .await;
+        });
+        let response = post(&engine, &body).await;
+        assert_eq!(via(&response), Some(Via::Retry));
+        assert!(String::from_utf8_lossy(&response.body).contains("from the holder"));
+        assert_eq!(t0.elapsed(), Duration::from_millis(700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_that_ends_unanswered_is_taken_over_by_the_waiting_request() {
+        let engine = engine(4500);
+        let (body, key) = message(4);
+        let t0 = Instant::now();
+        // The holder died: its lease ends at 2 s and nobody stores an answer.
+        assert_eq!(
+            engine.store().claim(&key, t0, Duration::from_secs(2)).await,
+            Claim::Won
+        );
+        let response = post(&engine, &body).await;
+        assert_eq!(
+            via(&response),
+            Some(Via::Rule),
+            "decided here after the takeover"
+        );
+        assert!(String::from_utf8_lossy(&response.body).contains("Hello!"));
+        assert_eq!(
+            t0.elapsed(),
+            Duration::from_secs(2),
+            "as soon as the lease ended"
+        );
+        let retry = post(&engine, &body).await;
+        assert_eq!(via(&retry), Some(Via::Retry));
+    }
+}

@@ -344,6 +344,324 @@ mod tests {
         }
     }
 
+    /// What a record did, reduced to what the table compares.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Got {
+        Continue,
+        /// A complete request: its id and body (or the refusal's code).
+        Ready(u16, Result<Vec<u8>, &'static str>),
+        Aborted(u16),
+        Ignored,
+        Close,
+    }
+
+    /// Protocol output, decoded: (record type, request id, END_REQUEST's protocol
+    /// status or UNKNOWN_TYPE's type).
+    type Out = (u8, u16, u8);
+
+    const B: u8 = record::BEGIN_REQUEST;
+    const P: u8 = record::PARAMS;
+    const S: u8 = record::STDIN;
+    const A: u8 = record::ABORT_REQUEST;
+
+    fn begin(role: u16) -> Vec<u8> {
+        let r = role.to_be_bytes();
+        vec![r[0], r[1], 1, 0, 0, 0, 0, 0]
+    }
+
+    fn params_with(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut p = Vec::new();
+        for (k, v) in pairs {
+            params::write_pair(&mut p, k.as_bytes(), v.as_bytes());
+        }
+        p
+    }
+
+    fn run(records: &[(u8, u16, Vec<u8>)]) -> (Vec<Got>, Vec<Out>) {
+        let mut conn = Connection::new(ConnLimits {
+            max_params_bytes: 256,
+            max_body_bytes: 100,
+            max_connections: 7,
+        });
+        let mut out = Vec::new();
+        let mut got = Vec::new();
+        for (record_type, request_id, content) in records {
+            let rec = Record {
+                record_type: *record_type,
+                request_id: *request_id,
+                content,
+            };
+            got.push(match conn.on_record(rec, &mut out) {
+                Progress::Continue => Got::Continue,
+                Progress::Ready(r) => Got::Ready(r.request_id, r.body.map_err(|e| e.code())),
+                Progress::Aborted(id) => Got::Aborted(id),
+                Progress::Ignored(_) => Got::Ignored,
+                Progress::Close(_) => Got::Close,
+            });
+        }
+        let mut written = Vec::new();
+        let mut pos = 0;
+        while let Ok(Some((rec, used))) = record::decode(&out[pos..]) {
+            pos += used;
+            let detail = match rec.record_type {
+                record::END_REQUEST => rec.content[4],
+                record::UNKNOWN_TYPE => rec.content[0],
+                _ => 0,
+            };
+            written.push((rec.record_type, rec.request_id, detail));
+        }
+        assert_eq!(pos, out.len(), "only whole records are written");
+        (got, written)
+    }
+
+    #[test]
+    fn state_machine_table() {
+        use Got::*;
+        let ok_params = params_with(&[("REQUEST_METHOD", "POST"), ("CONTENT_LENGTH", "3")]);
+        let end_complete = (record::END_REQUEST, 1, record::REQUEST_COMPLETE);
+        type Row = (&'static str, Vec<(u8, u16, Vec<u8>)>, Vec<Got>, Vec<Out>);
+        let rows: Vec<Row> = vec![
+            (
+                "a whole request",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, ok_params.clone()),
+                    (P, 1, vec![]),
+                    (S, 1, b"abc".to_vec()),
+                    (S, 1, vec![]),
+                ],
+                vec![
+                    Continue,
+                    Continue,
+                    Continue,
+                    Continue,
+                    Ready(1, Ok(b"abc".to_vec())),
+                ],
+                vec![],
+            ),
+            (
+                "GET_VALUES is answered, unknown names left out",
+                vec![(
+                    record::GET_VALUES,
+                    0,
+                    params_with(&[
+                        ("FCGI_MAX_CONNS", ""),
+                        ("FCGI_MPXS_CONNS", ""),
+                        ("OTHER", ""),
+                    ]),
+                )],
+                vec![Continue],
+                vec![(record::GET_VALUES_RESULT, 0, 0)],
+            ),
+            (
+                "an unknown management record gets UNKNOWN_TYPE",
+                vec![(77, 0, vec![])],
+                vec![Ignored],
+                vec![(record::UNKNOWN_TYPE, 0, 77)],
+            ),
+            (
+                "a BEGIN_REQUEST body that is not 8 bytes closes the connection",
+                vec![(B, 1, vec![0, 1, 1])],
+                vec![Close],
+                vec![],
+            ),
+            (
+                "roles other than Responder get UNKNOWN_ROLE",
+                vec![
+                    (B, 1, begin(record::ROLE_AUTHORIZER)),
+                    (B, 2, begin(record::ROLE_FILTER)),
+                ],
+                vec![Ignored, Ignored],
+                vec![
+                    (record::END_REQUEST, 1, record::UNKNOWN_ROLE),
+                    (record::END_REQUEST, 2, record::UNKNOWN_ROLE),
+                ],
+            ),
+            (
+                "a second request id while one is active gets CANT_MPX_CONN",
+                vec![(B, 1, begin(1)), (B, 2, begin(1)), (B, 1, begin(1))],
+                vec![Continue, Ignored, Ignored],
+                vec![(record::END_REQUEST, 2, record::CANT_MPX_CONN)],
+            ),
+            (
+                "ABORT ends the active request with one END_REQUEST; again, it is ignored",
+                vec![
+                    (B, 1, begin(1)),
+                    (A, 1, vec![]),
+                    (A, 1, vec![]),
+                    (S, 1, b"x".to_vec()),
+                ],
+                vec![Continue, Aborted(1), Ignored, Ignored],
+                vec![end_complete],
+            ),
+            (
+                "records for an id never begun are ignored",
+                vec![
+                    (P, 3, ok_params.clone()),
+                    (S, 3, vec![]),
+                    (A, 3, vec![]),
+                    (record::DATA, 3, vec![]),
+                ],
+                vec![Ignored, Ignored, Ignored, Ignored],
+                vec![],
+            ),
+            (
+                "STDIN before the end of PARAMS closes the connection",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, ok_params.clone()),
+                    (S, 1, b"abc".to_vec()),
+                ],
+                vec![Continue, Continue, Close],
+                vec![],
+            ),
+            (
+                "PARAMS after their end are ignored",
+                vec![(B, 1, begin(1)), (P, 1, vec![]), (P, 1, ok_params.clone())],
+                vec![Continue, Continue, Ignored],
+                vec![],
+            ),
+            (
+                "params over max_params_bytes: 431 at once",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, params_with(&[("HTTP_X", &"x".repeat(300))])),
+                ],
+                vec![Continue, Ready(1, Err("params_too_large"))],
+                vec![],
+            ),
+            (
+                "CONTENT_LENGTH over max_body_bytes: 413 before the body",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, params_with(&[("CONTENT_LENGTH", "101")])),
+                    (P, 1, vec![]),
+                ],
+                vec![Continue, Continue, Ready(1, Err("body_too_large"))],
+                vec![],
+            ),
+            (
+                "CONTENT_LENGTH that is not a number",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, params_with(&[("CONTENT_LENGTH", "3x")])),
+                    (P, 1, vec![]),
+                ],
+                vec![Continue, Continue, Ready(1, Err("bad_content_length"))],
+                vec![],
+            ),
+            (
+                "an empty CONTENT_LENGTH is no body",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, params_with(&[("CONTENT_LENGTH", "")])),
+                    (P, 1, vec![]),
+                    (S, 1, vec![]),
+                ],
+                vec![Continue, Continue, Continue, Ready(1, Ok(vec![]))],
+                vec![],
+            ),
+            (
+                "a body shorter than CONTENT_LENGTH",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, ok_params.clone()),
+                    (P, 1, vec![]),
+                    (S, 1, b"ab".to_vec()),
+                    (S, 1, vec![]),
+                ],
+                vec![
+                    Continue,
+                    Continue,
+                    Continue,
+                    Continue,
+                    Ready(1, Err("body_length")),
+                ],
+                vec![],
+            ),
+            (
+                "a body over max_body_bytes without CONTENT_LENGTH: 413 as it arrives",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, vec![]),
+                    (S, 1, vec![b'x'; 60]),
+                    (S, 1, vec![b'x'; 60]),
+                ],
+                vec![
+                    Continue,
+                    Continue,
+                    Continue,
+                    Ready(1, Err("body_too_large")),
+                ],
+                vec![],
+            ),
+            (
+                "params that do not decode",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, vec![0x80, 0, 0, 9, 1, b'a']),
+                    (P, 1, vec![]),
+                ],
+                vec![Continue, Continue, Ready(1, Err("bad_params"))],
+                vec![],
+            ),
+            (
+                "record types not for an application are ignored",
+                vec![
+                    (B, 1, begin(1)),
+                    (record::STDOUT, 1, b"x".to_vec()),
+                    (record::GET_VALUES_RESULT, 1, vec![]),
+                ],
+                vec![Continue, Ignored, Ignored],
+                vec![],
+            ),
+            (
+                "after a request, the next one on the connection",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, vec![]),
+                    (S, 1, vec![]),
+                    (B, 2, begin(1)),
+                    (P, 2, vec![]),
+                    (S, 2, vec![]),
+                ],
+                vec![
+                    Continue,
+                    Continue,
+                    Ready(1, Ok(vec![])),
+                    Continue,
+                    Continue,
+                    Ready(2, Ok(vec![])),
+                ],
+                vec![],
+            ),
+        ];
+        for (what, records, want, want_out) in rows {
+            let (got, out) = run(&records);
+            assert_eq!(got, want, "{what}");
+            assert_eq!(out, want_out, "{what}: output");
+        }
+    }
+
+    #[test]
+    fn content_length_table() {
+        type Row = (&'static [u8], Result<Option<usize>, Rejection>);
+        let rows: &[Row] = &[
+            (b"", Ok(None)),
+            (b"  ", Ok(None)),
+            (b"0", Ok(Some(0))),
+            (b" 42 ", Ok(Some(42))),
+            (b"+5", Err(Rejection::BadContentLength)),
+            (b"-1", Err(Rejection::BadContentLength)),
+            (b"1e3", Err(Rejection::BadContentLength)),
+            (b"99999999999999999999999", Err(Rejection::BadContentLength)),
+            (b"\xff", Err(Rejection::BadContentLength)),
+        ];
+        for (value, want) in rows {
+            assert_eq!(&parse_content_length(value), want, "{value:?}");
+        }
+    }
+
     #[test]
     fn body_remaining_follows_content_length() {
         let mut conn = Connection::new(ConnLimits {
