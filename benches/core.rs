@@ -1,6 +1,7 @@
 //! Criterion benches for the core, in process: a plaintext text message in → reply out,
 //! and the safe-mode round trip (verify + decrypt + parse + reply + encrypt + sign).
 //! The reference (wechatpy doing the same work) is scripts/bench-core.sh's Python part.
+#![allow(missing_docs)] // criterion_group! makes an undocumented function
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use wechat_fcgi::config::Config;

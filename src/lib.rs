@@ -6,34 +6,42 @@
 //!   decrypts safe-mode envelopes ([`core::crypto`]), parses the message
 //!   ([`core::message`]) and lets the rules decide ([`core::rules`]);
 //!   `Responder::complete(..) -> Response` renders ([`core::reply`]) and seals the
-//!   answer. [`core::error`] is the one place that maps a refusal to a status.
-//! - [`engine`]: the async answer path both shells share: the retry cache (one answer
-//!   per message; two generations of key fingerprints), reply programs (run once,
-//!   killed on timeout, capped), the budget.
-//! - [`config`]: the TOML config, parsed once into core values; errors name the key.
+//!   answer; `Response::write_cgi` is the one response writer. [`core::error`] is the
+//!   one place that maps a refusal to a status. The WeChat facts it relies on are in
+//!   `docs/protocol.md`.
+//! - [`engine`]: the async answer path both shells share: settles each message's
+//!   answer once through a store ([`engine::store`]: claims as leases, stored answers,
+//!   waiting; in memory today), runs reply programs ([`engine::program`]: once, killed
+//!   with their process group on timeout, capped), keeps the reply budget. Time is
+//!   tokio's clock, so tests pause and advance it.
+//! - [`config`]: the TOML config. `Config::load` does the IO (the file, its
+//!   permissions, program paths); parsing and validation are pure
+//!   ([`config::defaults`] holds every default and range). Errors name the key.
 //! - [`fcgi`]: our FastCGI protocol: the record codec and params decoder
 //!   ([`fcgi::record`], [`fcgi::params`]), the per-connection state machine
-//!   ([`fcgi::conn`], sans-IO too) and the tokio server ([`fcgi::server`]: connection
-//!   cap, timeouts, allowed clients, SIGTERM drain).
+//!   ([`fcgi::conn`], sans-IO, table-tested) and the tokio server ([`fcgi::server`]:
+//!   connection cap, timeouts, allowed clients, SIGTERM drain).
 //! - [`listen`]: where the listening socket comes from (flag, systemd, fd 0, config).
-//! - [`cgi`]: the CGI adapter: environment and stdin in, headers and body out.
-//! - [`http`]: what the shells share: CGI response framing, the request log line, the
-//!   per-thread random source.
+//! - [`cgi`]: the CGI adapter: environment and stdin in, headers and body out; the
+//!   config only from `WECHAT_FCGI_CONFIG`, never from argv.
 //! - [`log`]: stderr logging: `tracing` filtered by `WECHAT_FCGI_LOG`, INFO lines
-//!   batched in the server, the per-request line written without `tracing`'s formatter.
+//!   batched in the server, the per-request line, values from outside escaped.
+//! - [`sample`]: messages and signed (or encrypted) requests as WeChat sends them, for
+//!   `sign`, the tests and the benchmarks.
 //! - [`cli`]: the command line (`serve`, `check-config`, `sign`), SIGHUP reload.
 //!
 //! Invariants:
-//! - Only `core` decides status codes and bodies; the shells never build a response of
-//!   their own except for limits they enforce before the core sees the request, and
-//!   those go through `core::Response::rejected` too.
+//! - Only `core` decides status codes and bodies, and `core::Response::write_cgi` writes
+//!   every response; the shells refuse what they must before the core sees a request
+//!   (limits, timeouts, a config that cannot load) through `core::Response::rejected`.
 //! - `core` reads no clock, socket, file, environment or randomness: `now` and `rng`
 //!   are arguments, so every case is testable in process.
 //! - Secrets (`Token`, `AesKey`) are compared in constant time and never logged
-//!   (`Debug` redacts).
+//!   (`Debug` redacts; config errors never quote the file).
 //! - Nothing that came from the network or a file is `unwrap`ped.
 //! - A message's answer is decided once: retries and replays get it from the engine's
-//!   cache.
+//!   store; the store's interface assumes nothing about processes (leases, not
+//!   channels).
 
 pub mod cgi;
 pub mod cli;

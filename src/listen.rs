@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 /// An address from `--listen` or `[server] listen`: `unix:PATH` or `tcp:HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
+    /// `unix:PATH`.
     Unix(PathBuf),
+    /// `tcp:HOST:PORT`.
     Tcp(String),
 }
 
@@ -47,16 +49,22 @@ impl fmt::Display for ListenAddr {
 /// A bound, listening socket (std types; the server turns them into tokio ones).
 #[derive(Debug)]
 pub enum Listener {
+    /// A TCP listener.
     Tcp(std::net::TcpListener),
+    /// A Unix-domain listener.
     Unix(std::os::unix::net::UnixListener),
 }
 
 /// Where the socket came from, for the start-up log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// `--listen`.
     Flag(ListenAddr),
+    /// systemd socket activation (fd 3).
     Systemd,
+    /// fd 0, from a spawner.
     Fd0,
+    /// `[server] listen`.
     Config(ListenAddr),
 }
 

@@ -228,7 +228,9 @@ impl std::fmt::Display for Escaped<'_> {
 /// A field value of [`request_line`].
 #[derive(Debug, Clone, Copy)]
 pub enum Value<'a> {
+    /// Text (control characters replaced).
     Str(&'a str),
+    /// A number.
     Num(u64),
 }
 

@@ -20,9 +20,15 @@ pub enum Rejection {
     /// The HTTP method is neither GET (handshake) nor POST (message).
     MethodNotAllowed(String),
     /// The body is larger than `[server] max_body_bytes`.
-    BodyTooLarge { limit: usize },
+    BodyTooLarge {
+        /// `max_body_bytes`.
+        limit: usize,
+    },
     /// The FastCGI params are larger than `[server] max_params_bytes`.
-    ParamsTooLarge { limit: usize },
+    ParamsTooLarge {
+        /// `max_params_bytes`.
+        limit: usize,
+    },
     /// The FastCGI params do not decode as name-value pairs.
     BadParams,
     /// CONTENT_LENGTH is not a decimal number of bytes.
@@ -31,12 +37,22 @@ pub enum Rejection {
     /// log says why; the client only learns that the server is misconfigured.
     Misconfigured,
     /// The body's length differs from CONTENT_LENGTH.
-    BodyLength { expected: usize, got: usize },
+    BodyLength {
+        /// CONTENT_LENGTH.
+        expected: usize,
+        /// Bytes that arrived.
+        got: usize,
+    },
     /// The request did not arrive within `[server] read_timeout_secs`.
     ReadTimeout,
     /// The signed `timestamp` is further from our clock than `timestamp_window_secs`
     /// (`skew` = their time - ours, in seconds), or is not a number (`skew` = None).
-    StaleTimestamp { skew: Option<i64>, window: u64 },
+    StaleTimestamp {
+        /// Their time minus ours, in seconds; `None` when not a number.
+        skew: Option<i64>,
+        /// `timestamp_window_secs`.
+        window: u64,
+    },
     /// An encrypted message failed a check (its own variant per cause, with SDK code).
     Crypto(CryptoError),
     /// `encrypt_type=aes` but no `encoding_aes_key` is configured.

@@ -27,7 +27,9 @@ pub const KNOWN_MSG_TYPES: &[&str] = &[
 /// One XML element: its name and either its text or its child elements.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field<'a> {
+    /// The element's name.
     pub name: &'a str,
+    /// Its content.
     pub value: Value<'a>,
 }
 
@@ -37,6 +39,7 @@ pub struct Field<'a> {
 pub enum Value<'a> {
     /// Borrowed from the body unless it had escapes or several text/CDATA parts.
     Text(Cow<'a, str>),
+    /// Child elements, in document order.
     Children(Vec<Field<'a>>),
 }
 
@@ -47,6 +50,7 @@ pub struct Message<'a> {
     pub to_user_name: Str<'a>,
     /// The follower's OpenID.
     pub from_user_name: Str<'a>,
+    /// `CreateTime`: Unix seconds.
     pub create_time: u64,
     /// `MsgType` exactly as sent.
     pub msg_type: Str<'a>,
@@ -61,6 +65,7 @@ pub type Str<'a> = Cow<'a, str>;
 
 /// A message's type and the values specific to it (docs/protocol.md §3).
 #[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)] // fields are the message elements of the same name (docs/protocol.md §3)
 pub enum Kind<'a> {
     Text {
         content: Str<'a>,
@@ -113,6 +118,7 @@ pub enum Kind<'a> {
 
 /// `MsgType=event`: the `Event` value and its specific fields.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)] // fields are the event elements of the same name (docs/protocol.md §3)
 pub enum Event<'a> {
     /// Follow. `scene` is the EventKey without its `qrscene_` prefix when the follower
     /// came through a parameter QR code.

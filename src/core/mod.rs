@@ -30,16 +30,22 @@ pub const REPLY_CONTENT_TYPE: &str = "application/xml; charset=utf-8";
 /// How the account's messages travel (admin panel: 明文 / 兼容 / 安全模式).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// 明文: plaintext only.
     Plain,
+    /// 兼容: plaintext or encrypted; each request is answered in the form it came in.
     Compat,
+    /// 安全: encrypted only; a plaintext POST is refused.
     Safe,
 }
 
 /// The account's identity and secrets, parsed at config load.
 #[derive(Debug, Clone)]
 pub struct Account {
+    /// The Token from the admin panel: signs every request.
     pub token: Token,
+    /// The AppID: every encrypted message ends with it.
     pub appid: Option<String>,
+    /// How messages travel.
     pub mode: Mode,
     /// Present when an `encoding_aes_key` is configured (required in compat and safe).
     pub crypto: Option<Crypto>,
@@ -49,16 +55,20 @@ pub struct Account {
 /// the AppID every encrypted message must end with.
 #[derive(Debug, Clone)]
 pub struct Crypto {
+    /// The current EncodingAESKey.
     pub key: AesKey,
     /// Tried when the current key fails (the docs recommend it during key rotation).
     pub previous_key: Option<AesKey>,
+    /// The AppID every decrypted frame must end with.
     pub appid: String,
 }
 
 /// Everything the core needs to answer: the account, the rules, the freshness window.
 #[derive(Debug, Clone)]
 pub struct Responder {
+    /// The account: token, mode and keys.
     pub account: Account,
+    /// The reply rules and the default.
     pub rules: Rules,
     /// Refuse requests whose signed timestamp is further than this from `now`, in
     /// seconds; 0 turns the check off.
@@ -79,9 +89,13 @@ pub struct Request<'a> {
 /// The answer: status, content type and body, plus what happened, for the log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Response {
+    /// The HTTP status.
     pub status: u16,
+    /// The `Content-Type` header.
     pub content_type: &'static str,
+    /// The body.
     pub body: Vec<u8>,
+    /// What happened, for the log.
     pub outcome: Outcome,
 }
 
@@ -92,13 +106,22 @@ pub enum Outcome {
     Handshake,
     /// A message answered with a reply chosen by `rule`.
     Reply {
+        /// The message's type label (`text`, `event:CLICK`, ...).
         msg_type: MsgTypeLabel,
+        /// The rule that chose the reply (`default` for the default).
         rule: Arc<str>,
+        /// The reply's MsgType.
         reply_type: &'static str,
+        /// How the answer came about.
         via: Via,
     },
     /// A message with no reply: body `success`.
-    Success { msg_type: MsgTypeLabel, via: Via },
+    Success {
+        /// The message's type label.
+        msg_type: MsgTypeLabel,
+        /// How the answer came about.
+        via: Via,
+    },
     /// Refused; the cause is logged, the client sees its short reason.
     Rejected(Rejection),
 }
@@ -195,6 +218,7 @@ pub enum Via {
 }
 
 impl Via {
+    /// The label.
     pub fn label(self) -> &'static str {
         match self {
             Via::Rule => "rule",
@@ -210,8 +234,11 @@ impl Via {
 /// `success`), the rule that chose it and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
+    /// The reply; `None` answers `success`.
     pub reply: Option<Arc<Reply>>,
+    /// The rule that decided it.
     pub rule: Arc<str>,
+    /// How it was decided.
     pub via: Via,
 }
 
@@ -219,7 +246,9 @@ pub struct Answer {
 /// may need a program, the retry cache, or both.
 #[derive(Debug)]
 pub enum Step {
+    /// The response is final (a handshake, a refusal).
     Done(Response),
+    /// A message to answer: the engine settles its answer and completes it.
     Message(Pending),
 }
 
@@ -231,7 +260,9 @@ pub struct Pending {
     pub key: String,
     /// The type label for logs.
     pub msg_type: MsgTypeLabel,
+    /// What rendering the reply needs.
     pub context: ReplyContext,
+    /// What the rules decided.
     pub decision: Decision,
     /// The message as a JSON object (WeChat's field names), for a reply program.
     pub json: Option<Vec<u8>>,

@@ -10,11 +10,17 @@ use super::error::Rejection;
 /// follower comes from the signed (or encrypted) body.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CallbackQuery<'a> {
+    /// SHA-1 over token, timestamp and nonce.
     pub signature: Option<Cow<'a, str>>,
+    /// Unix seconds, as WeChat's clock says.
     pub timestamp: Option<Cow<'a, str>>,
+    /// A random number.
     pub nonce: Option<Cow<'a, str>>,
+    /// The handshake's string to echo.
     pub echostr: Option<Cow<'a, str>>,
+    /// `aes` for an encrypted message; absent or `raw` for plaintext.
     pub encrypt_type: Option<Cow<'a, str>>,
+    /// SHA-1 over token, timestamp, nonce and the `Encrypt` text.
     pub msg_signature: Option<Cow<'a, str>>,
 }
 

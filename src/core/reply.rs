@@ -7,6 +7,7 @@ use serde::Deserialize;
 /// programs: `{ text = "Hi" }`, `{ image = { media_id = "..." } }`, `{ news = [ {...} ] }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[allow(missing_docs)] // each variant and field is the reply element of the same name (docs/protocol.md §4)
 pub enum Reply {
     Text(String),
     Image {
@@ -44,6 +45,7 @@ pub enum Reply {
 /// One article of a news reply.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // the fields are the article elements of the same name (docs/protocol.md §4)
 pub struct Article {
     pub title: String,
     #[serde(default)]

@@ -14,6 +14,7 @@ use super::reply::Reply;
 /// The configured rules, in order, and the default reply.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
+    /// The rules, tried in order; the first match answers.
     pub rules: Vec<Rule>,
     /// Answers user messages (text, image, voice, ...) that no rule matched. Events and
     /// unknown message types are never answered by the default: replying "I did not
@@ -26,7 +27,9 @@ pub struct Rules {
 pub struct Rule {
     /// `name` from the config, or `rule[N]`, for logs and config errors.
     pub name: Arc<str>,
+    /// What it matches.
     pub matcher: Matcher,
+    /// What it does.
     pub action: Action,
 }
 
@@ -35,24 +38,35 @@ pub struct Rule {
 pub enum Matcher {
     /// A text message whose trimmed Content equals one of these.
     Text {
+        /// The words (trimmed; lowercased with `ignore_case`).
         words: Vec<String>,
+        /// Compare ignoring case.
         ignore_case: bool,
     },
     /// A text message whose trimmed Content contains one of these.
     Contains {
+        /// The words (trimmed; lowercased with `ignore_case`).
         words: Vec<String>,
+        /// Compare ignoring case.
         ignore_case: bool,
     },
     /// A text message whose trimmed Content starts with one of these.
     Prefix {
+        /// The words (trimmed; lowercased with `ignore_case`).
         words: Vec<String>,
+        /// Compare ignoring case.
         ignore_case: bool,
     },
     /// A text message whose trimmed Content matches; captures feed the templates.
     Regex(Regex),
     /// An event of this name (case-insensitive); with `key`, only when the event's key
     /// equals it (the scene for subscribe/SCAN, EventKey otherwise).
-    Event { event: String, key: Option<String> },
+    Event {
+        /// The `Event` value.
+        event: String,
+        /// The key it must have, if any.
+        key: Option<String>,
+    },
     /// A message of this MsgType (case-insensitive).
     MsgType(String),
 }
@@ -64,7 +78,9 @@ pub enum Action {
     Replies(Vec<TemplateReply>),
     /// Run a program; its output is the reply. `fallback` answers when it fails.
     Run {
+        /// The program.
         program: Arc<Program>,
+        /// The reply when it fails.
         fallback: Option<TemplateReply>,
     },
 }
@@ -72,6 +88,7 @@ pub enum Action {
 /// A reply whose text may hold `{from}`, `{to}`, `{content}`, `{scene}`, `{1}`, `{name}`.
 #[derive(Debug, Clone)]
 pub struct TemplateReply {
+    /// The reply, as configured.
     pub reply: Arc<Reply>,
     /// The parsed template of a text reply's content.
     pub text: Option<Template>,
@@ -81,8 +98,11 @@ pub struct TemplateReply {
 /// long it may run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Program {
+    /// The program and its arguments; the first is an absolute path after `Config::load`.
     pub command: Vec<String>,
+    /// Where it runs: the config file's folder.
     pub dir: std::path::PathBuf,
+    /// How long it may take, from when it asks for a slot.
     pub timeout_ms: u64,
 }
 
@@ -90,11 +110,19 @@ pub struct Program {
 #[derive(Debug, Clone)]
 pub enum Decision {
     /// Answer with this reply (templates already filled in).
-    Reply { rule: Arc<str>, reply: Arc<Reply> },
+    Reply {
+        /// The rule that matched.
+        rule: Arc<str>,
+        /// The reply.
+        reply: Arc<Reply>,
+    },
     /// Run this program with the message as JSON on stdin.
     Run {
+        /// The rule that matched.
         rule: Arc<str>,
+        /// The program.
         program: Arc<Program>,
+        /// The rule's fallback, templates filled in.
         fallback: Option<Arc<Reply>>,
     },
     /// No rule and no default: `success`.

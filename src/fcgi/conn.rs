@@ -8,7 +8,9 @@ use crate::core::Rejection;
 /// Limits the connection enforces while a request arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
+    /// Largest params of one request (431 beyond).
     pub max_params_bytes: usize,
+    /// Largest body (413 beyond).
     pub max_body_bytes: usize,
     /// Reported as FCGI_MAX_CONNS and FCGI_MAX_REQS.
     pub max_connections: usize,
@@ -17,8 +19,11 @@ pub struct ConnLimits {
 /// A request whose params and stdin have fully arrived (or that was refused early).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
+    /// The FastCGI request id.
     pub request_id: u16,
+    /// Keep the connection open after answering (FCGI_KEEP_CONN).
     pub keep_conn: bool,
+    /// The CGI variables read.
     pub params: HttpParams,
     /// The body, or why the request is refused before the core sees it.
     pub body: Result<Vec<u8>, Rejection>,
@@ -68,6 +73,7 @@ struct Pending {
 }
 
 impl Connection {
+    /// A connection with no request yet.
     pub fn new(limits: ConnLimits) -> Connection {
         Connection {
             limits,

@@ -1,4 +1,7 @@
 //! The FastCGI record codec (FastCGI 1.0 spec §3): 8-byte headers, content, padding.
+// The protocol constants are named as in the FastCGI 1.0 specification (section 8),
+// which documents them.
+#![allow(missing_docs)]
 
 /// The only protocol version.
 pub const VERSION_1: u8 = 1;

@@ -298,6 +298,7 @@ where
 
 /// Streams that can wait for bytes without a buffer to put them in.
 pub trait Readable {
+    /// Wait until the stream has bytes to read.
     fn wait_readable(&self) -> impl std::future::Future<Output = std::io::Result<()>>;
 }
 
