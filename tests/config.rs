@@ -311,3 +311,41 @@ fn sign_prints_a_query_the_server_accepts() {
     assert_eq!(resp.status, 200);
     assert!(String::from_utf8_lossy(&resp.body).contains("Hello!"));
 }
+
+/// The README's config table is the user's reference: every numeric `[server]` key has
+/// its row, with the default and the range the code enforces.
+#[test]
+fn the_readme_config_table_matches_the_code() {
+    let readme =
+        std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let rows: Vec<Vec<&str>> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `server."))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    for bound in wechat_fcgi::config::defaults::SERVER_NUMBERS {
+        let key = format!("`server.{}`", bound.key);
+        let row = rows
+            .iter()
+            .find(|r| r[1] == key)
+            .unwrap_or_else(|| panic!("README has no row for {key}"));
+        assert_eq!(row[2], bound.default.to_string(), "{key}: default");
+        assert_eq!(
+            row[3],
+            format!("{}-{}", bound.min, bound.max),
+            "{key}: range"
+        );
+    }
+    // And no numeric row the code does not know.
+    for row in &rows {
+        if !row[3].is_empty() {
+            let key = row[1].trim_matches('`').trim_start_matches("server.");
+            assert!(
+                wechat_fcgi::config::defaults::SERVER_NUMBERS
+                    .iter()
+                    .any(|b| b.key == key),
+                "README row {key} has a range the code does not define"
+            );
+        }
+    }
+}
