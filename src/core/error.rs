@@ -67,6 +67,11 @@ pub enum Rejection {
     MissingField(&'static str),
     /// A field has a value of the wrong form (e.g. a non-numeric CreateTime).
     BadField(&'static str),
+    /// An encrypted message whose `msg_signature` was right failed later (base64,
+    /// padding, length, AppID, inner XML, fields). Whoever can sign (has the token) must
+    /// not learn which: that would be a padding oracle that decrypts any captured
+    /// message. One status and body for every such cause; the log names it.
+    AfterMsgSignature(Box<Rejection>),
 }
 
 impl Rejection {
@@ -85,6 +90,7 @@ impl Rejection {
             Rejection::StaleTimestamp { .. } => 403,
             Rejection::UnknownEncryptType(_) => 400,
             Rejection::Misconfigured => 503,
+            Rejection::AfterMsgSignature(_) => 400,
             Rejection::BadParams
             | Rejection::BadContentLength
             | Rejection::BodyLength { .. }
@@ -105,6 +111,7 @@ impl Rejection {
             Rejection::ParamsTooLarge { .. } => "request headers too large",
             Rejection::BadParams => "malformed request",
             Rejection::BadContentLength => "malformed Content-Length",
+            Rejection::AfterMsgSignature(_) => "encrypted message refused",
             Rejection::Misconfigured => "server misconfigured",
             Rejection::BodyLength { .. } => "body length does not match Content-Length",
             Rejection::ReadTimeout => "request timed out",
@@ -133,6 +140,7 @@ impl Rejection {
             Rejection::ParamsTooLarge { .. } => "params_too_large",
             Rejection::BadParams => "bad_params",
             Rejection::BadContentLength => "bad_content_length",
+            Rejection::AfterMsgSignature(_) => "sealed_message_refused",
             Rejection::Misconfigured => "misconfigured",
             Rejection::BodyLength { .. } => "body_length",
             Rejection::ReadTimeout => "read_timeout",
@@ -184,6 +192,9 @@ impl fmt::Display for Rejection {
                 f.write_str("request did not arrive within read_timeout_secs")
             }
             Rejection::Crypto(e) => write!(f, "encrypted message: {e}"),
+            Rejection::AfterMsgSignature(inner) => {
+                write!(f, "msg_signature valid, then: {inner} ({})", inner.code())
+            }
             Rejection::EncryptedWithoutKey => f.write_str(
                 "encrypt_type=aes but [account] encoding_aes_key is not set (admin panel in compat or safe mode?)",
             ),

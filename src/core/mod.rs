@@ -424,11 +424,14 @@ impl Responder {
                     .as_ref()
                     .ok_or(Rejection::EncryptedWithoutKey)?;
                 let (inner, seal) = self.open_envelope(crypto, &query, request.body)?;
-                let message = Message::parse(&inner).map_err(|e| match e {
-                    Rejection::MalformedXml(why) => {
-                        Rejection::Crypto(CryptoError::Xml(format!("inner message: {why}")))
-                    }
-                    other => other,
+                let message = Message::parse(&inner).map_err(|e| {
+                    let e = match e {
+                        Rejection::MalformedXml(why) => {
+                            Rejection::Crypto(CryptoError::Xml(format!("inner message: {why}")))
+                        }
+                        other => other,
+                    };
+                    Rejection::AfterMsgSignature(Box::new(e))
                 })?;
                 Ok(Step::Message(self.pending(&message, seal, rng)))
             }
@@ -526,6 +529,9 @@ impl Responder {
             msg_signature,
         )
         .map_err(Rejection::Crypto)?;
+        // From here on the sender has the token: every failure looks the same to it
+        // (see `Rejection::AfterMsgSignature`).
+        let opaque = |e: CryptoError| Rejection::AfterMsgSignature(Box::new(Rejection::Crypto(e)));
         match crypto::decrypt(&crypto.key, &crypto.appid, encrypt) {
             Ok(inner) => Ok((inner, Seal::CurrentKey)),
             Err(first) => match &crypto.previous_key {
@@ -533,9 +539,9 @@ impl Responder {
                 Some(previous) if first != CryptoError::BadBase64 => {
                     crypto::decrypt(previous, &crypto.appid, encrypt)
                         .map(|inner| (inner, Seal::PreviousKey))
-                        .map_err(|_| Rejection::Crypto(first))
+                        .map_err(|_| opaque(first))
                 }
-                _ => Err(Rejection::Crypto(first)),
+                _ => Err(opaque(first)),
             },
         }
     }

@@ -1,0 +1,119 @@
+//! Attacks found by a security review, run against the real server: each test replays
+//! the attack and shows it no longer works.
+
+mod common;
+use common::*;
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use base64::Engine as _;
+use wechat_fcgi::core::crypto::AesKey;
+use wechat_fcgi::core::signature::sign;
+
+const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const APPID: &str = "wx0123456789abcdef";
+
+fn safe_config(dir: &TempDir) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!("appid = \"{APPID}\"\nmode = \"safe\"\nencoding_aes_key = \"{KEY}\"\n{RULES}"),
+    )
+}
+
+/// Send one FastCGI request on a kept-alive connection; returns the response text.
+fn ask(s: &mut TcpStream, method: &str, query: &str, body: &[u8]) -> String {
+    let mut out = Vec::new();
+    fcgi_request(&mut out, 1, true, method, query, body);
+    s.write_all(&out).unwrap();
+    fcgi_response(s).expect("a response")
+}
+
+/// The query for an `<Encrypt>` text, signed as whoever has the token can sign it.
+fn signed_encrypted(encrypt: &str, nonce: &str) -> (String, String) {
+    let ts = unix_now();
+    let ts_text = ts.to_string();
+    let msg_signature = sign(&mut [
+        TOKEN.as_bytes(),
+        ts_text.as_bytes(),
+        nonce.as_bytes(),
+        encrypt.as_bytes(),
+    ]);
+    let query = format!(
+        "{}&encrypt_type=aes&msg_signature={}",
+        wechat_fcgi::sample::signed_query(TOKEN, ts, nonce),
+        String::from_utf8_lossy(&msg_signature)
+    );
+    let body = format!("<xml><ToUserName><![CDATA[gh]]></ToUserName><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>");
+    (query, body)
+}
+
+// Regression: after a valid msg_signature, bad padding answered 400 and an AppID
+// mismatch 403, which let a script with the token decrypt a captured message.
+#[test]
+fn safe_mode_is_no_padding_oracle() {
+    let dir = TempDir::new("oracle");
+    let config = safe_config(&dir);
+    let (server, addr) = start_server(&dir, &config);
+    let mut s = TcpStream::connect(addr).unwrap();
+    let key = AesKey::parse(KEY).unwrap();
+    let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", 5);
+    let captured = wechat_fcgi::core::crypto::encrypt(&key, APPID, message.as_bytes(), &[9; 16]);
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let cipher = b64.decode(&captured).unwrap();
+    // The classic attack on the last byte: vary the penultimate block's last byte and
+    // watch the answers. Valid padding leads on to other checks (length, AppID, XML);
+    // any difference in the answer tells the attacker which.
+    let target = cipher.len() - 17;
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    for guess in 0..=255u8 {
+        if guess == cipher[target] {
+            continue; // the untouched message
+        }
+        let mut forged = cipher.clone();
+        forged[target] = guess;
+        let (query, body) = signed_encrypted(&b64.encode(&forged), &guess.to_string());
+        let response = ask(&mut s, "POST", &query, body.as_bytes());
+        *answers.entry(response).or_default() += 1;
+    }
+    // Other failures after msg_signature: another AppID, a truncated frame, garbage
+    // that is not XML, a frame whose length field points past its end.
+    let others = [
+        wechat_fcgi::core::crypto::encrypt(
+            &key,
+            "wx9999999999999999",
+            message.as_bytes(),
+            &[1; 16],
+        ),
+        b64.encode(&cipher[..cipher.len() - 32]),
+        wechat_fcgi::core::crypto::encrypt(&key, APPID, b"not xml at all", &[2; 16]),
+        wechat_fcgi::core::crypto::encrypt(
+            &key,
+            APPID,
+            b"<xml><MsgType>text</MsgType></xml>",
+            &[3; 16],
+        ),
+    ];
+    for (i, encrypt) in others.iter().enumerate() {
+        let (query, body) = signed_encrypted(encrypt, &format!("9{i}"));
+        let response = ask(&mut s, "POST", &query, body.as_bytes());
+        *answers.entry(response).or_default() += 1;
+    }
+    assert_eq!(
+        answers.len(),
+        1,
+        "every failure must look the same, got {answers:#?}"
+    );
+    let (only, _) = answers.into_iter().next().unwrap();
+    assert!(only.starts_with("Status: 400 Bad Request"), "{only}");
+    assert!(only.ends_with("encrypted message refused\n"), "{only}");
+    // The log still says which check failed.
+    let log = wait_for_log(&server, "bad_padding");
+    assert!(
+        log.contains("appid_mismatch") || log.contains("-40005"),
+        "{log}"
+    );
+    // The real message still works.
+    let (query, body) = signed_encrypted(&captured, "1");
+    assert!(ask(&mut s, "POST", &query, body.as_bytes()).starts_with("Status: 200"));
+}
