@@ -1,5 +1,7 @@
 //! Writes request bodies for scripts/bench.sh: N distinct signed text messages (distinct
-//! MsgIds), one per line, plaintext or sealed for safe mode, plus the query string.
+//! MsgIds), one per line, plaintext or sealed for safe mode, and one signed query per
+//! body (queries.txt; the server binds a signed query to the body it came with), plus
+//! the first body's query alone (query.txt).
 //! Usage: bench_bodies plain|safe N CONTENT_BYTES OUT_DIR
 
 use wechat_fcgi::core::crypto::AesKey;
@@ -28,16 +30,14 @@ fn main() -> std::io::Result<()> {
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let nonce = "1234567890";
     let crypto = wechat_fcgi::core::Crypto {
         key: AesKey::parse(KEY).map_err(std::io::Error::other)?,
         previous_key: None,
         appid: APPID.to_owned(),
     };
     let mut bodies = String::new();
-    // msg_signature covers the Encrypt text, so each sealed body needs its own query.
+    // One query per body, each with its own nonce, as WeChat sends them.
     let mut queries = String::new();
-    let mut query = wechat_fcgi::sample::signed_query(TOKEN, ts, nonce);
     for i in 0..n {
         let msg = wechat_fcgi::sample::text_with_id(
             "gh_0123456789ab",
@@ -46,6 +46,7 @@ fn main() -> std::io::Result<()> {
             &content,
             10_000_000 + i as u64,
         );
+        let nonce = (1_000_000_000 + i).to_string();
         if mode == "safe" {
             let mut random = [0u8; 16];
             random[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -55,7 +56,7 @@ fn main() -> std::io::Result<()> {
                 "gh_0123456789ab",
                 &msg,
                 ts,
-                nonce,
+                &nonce,
                 &random,
             );
             bodies.push_str(&sealed.body);
@@ -63,13 +64,13 @@ fn main() -> std::io::Result<()> {
             queries.push('\n');
         } else {
             bodies.push_str(&msg);
+            queries.push_str(&wechat_fcgi::sample::signed_query(TOKEN, ts, &nonce));
+            queries.push('\n');
         }
         bodies.push('\n');
     }
-    if mode == "safe" {
-        std::fs::write(out.join("queries.txt"), queries)?;
-        query.push_str("&encrypt_type=aes");
-    }
+    let query = queries.lines().next().unwrap_or_default().to_owned();
+    std::fs::write(out.join("queries.txt"), &queries)?;
     std::fs::write(out.join("bodies.txt"), bodies)?;
     std::fs::write(out.join("query.txt"), query)?;
     Ok(())

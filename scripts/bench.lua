@@ -1,6 +1,6 @@
 -- wrk script for scripts/bench.py: POSTs signed WeChat messages, cycling through
--- bodies.txt (one per line, distinct MsgIds) and, in safe mode, queries.txt (one
--- msg_signature per body). Environment: BENCH_DIR, BENCH_PATH, BENCH_OFFSET.
+-- bodies.txt (one per line, distinct MsgIds) and queries.txt (one signed query per
+-- body). Environment: BENCH_DIR, BENCH_PATH, BENCH_OFFSET.
 local dir = os.getenv("BENCH_DIR")
 local path = os.getenv("BENCH_PATH")
 local bodies, queries = {}, {}

@@ -124,8 +124,7 @@ class Stack:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
         body = open(os.path.join(self.dir, "bodies.txt")).readline().strip().encode()
-        qfile = "queries.txt" if mode == "safe" else "query.txt"
-        query = open(os.path.join(self.dir, qfile)).readline().strip()
+        query = open(os.path.join(self.dir, "queries.txt")).readline().strip()
         req = urllib.request.Request("http://127.0.0.1:%d/wechat?%s" % (self.port, query), data=body,
                                      headers={"Content-Type": "text/xml"})
         reply = urllib.request.urlopen(req).read().decode()

@@ -47,7 +47,7 @@ async fn fastcgi_client_crate_keep_alive_requests() {
         ),
         (
             "POST",
-            q.clone(),
+            signed("779"),
             wechat_fcgi::sample::text("gh", "oF", 1, &big),
             "Status: 200 OK",
             "Sorry, I did not understand.",

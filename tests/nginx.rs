@@ -48,7 +48,7 @@ fn nginx_end_to_end() {
         (
             "text rule",
             "POST",
-            q.clone(),
+            signed("12345"),
             text("hi"),
             200,
             "<Content><![CDATA[Hello!]]></Content>",
@@ -56,7 +56,7 @@ fn nginx_end_to_end() {
         (
             "subscribe",
             "POST",
-            q.clone(),
+            signed("12345"),
             event("subscribe"),
             200,
             "<Content><![CDATA[Welcome!]]></Content>",
@@ -64,12 +64,19 @@ fn nginx_end_to_end() {
         (
             "default",
             "POST",
-            q.clone(),
+            signed("12345"),
             text("what?"),
             200,
             "Sorry, I did not understand.",
         ),
-        ("unknown type", "POST", q.clone(), unknown, 200, "=success"),
+        (
+            "unknown type",
+            "POST",
+            signed("12345"),
+            unknown,
+            200,
+            "=success",
+        ),
         (
             "bad signature on POST",
             "POST",
@@ -81,7 +88,7 @@ fn nginx_end_to_end() {
         (
             "malformed body",
             "POST",
-            q.clone(),
+            signed("12345"),
             "<xml><oops>".into(),
             400,
             "malformed XML",
@@ -222,7 +229,10 @@ fn nginx_safe_and_compat_modes() {
         let (status, text) = http(
             port,
             "POST",
-            &format!("/wechat?{signature}&openid=oUser"),
+            &format!(
+                "/wechat?{}&openid=oUser",
+                wechat_fcgi::sample::signed_query(vector::TOKEN, unix_now(), "4711")
+            ),
             inner.as_bytes(),
         );
         let text = String::from_utf8_lossy(&text);

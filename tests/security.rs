@@ -117,3 +117,70 @@ fn safe_mode_is_no_padding_oracle() {
     let (query, body) = signed_encrypted(&captured, "1");
     assert!(ask(&mut s, "POST", &query, body.as_bytes()).starts_with("Status: 200"));
 }
+
+// Regression: the signature does not cover the body, so a signed query (from an access
+// log, say) could be replayed with any message while its timestamp was fresh.
+#[test]
+fn a_signed_query_is_bound_to_its_first_body() {
+    let dir = TempDir::new("replay");
+    let config = write_config(&dir, RULES);
+    let (server, fcgi) = start_server(&dir, &config);
+    let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
+    let query = signed("8080");
+    let real = wechat_fcgi::sample::text_with_id("gh", "oVictim", unix_now(), "hi", 77);
+    let post = |body: &str| {
+        let (status, reply) = http(port, "POST", &format!("/wechat?{query}"), body.as_bytes());
+        (status, String::from_utf8_lossy(&reply).into_owned())
+    };
+    let (status, reply) = post(&real);
+    assert_eq!(status, 200);
+    assert!(reply.contains("Hello!"), "{reply}");
+    // The same query with a forged message: another sender, another text.
+    for forged in [
+        wechat_fcgi::sample::text_with_id("gh", "oAttacker", unix_now(), "hi", 78),
+        wechat_fcgi::sample::text_with_id("gh", "oVictim", unix_now(), "something else", 79),
+        real.replace("hi", "hi "),
+    ] {
+        let (status, reply) = post(&forged);
+        assert_eq!(
+            (status, reply.as_str()),
+            (403, "signed query already used\n")
+        );
+    }
+    // WeChat's retry (same query, same body) is still answered, from the cache.
+    let (status, reply) = post(&real);
+    assert_eq!(status, 200);
+    assert!(reply.contains("Hello!"), "{reply}");
+    let log = wait_for_log(&server, "outcome=query_reused");
+    assert!(
+        log.contains("a replayed query with a forged message"),
+        "{log}"
+    );
+    wait_for_log(&server, "via=retry");
+}
+
+// Regression: a message pre-sent by someone else under another sender must not answer
+// (or pre-decide) the real sender's message with the same MsgId.
+#[test]
+fn answers_are_kept_per_sender() {
+    let dir = TempDir::new("per-sender");
+    let config = write_config(
+        &dir,
+        "[[rule]]\ntext = \"hi\"\nreply = { text = \"Hello {from}!\" }\n",
+    );
+    let (_server, fcgi) = start_server(&dir, &config);
+    let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
+    let send = |from: &str, nonce: &str| {
+        let body = wechat_fcgi::sample::text_with_id("gh", from, unix_now(), "hi", 4242);
+        let (status, reply) = http(
+            port,
+            "POST",
+            &format!("/wechat?{}", signed(nonce)),
+            body.as_bytes(),
+        );
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    assert!(send("oAttacker", "1").contains("Hello oAttacker!"));
+    assert!(send("oVictim", "2").contains("Hello oVictim!"));
+}

@@ -72,6 +72,10 @@ pub enum Rejection {
     /// not learn which: that would be a padding oracle that decrypts any captured
     /// message. One status and body for every such cause; the log names it.
     AfterMsgSignature(Box<Rejection>),
+    /// A signed query seen before with a different body. The signature does not cover
+    /// the body, so whoever saw a signed query (in an access log, say) could otherwise
+    /// send any message with it while its timestamp is fresh.
+    QueryReused,
 }
 
 impl Rejection {
@@ -91,6 +95,7 @@ impl Rejection {
             Rejection::UnknownEncryptType(_) => 400,
             Rejection::Misconfigured => 503,
             Rejection::AfterMsgSignature(_) => 400,
+            Rejection::QueryReused => 403,
             Rejection::BadParams
             | Rejection::BadContentLength
             | Rejection::BodyLength { .. }
@@ -112,6 +117,7 @@ impl Rejection {
             Rejection::BadParams => "malformed request",
             Rejection::BadContentLength => "malformed Content-Length",
             Rejection::AfterMsgSignature(_) => "encrypted message refused",
+            Rejection::QueryReused => "signed query already used",
             Rejection::Misconfigured => "server misconfigured",
             Rejection::BodyLength { .. } => "body length does not match Content-Length",
             Rejection::ReadTimeout => "request timed out",
@@ -141,6 +147,7 @@ impl Rejection {
             Rejection::BadParams => "bad_params",
             Rejection::BadContentLength => "bad_content_length",
             Rejection::AfterMsgSignature(_) => "sealed_message_refused",
+            Rejection::QueryReused => "query_reused",
             Rejection::Misconfigured => "misconfigured",
             Rejection::BodyLength { .. } => "body_length",
             Rejection::ReadTimeout => "read_timeout",
@@ -192,6 +199,9 @@ impl fmt::Display for Rejection {
                 f.write_str("request did not arrive within read_timeout_secs")
             }
             Rejection::Crypto(e) => write!(f, "encrypted message: {e}"),
+            Rejection::QueryReused => f.write_str(
+                "this signed query came before with a different body: a replayed query with a forged message",
+            ),
             Rejection::AfterMsgSignature(inner) => {
                 write!(f, "msg_signature valid, then: {inner} ({})", inner.code())
             }

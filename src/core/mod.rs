@@ -258,6 +258,9 @@ pub struct Pending {
     /// The retry key: MsgId for messages; FromUserName + CreateTime + Event + EventKey
     /// for events (docs/protocol.md §5).
     pub key: String,
+    /// `signature:timestamp:nonce` of the request: the signature does not cover the
+    /// body, so the engine binds this query to the first body it came with.
+    pub signed_query: String,
     /// The type label for logs.
     pub msg_type: MsgTypeLabel,
     /// What rendering the reply needs.
@@ -416,7 +419,12 @@ impl Responder {
                         return Err(Rejection::PlaintextInSafeMode);
                     }
                     let message = Message::parse(request.body)?;
-                    return Ok(Step::Message(self.pending(&message, Seal::Plain, rng)));
+                    return Ok(Step::Message(self.pending(
+                        &query,
+                        &message,
+                        Seal::Plain,
+                        rng,
+                    )));
                 }
                 let crypto = self
                     .account
@@ -433,18 +441,31 @@ impl Responder {
                     };
                     Rejection::AfterMsgSignature(Box::new(e))
                 })?;
-                Ok(Step::Message(self.pending(&message, seal, rng)))
+                Ok(Step::Message(self.pending(&query, &message, seal, rng)))
             }
             other => Err(Rejection::MethodNotAllowed(other.to_owned())),
         }
     }
 
     /// Decide the answer for a parsed message and keep what completing it needs.
-    fn pending(&self, message: &Message<'_>, seal: Seal, rng: &mut dyn RngCore) -> Pending {
+    fn pending(
+        &self,
+        query: &CallbackQuery<'_>,
+        message: &Message<'_>,
+        seal: Seal,
+        rng: &mut dyn RngCore,
+    ) -> Pending {
         let decision = self.rules.decide(message, rng);
         let json =
             matches!(decision, Decision::Run { .. }).then(|| message::to_json(&message.fields));
+        let (signature, timestamp, nonce) = query.signed_triple().unwrap_or_default();
+        let mut signed_query = String::with_capacity(64);
+        for part in [signature, ":", timestamp, ":", nonce] {
+            signed_query.push_str(part);
+        }
+        signed_query.make_ascii_lowercase();
         Pending {
+            signed_query,
             key: message.retry_key(),
             msg_type: message.type_label(),
             context: ReplyContext {

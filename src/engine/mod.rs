@@ -113,7 +113,15 @@ impl Engine {
                 };
                 match responder.prepare(&request, unix_now(), &mut ThreadRng) {
                     Step::Done(response) => response,
-                    Step::Message(pending) => self.resolve(&responder, pending, started).await,
+                    Step::Message(pending) => {
+                        let digest = store::body_digest(body);
+                        let now = Instant::now();
+                        if self.store.bind(&pending.signed_query, &digest, now).await {
+                            self.resolve(&responder, pending, started).await
+                        } else {
+                            Response::rejected(Rejection::QueryReused)
+                        }
+                    }
                 }
             }
         };

@@ -317,10 +317,13 @@ pub fn http(port: u16, method: &str, target: &str, body: &[u8]) -> (u16, Vec<u8>
     (status, resp[split + 4..].to_vec())
 }
 
-/// A signed query with the current time (the server refuses stale timestamps) and this
-/// nonce.
+/// A signed query with the current time (the server refuses stale timestamps) and a
+/// nonce that starts with `nonce` and is new on every call, as WeChat's are: the server
+/// binds a signed query to the first body it came with.
 pub fn signed(nonce: &str) -> String {
-    wechat_fcgi::sample::signed_query(TOKEN, unix_now(), nonce)
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    wechat_fcgi::sample::signed_query(TOKEN, unix_now(), &format!("{nonce}{n}"))
 }
 
 /// The Unix time in seconds.

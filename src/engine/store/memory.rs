@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::Claim;
+use super::{BodyDigest, Claim};
 use crate::core::Answer;
 
 /// At most one "retry cache full" warning per this interval: a cache too small for the
@@ -55,6 +55,8 @@ enum Entry {
         answered: Arc<Notify>,
     },
     Done(Answer),
+    /// A signed query and the digest of the body it came with.
+    Bound(BodyDigest),
 }
 
 impl MemoryStore {
@@ -94,6 +96,9 @@ impl MemoryStore {
         let g = &mut *g;
         match g.current.get_mut(&key).or_else(|| g.previous.get_mut(&key)) {
             Some(Entry::Done(answer)) => return Claim::Answered(answer.clone()),
+            // A message key never fingerprints like a query key ("q:" prefix); this is
+            // only reached by a fingerprint collision, treated as a new message.
+            Some(Entry::Bound(_)) => return Claim::Won,
             Some(Entry::Running { until, .. }) if *until > now => {
                 return Claim::Held { until: *until }
             }
@@ -126,10 +131,27 @@ impl MemoryStore {
         match g.current.get(&key).or_else(|| g.previous.get(&key)) {
             Some(Entry::Done(earlier)) => return Some(Claim::Answered(earlier.clone())),
             Some(Entry::Running { until, .. }) => return Some(Claim::Held { until: *until }),
-            None => {}
+            Some(Entry::Bound(_)) | None => {}
         }
         self.insert(g, key, Entry::Done(answer.clone()), now);
         None
+    }
+
+    /// See [`super::Store::bind`].
+    pub fn bind(&self, signed_query: &str, body: &BodyDigest, now: Instant) -> bool {
+        let mut prefixed = String::with_capacity(signed_query.len() + 2);
+        prefixed.push_str("q:");
+        prefixed.push_str(signed_query);
+        let key = self.fingerprint(&prefixed);
+        let mut g = self.lock();
+        let g = &mut *g;
+        match g.current.get(&key).or_else(|| g.previous.get(&key)) {
+            Some(Entry::Bound(first)) => first == body,
+            _ => {
+                self.insert(g, key, Entry::Bound(*body), now);
+                true
+            }
+        }
     }
 
     /// See [`super::Store::finish`].

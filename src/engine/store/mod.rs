@@ -15,6 +15,19 @@ use tokio::time::Instant;
 use crate::core::Answer;
 pub use memory::MemoryStore;
 
+/// A body's fingerprint for [`Store::bind`]: the first 16 bytes of its SHA-1, the same
+/// in every process.
+pub type BodyDigest = [u8; 16];
+
+/// The [`BodyDigest`] of a body.
+pub fn body_digest(body: &[u8]) -> BodyDigest {
+    use sha1::Digest;
+    let full = sha1::Sha1::digest(body);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
 /// What [`Store::claim`] found for a message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
@@ -60,6 +73,15 @@ impl Store {
     pub async fn finish(&self, key: &str, answer: Answer, now: Instant) {
         match self {
             Store::Memory(m) => m.finish(key, answer, now),
+        }
+    }
+
+    /// Bind a signed query to the body it first came with, for as long as answers are
+    /// kept. `true`: first seen, or seen with the same body (a retry); `false`: seen
+    /// with a different body.
+    pub async fn bind(&self, signed_query: &str, body: &BodyDigest, now: Instant) -> bool {
+        match self {
+            Store::Memory(m) => m.bind(signed_query, body, now),
         }
     }
 
