@@ -151,7 +151,6 @@ fn nginx_safe_and_compat_modes() {
         &[5; 16],
     );
     let enc_query = format!("{}&openid=oUser", sealed.query);
-    let signature = enc_query.split("&encrypt_type").next().unwrap().to_owned();
     let envelope = sealed.body;
     let encrypt = parse_fields(envelope.as_bytes())
         .unwrap()
