@@ -29,4 +29,8 @@ echo "== fuzz targets build (scripts/fuzz.sh runs them)"
 cargo build --manifest-path fuzz/Cargo.toml
 
 echo "== cargo test"
-cargo test --all-targets "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets "$@" 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
