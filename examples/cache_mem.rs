@@ -28,7 +28,7 @@ fn main() {
         .unwrap_or(capacity * 2);
     let rule: Arc<str> = Arc::from("keyword");
     let before = rss_kib();
-    let cache = MemoryStore::new(capacity, Duration::from_secs(3600));
+    let cache = MemoryStore::new(capacity, usize::MAX, Duration::from_secs(3600));
     let now = tokio::time::Instant::now();
     for i in 0..claims {
         let key = format!(

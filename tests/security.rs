@@ -184,3 +184,59 @@ fn answers_are_kept_per_sender() {
     assert!(send("oAttacker", "1").contains("Hello oAttacker!"));
     assert!(send("oVictim", "2").contains("Hello oVictim!"));
 }
+
+// Regression: the retry cache was bounded in entries only; 1 500 replies of 200 KB
+// (rendered from the message) took the process from 4.8 MB to 300 MB.
+#[test]
+fn the_retry_cache_is_bounded_in_bytes() {
+    let dir = TempDir::new("cache-bytes");
+    let config = write_config(
+        &dir,
+        "[server]\nretry_cache_bytes = 1048576\nmax_body_bytes = 300000\n\
+         [[rule]]\nprefix = \"echo\"\nreply = { text = \"{content}\" }\n",
+    );
+    let (server, addr) = start_server(&dir, &config);
+    let mut s = TcpStream::connect(addr).unwrap();
+    let message = |i: u64| {
+        let content = format!("echo {i} {}", "x".repeat(100_000));
+        wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), &content, 1000 + i)
+    };
+    for i in 0..30 {
+        let reply = ask(&mut s, "POST", &signed("1"), message(i).as_bytes());
+        assert!(reply.starts_with("Status: 200"), "{}", &reply[..100]);
+    }
+    // 3 MB of replies into a 1 MiB cache: the first answers were dropped, oldest first,
+    // and said so; the newest are still there.
+    let retry_of_newest = ask(&mut s, "POST", &signed("2"), message(29).as_bytes());
+    assert!(retry_of_newest.starts_with("Status: 200"));
+    let retry_of_oldest = ask(&mut s, "POST", &signed("3"), message(0).as_bytes());
+    assert!(retry_of_oldest.starts_with("Status: 200"));
+    let log = wait_for_log(&server, "retry_cache_bytes");
+    let log = {
+        let start = std::time::Instant::now();
+        let mut log = log;
+        while log.matches(" outcome=reply").count() < 32 {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{log}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            log = server.log();
+        }
+        log
+    };
+    let vias: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" outcome=reply"))
+        .map(|l| {
+            l.split(" via=")
+                .nth(1)
+                .unwrap_or("")
+                .split(' ')
+                .next()
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(vias[30], "retry", "the newest answer is kept");
+    assert_eq!(vias[31], "rule", "the oldest answer was dropped");
+}

@@ -103,6 +103,13 @@ pub const RETRY_CACHE: Bound = Bound {
     min: 2,
     max: 1 << 24,
 };
+/// `retry_cache_bytes`: the most the in-memory store's answers may take, in bytes.
+pub const RETRY_CACHE_BYTES_BOUND: Bound = Bound {
+    key: "retry_cache_bytes",
+    default: RETRY_CACHE_BYTES as u64,
+    min: 1024 * 1024,
+    max: 2 * 1024 * 1024 * 1024,
+};
 /// `timestamp_window_secs`: how far a signed timestamp may be from our clock (0: off).
 pub const TIMESTAMP_WINDOW: Bound = Bound {
     key: "timestamp_window_secs",
@@ -123,6 +130,7 @@ pub const SERVER_NUMBERS: &[Bound] = &[
     REPLY_BUDGET,
     MAX_PROGRAMS_BOUND,
     RETRY_CACHE,
+    RETRY_CACHE_BYTES_BOUND,
     TIMESTAMP_WINDOW,
 ];
 
@@ -133,6 +141,9 @@ pub const MAX_PROGRAMS: usize = 8;
 /// The default retry cache size: two generations of 28 672, the most a 32 768-slot hash
 /// table holds (7/8 full); one more entry would double the table.
 pub const RETRY_CACHE_ENTRIES: usize = 57_344;
+/// The default bound on the bytes the retry cache's answers take: replies rendered from
+/// a message (`{content}`) or a program's output can be large.
+pub const RETRY_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// The default timestamp window in seconds.
 pub const TIMESTAMP_WINDOW_SECS: u64 = 300;
 /// The default permission bits of a Unix socket we create.

@@ -33,6 +33,7 @@ pub(super) struct RawServer {
     pub(super) reply_budget_ms: Option<u64>,
     pub(super) max_programs: Option<u64>,
     pub(super) retry_cache_entries: Option<u64>,
+    pub(super) retry_cache_bytes: Option<u64>,
     pub(super) timestamp_window_secs: Option<u64>,
     pub(super) allowed_clients: Option<Vec<String>>,
 }

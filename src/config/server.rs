@@ -108,6 +108,10 @@ impl RawServer {
             reply_budget: Duration::from_millis(num(defaults::REPLY_BUDGET, self.reply_budget_ms)),
             max_programs: size(num(defaults::MAX_PROGRAMS_BOUND, self.max_programs)),
             cache_entries: size(num(defaults::RETRY_CACHE, self.retry_cache_entries)),
+            cache_bytes: size(num(
+                defaults::RETRY_CACHE_BYTES_BOUND,
+                self.retry_cache_bytes,
+            )),
             cache_retention: defaults::retention(timestamp_window_secs),
         };
         let allowed_clients = self.allowed_clients.map(|list| {

@@ -295,6 +295,16 @@ pub enum Seal {
 }
 
 impl Answer {
+    /// About the memory this answer holds, for a cache bounded in bytes: the reply's
+    /// text and the rule name (shared `Arc`s are counted as if not shared).
+    pub fn heap_bytes(&self) -> usize {
+        let reply = self
+            .reply
+            .as_ref()
+            .map_or(0, |r| std::mem::size_of::<Reply>() + r.heap_bytes());
+        reply + self.rule.len()
+    }
+
     /// The answer a decision gives without running anything, or `None` for a program.
     pub fn from_decision(decision: &Decision) -> Option<Answer> {
         match decision {

@@ -60,6 +60,44 @@ pub struct Article {
 pub const MAX_ARTICLES: usize = 8;
 
 impl Reply {
+    /// The bytes its text takes on the heap (what a cache of replies must count).
+    pub fn heap_bytes(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        match self {
+            Reply::Text(t) => t.len(),
+            Reply::Image { media_id } | Reply::Voice { media_id } => media_id.len(),
+            Reply::Video {
+                media_id,
+                title,
+                description,
+            } => media_id.len() + opt(title) + opt(description),
+            Reply::Music {
+                title,
+                description,
+                music_url,
+                hq_music_url,
+                thumb_media_id,
+            } => {
+                opt(title)
+                    + opt(description)
+                    + opt(music_url)
+                    + opt(hq_music_url)
+                    + thumb_media_id.len()
+            }
+            Reply::News(articles) => articles
+                .iter()
+                .map(|a| {
+                    std::mem::size_of::<Article>()
+                        + a.title.len()
+                        + a.description.len()
+                        + a.pic_url.len()
+                        + a.url.len()
+                })
+                .sum(),
+            Reply::TransferCustomerService { kf_account } => opt(kf_account),
+        }
+    }
+
     /// The `MsgType` of this reply.
     pub fn msg_type(&self) -> &'static str {
         match self {

@@ -31,6 +31,8 @@ pub struct EngineConfig {
     pub max_programs: usize,
     /// Entries the in-memory store holds at most.
     pub cache_entries: usize,
+    /// Bytes the in-memory store's answers take at most (about).
+    pub cache_bytes: usize,
     /// How long an answer is kept for retries and replays.
     pub cache_retention: Duration,
 }
@@ -41,6 +43,7 @@ impl Default for EngineConfig {
             reply_budget: Duration::from_millis(defaults::REPLY_BUDGET_MS),
             max_programs: defaults::MAX_PROGRAMS,
             cache_entries: defaults::RETRY_CACHE_ENTRIES,
+            cache_bytes: defaults::RETRY_CACHE_BYTES,
             cache_retention: defaults::retention(defaults::TIMESTAMP_WINDOW_SECS),
         }
     }
@@ -61,7 +64,11 @@ pub struct Engine {
 impl Engine {
     /// An engine over an in-memory store sized by `config`.
     pub fn new(responder: Responder, config: EngineConfig) -> Engine {
-        let store = MemoryStore::new(config.cache_entries, config.cache_retention);
+        let store = MemoryStore::new(
+            config.cache_entries,
+            config.cache_bytes,
+            config.cache_retention,
+        );
         Engine::with_store(responder, config, Store::Memory(store))
     }
 

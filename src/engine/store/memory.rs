@@ -15,14 +15,18 @@ use crate::core::Answer;
 /// load drops entries again and again, and a line each time would flood the log.
 const EVICTION_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The in-memory store: bounded in entries, answers kept for `retention` (at least the
-/// timestamp window, so a replay inside the window is always answered from it).
+/// The in-memory store: bounded in entries and in bytes, answers kept for `retention`
+/// (at least the timestamp window, so a replay inside the window is always answered
+/// from it).
 ///
 /// Two generations of entries: new ones go into `current`; lookups see both. When
 /// `current` holds half the capacity or is `retention` old, it becomes `previous` and
-/// the old `previous` is dropped whole. So every entry is kept at least `retention`
-/// unless `capacity / 2` newer ones came first (then a warning says to raise the
-/// capacity), and at most twice that. No entry is removed one by one: a hash table
+/// the old `previous` is dropped whole; `current` also turns over when its answers take
+/// half the byte bound. So every entry is kept at least `retention` unless
+/// `capacity / 2` newer ones (or half the bytes) came first (then a warning says to
+/// raise the limits), and at most twice that. The answers held take at most the byte
+/// bound, plus one answer (which can be up to the largest reply: a program's 64 KiB,
+/// or a template filled from a body of `max_body_bytes`). No entry is removed one by one: a hash table
 /// churning at full load fills with tombstones and doubles (measured: a full
 /// string-keyed map and age queue grew from 5 to 8.3 MiB that way).
 ///
@@ -34,6 +38,8 @@ pub struct MemoryStore {
     inner: Mutex<Generations>,
     /// Entries per generation: half the capacity.
     half: usize,
+    /// Answer bytes per generation: half the byte bound.
+    half_bytes: usize,
     retention: Duration,
     hashers: (RandomState, RandomState),
 }
@@ -41,6 +47,8 @@ pub struct MemoryStore {
 struct Generations {
     current: HashMap<u128, Entry>,
     previous: HashMap<u128, Entry>,
+    /// What the answers in `current` take ([`Answer::heap_bytes`]).
+    current_bytes: usize,
     /// When `current` began taking entries (`None` until the first entry).
     current_since: Option<Instant>,
     /// Entries dropped before their retention since the last warning, and when that was.
@@ -60,19 +68,21 @@ enum Entry {
 }
 
 impl MemoryStore {
-    /// A store of at most `capacity` entries, each kept at least `retention` unless the
-    /// capacity runs out first.
-    pub fn new(capacity: usize, retention: Duration) -> MemoryStore {
+    /// A store of at most `capacity` entries whose answers take about `bytes` at most,
+    /// each kept at least `retention` unless a limit is reached first.
+    pub fn new(capacity: usize, bytes: usize, retention: Duration) -> MemoryStore {
         let half = (capacity / 2).max(1);
         MemoryStore {
             inner: Mutex::new(Generations {
                 current: HashMap::with_capacity(half),
                 previous: HashMap::new(),
+                current_bytes: 0,
                 current_since: None,
                 evicted: 0,
                 warned: None,
             }),
             half,
+            half_bytes: (bytes / 2).max(1),
             retention,
             hashers: (RandomState::new(), RandomState::new()),
         }
@@ -117,6 +127,7 @@ impl MemoryStore {
                 until: now + lease,
                 answered: Arc::new(Notify::new()),
             },
+            0,
             now,
         );
         Claim::Won
@@ -133,7 +144,13 @@ impl MemoryStore {
             Some(Entry::Running { until, .. }) => return Some(Claim::Held { until: *until }),
             Some(Entry::Bound(_)) | None => {}
         }
-        self.insert(g, key, Entry::Done(answer.clone()), now);
+        self.insert(
+            g,
+            key,
+            Entry::Done(answer.clone()),
+            answer.heap_bytes(),
+            now,
+        );
         None
     }
 
@@ -148,7 +165,7 @@ impl MemoryStore {
         match g.current.get(&key).or_else(|| g.previous.get(&key)) {
             Some(Entry::Bound(first)) => first == body,
             _ => {
-                self.insert(g, key, Entry::Bound(*body), now);
+                self.insert(g, key, Entry::Bound(*body), 0, now);
                 true
             }
         }
@@ -157,12 +174,21 @@ impl MemoryStore {
     /// See [`super::Store::finish`].
     pub fn finish(&self, key: &str, answer: Answer, _now: Instant) {
         let key = self.fingerprint(key);
+        let bytes = answer.heap_bytes();
         let mut g = self.lock();
         let g = &mut *g;
+        let (entry, in_current) = match g.current.get_mut(&key) {
+            Some(entry) => (Some(entry), true),
+            None => (g.previous.get_mut(&key), false),
+        };
         // Not found: dropped while it ran (a cache far too small); nothing to record.
-        if let Some(entry) = g.current.get_mut(&key).or_else(|| g.previous.get_mut(&key)) {
+        if let Some(entry) = entry {
             if let Entry::Running { answered, .. } = std::mem::replace(entry, Entry::Done(answer)) {
                 answered.notify_waiters();
+            }
+            // An answer that lands in the previous generation goes when that does.
+            if in_current {
+                g.current_bytes += bytes;
             }
         }
     }
@@ -205,13 +231,18 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Add a new entry, in a new generation when the current one is full or old.
-    fn insert(&self, g: &mut Generations, key: u128, entry: Entry, now: Instant) {
+    /// Add a new entry whose answer takes `bytes`, in a new generation when the current
+    /// one is full (in entries or bytes) or old.
+    fn insert(&self, g: &mut Generations, key: u128, entry: Entry, bytes: usize, now: Instant) {
         let since = *g.current_since.get_or_insert(now);
-        if g.current.len() >= self.half || now.duration_since(since) >= self.retention {
+        if g.current.len() >= self.half
+            || (g.current_bytes + bytes > self.half_bytes && !g.current.is_empty())
+            || now.duration_since(since) >= self.retention
+        {
             self.rotate(g, now);
         }
         g.current.insert(key, entry);
+        g.current_bytes += bytes;
     }
 
     /// Start a new generation: `current` becomes `previous`, the old `previous` goes.
@@ -227,7 +258,8 @@ impl MemoryStore {
                     capacity = self.half * 2,
                     dropped = g.evicted,
                     "retry cache full: dropped answers younger than their retention \
-                     (count since the last such warning); raise retry_cache_entries"
+                     (count since the last such warning); raise retry_cache_entries \
+                     or retry_cache_bytes"
                 );
                 g.evicted = 0;
                 g.warned = Some(now);
@@ -236,6 +268,7 @@ impl MemoryStore {
         // Free the old generation before allocating the new one.
         g.previous = HashMap::new();
         g.previous = std::mem::replace(&mut g.current, HashMap::with_capacity(self.half));
+        g.current_bytes = 0;
         g.current_since = Some(now);
     }
 }
@@ -263,7 +296,7 @@ mod tests {
     #[test]
     fn won_held_answered() {
         let t0 = Instant::now();
-        let store = MemoryStore::new(10, Duration::from_secs(60));
+        let store = MemoryStore::new(10, 1 << 20, Duration::from_secs(60));
         assert_eq!(store.claim("k", t0, LEASE), Claim::Won);
         assert_eq!(
             store.claim("k", at(t0, 10), LEASE),
@@ -279,7 +312,7 @@ mod tests {
     #[test]
     fn a_lease_that_ends_unanswered_is_taken_over_once() {
         let t0 = Instant::now();
-        let store = MemoryStore::new(10, Duration::from_secs(60));
+        let store = MemoryStore::new(10, 1 << 20, Duration::from_secs(60));
         assert_eq!(store.claim("k", t0, LEASE), Claim::Won);
         let end = t0 + LEASE;
         assert_eq!(
@@ -301,7 +334,7 @@ mod tests {
     #[test]
     fn is_bounded_oldest_first() {
         let t0 = Instant::now();
-        let store = MemoryStore::new(2, Duration::from_secs(60));
+        let store = MemoryStore::new(2, 1 << 20, Duration::from_secs(60));
         for k in ["a", "b", "c"] {
             assert_eq!(store.put_new(k, &answer(k), t0), None);
         }
@@ -317,7 +350,7 @@ mod tests {
     #[test]
     fn keeps_entries_for_the_retention_then_forgets() {
         let t0 = Instant::now();
-        let store = MemoryStore::new(10, Duration::from_millis(50));
+        let store = MemoryStore::new(10, 1 << 20, Duration::from_millis(50));
         assert_eq!(store.put_new("k", &answer("a"), t0), None);
         // A new message after the retention starts a new generation; "k" is kept.
         assert_eq!(store.put_new("x", &answer("x"), at(t0, 80)), None);
@@ -338,7 +371,7 @@ mod tests {
     #[test]
     fn a_full_store_keeps_at_least_the_newest_half() {
         let t0 = Instant::now();
-        let store = MemoryStore::new(100, Duration::from_secs(60));
+        let store = MemoryStore::new(100, 1 << 20, Duration::from_secs(60));
         for i in 0..1000usize {
             assert_eq!(store.put_new(&format!("m{i}"), &answer("a"), t0), None);
             assert!(store.len() <= 100, "bounded: {}", store.len());
@@ -354,7 +387,7 @@ mod tests {
     #[test]
     fn an_answer_known_at_once_loses_to_an_earlier_claim() {
         let t0 = Instant::now();
-        let store = MemoryStore::new(10, Duration::from_secs(60));
+        let store = MemoryStore::new(10, 1 << 20, Duration::from_secs(60));
         assert_eq!(store.put_new("k", &answer("first"), t0), None);
         assert_eq!(
             store.put_new("k", &answer("second"), t0),
@@ -370,7 +403,7 @@ mod tests {
     #[test]
     fn a_running_entry_survives_a_generation_change() {
         let t0 = Instant::now();
-        let store = MemoryStore::new(4, Duration::from_secs(60));
+        let store = MemoryStore::new(4, 1 << 20, Duration::from_secs(60));
         assert_eq!(store.claim("slow", t0, LEASE), Claim::Won);
         for k in ["a", "b"] {
             assert_eq!(store.claim(k, t0, LEASE), Claim::Won);
@@ -383,9 +416,46 @@ mod tests {
         );
     }
 
+    #[test]
+    fn is_bounded_in_bytes_too() {
+        let t0 = Instant::now();
+        // Room for 10 000 entries, but 1 MiB of answers: 100 KB replies turn the
+        // generations over long before the entry count does.
+        let store = MemoryStore::new(10_000, 1 << 20, Duration::from_secs(60));
+        let big = answer(&"x".repeat(100_000));
+        for i in 0..100 {
+            assert_eq!(store.put_new(&format!("m{i}"), &big, t0), None);
+            let held: usize = {
+                let g = store.lock();
+                g.current
+                    .values()
+                    .chain(g.previous.values())
+                    .map(|e| match e {
+                        Entry::Done(a) => a.heap_bytes(),
+                        _ => 0,
+                    })
+                    .sum()
+            };
+            assert!(held <= (1 << 20) + 100_300, "{held} bytes held after {i}");
+        }
+        assert_eq!(
+            store.claim("m0", t0, LEASE),
+            Claim::Won,
+            "the oldest went first"
+        );
+        assert_eq!(store.claim("m99", t0, LEASE), Claim::Answered(big.clone()));
+        // Answers that finish late count too.
+        let store = MemoryStore::new(10_000, 1 << 20, Duration::from_secs(60));
+        for i in 0..100 {
+            assert_eq!(store.claim(&format!("p{i}"), t0, LEASE), Claim::Won);
+            store.finish(&format!("p{i}"), big.clone(), t0);
+        }
+        assert!(store.len() < 30, "{} entries", store.len());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_waiter_wakes_when_the_answer_is_stored_not_before() {
-        let store = Arc::new(MemoryStore::new(10, Duration::from_secs(60)));
+        let store = Arc::new(MemoryStore::new(10, 1 << 20, Duration::from_secs(60)));
         let t0 = Instant::now();
         assert_eq!(store.claim("k", t0, LEASE), Claim::Won);
         let finisher = store.clone();
@@ -407,7 +477,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_wakes_at_its_deadline_without_an_answer() {
-        let store = MemoryStore::new(10, Duration::from_secs(60));
+        let store = MemoryStore::new(10, 1 << 20, Duration::from_secs(60));
         let t0 = Instant::now();
         assert_eq!(store.claim("k", t0, LEASE), Claim::Won);
         store.wait("k", t0 + Duration::from_millis(700)).await;
