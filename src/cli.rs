@@ -72,6 +72,7 @@ enum Command {
 
 /// The entry point behind `main`: returns the process exit code.
 pub fn run() -> anyhow::Result<ExitCode> {
+    crate::listen::close_inherited_on_exec();
     if crate::cgi::is_cgi() {
         crate::log::init(false);
         return crate::cgi::main();

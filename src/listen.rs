@@ -121,6 +121,32 @@ pub fn acquire(
     )
 }
 
+/// Mark every file descriptor above 2 that this process inherited close-on-exec, so no
+/// reply program gets one: a listening socket passed by systemd (a program that kept
+/// it could answer requests itself, or set it blocking and freeze the server), or
+/// whatever else the parent left open. Call before anything else opens files.
+pub fn close_inherited_on_exec() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl(2) F_GETFD/F_SETFD on a descriptor number only reads and sets
+        // that descriptor's flags; on a number that is not open (the directory listing
+        // was just closed) it fails with EBADF and changes nothing. No memory is passed.
+        #[allow(unsafe_code)]
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// Whether fd 0 is a socket in the listening state (libfcgi's `FCGX_IsCGI` test): a
 /// spawner (spawn-fcgi, mod_fcgid) handed us `FCGI_LISTENSOCK_FILENO`.
 pub fn stdin_is_listening_socket() -> bool {

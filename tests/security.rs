@@ -240,3 +240,125 @@ fn the_retry_cache_is_bounded_in_bytes() {
     assert_eq!(vias[30], "retry", "the newest answer is kept");
     assert_eq!(vias[31], "rule", "the oldest answer was dropped");
 }
+
+/// A reply program that reports what it inherited: file descriptors above 2 (what they
+/// are) and its environment.
+const INHERITANCE_REPORT: &str = "#!/bin/sh\ncat >/dev/null\n\
+    for fd in 3 4 5 6 7 8 9; do t=$(readlink /proc/$$/fd/$fd 2>/dev/null) && echo \"fd$fd=$t\"; done\n\
+    env | sort\n";
+
+fn write_executable(dir: &TempDir, name: &str, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+// Regression: under systemd socket activation, fd 3 (the listening socket) and
+// LISTEN_FDS/LISTEN_PID reached reply programs; one that kept a child answered
+// requests itself.
+#[test]
+fn reply_programs_inherit_no_socket_under_socket_activation() {
+    use std::os::fd::OwnedFd;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("inherit");
+    write_executable(&dir, "report.sh", INHERITANCE_REPORT);
+    let config = write_config(
+        &dir,
+        "[[rule]]\ntext = \"report\"\nrun = { command = [\"./report.sh\"] }\n",
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = dir.path("log");
+    let child = std::process::Command::new("sh")
+        .process_group(0)
+        .arg("-c")
+        .arg(format!(
+            "exec 3<&0 0</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec '{BIN}' serve --config '{}'",
+            config.display()
+        ))
+        .stdin(std::process::Stdio::from(OwnedFd::from(listener)))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let server = Proc {
+        child,
+        stderr: log,
+        is_nginx: false,
+    };
+    wait_for_log(&server, "systemd socket activation");
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "report", 1);
+    let reply = ask(&mut s, "POST", &signed("1"), body.as_bytes());
+    assert!(reply.starts_with("Status: 200"), "{reply}");
+    assert!(reply.contains("PATH="), "the report ran: {reply}");
+    assert!(!reply.contains("socket:"), "a socket leaked: {reply}");
+    assert!(!reply.contains("LISTEN_"), "{reply}");
+}
+
+// Regression: in CGI mode programs got the whole environment, client-controlled
+// HTTP_* headers and the signed QUERY_STRING included.
+#[test]
+fn reply_programs_get_a_small_documented_environment() {
+    let dir = TempDir::new("program-env");
+    write_executable(&dir, "report.sh", INHERITANCE_REPORT);
+    let config = write_config(
+        &dir,
+        "[[rule]]\ntext = \"report\"\nrun = { command = [\"./report.sh\"], env = { BOT_URL = \"http://127.0.0.1:5000\" } }\n",
+    );
+    let config = config.to_str().unwrap();
+    let query = signed("1");
+    let body = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "report", 2);
+    let len = body.len().to_string();
+    let (_, stdout, stderr) = run_cgi(
+        &[],
+        &[
+            ("WECHAT_FCGI_CONFIG", config),
+            ("REQUEST_METHOD", "POST"),
+            ("QUERY_STRING", &query),
+            ("CONTENT_LENGTH", &len),
+            ("HTTP_X_EVIL", "1"),
+            ("REMOTE_ADDR", "203.0.113.9"),
+            ("PATH", "/usr/bin:/bin"),
+            ("LANG", "C.UTF-8"),
+            ("SECRET_FROM_THE_HOST", "s3cret"),
+        ],
+        body.as_bytes(),
+    );
+    assert!(stdout.starts_with("Status: 200"), "{stdout}\n{stderr}");
+    let content = stdout
+        .split("<Content><![CDATA[")
+        .nth(1)
+        .and_then(|c| c.split("]]></Content>").next())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    // (The report's own `fdN=` lines are what the shell opened for it, not the env.)
+    let names: Vec<&str> = content
+        .lines()
+        .filter(|l| !l.starts_with("fd"))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    assert!(!content.contains("socket:"), "{content}");
+    for name in &names {
+        assert!(
+            [
+                "PATH",
+                "LANG",
+                "HOME",
+                "TZ",
+                "WECHAT_RULE",
+                "BOT_URL",
+                "PWD",
+                "SHLVL",
+                "_"
+            ]
+            .contains(name),
+            "{name} reached the program: {content}"
+        );
+    }
+    assert!(
+        content.contains("BOT_URL=http://127.0.0.1:5000"),
+        "{content}"
+    );
+    assert!(content.contains("WECHAT_RULE=rule[0]"), "{content}");
+    assert!(content.contains("LANG=C.UTF-8"), "{content}");
+}

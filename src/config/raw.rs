@@ -84,6 +84,8 @@ pub(super) struct RawAction {
 pub(super) struct RawRun {
     pub(super) command: Vec<String>,
     pub(super) timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub(super) env: std::collections::BTreeMap<String, String>,
 }
 
 /// A string or a list of strings.

@@ -242,11 +242,21 @@ impl RawAction {
                     "{label}.run.command: is empty; give the program and its arguments"
                 ));
             }
+            for (name, value) in &run.env {
+                let bad_name = name.is_empty()
+                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if bad_name || value.contains('\0') {
+                    check.problems.push(format!(
+                        "{label}.run.env.{name}: names are letters, digits and `_`; values have no NUL"
+                    ));
+                }
+            }
             Action::Run {
                 program: Arc::new(Program {
                     command: run.command,
                     dir: check.base.to_path_buf(),
                     timeout_ms,
+                    env: run.env.into_iter().collect(),
                 }),
                 fallback,
             }

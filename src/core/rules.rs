@@ -104,6 +104,8 @@ pub struct Program {
     pub dir: std::path::PathBuf,
     /// How long it may take, from when it asks for a slot.
     pub timeout_ms: u64,
+    /// `run.env`: variables set for it beside the documented few.
+    pub env: Vec<(String, String)>,
 }
 
 /// What the rules decided for one message.

@@ -235,7 +235,7 @@ impl Engine {
         tokio::spawn(async move {
             let started = Instant::now();
             let command = program.command.first().map_or("", String::as_str);
-            let answer = match program::run(&program, &input, &permits).await {
+            let answer = match program::run(&program, &rule, &input, &permits).await {
                 Ok(reply) => {
                     tracing::info!(
                         %rule,

@@ -13,11 +13,21 @@ use crate::core::rules::{parse_program_output, Program};
 /// Largest program output read; more is a failure.
 pub const MAX_PROGRAM_OUTPUT: usize = 64 * 1024;
 
+/// The only variables a program gets from the server's environment. Everything else
+/// (in CGI mode: client-controlled `HTTP_*` headers, the signed `QUERY_STRING`; under
+/// systemd: `LISTEN_FDS`) stays out. `WECHAT_RULE` (the rule's name) and the rule's
+/// `run.env` are added.
+pub const PASSED_ENV: &[&str] = &["PATH", "LANG", "HOME", "TZ"];
+
+/// `PATH` for a program when the server has none (CGI programs often get none).
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// Run a reply program: the message JSON on stdin, the reply on stdout. Waits for one of
 /// `permits` first (within the program's timeout). Killed (with its process group) on
 /// timeout and always reaped. `Err` says why there is no reply.
 pub async fn run(
     program: &Program,
+    rule: &str,
     input: &[u8],
     permits: &Semaphore,
 ) -> Result<Option<Reply>, String> {
@@ -33,7 +43,19 @@ pub async fn run(
         })?
         .map_err(|_| "program slots closed".to_owned())?;
     let (name, args) = program.command.split_first().ok_or("empty command")?;
-    let mut child = tokio::process::Command::new(name)
+    let mut command = tokio::process::Command::new(name);
+    command.env_clear();
+    for key in PASSED_ENV {
+        if let Some(value) = std::env::var_os(key) {
+            command.env(key, value);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        command.env("PATH", DEFAULT_PATH);
+    }
+    command.env("WECHAT_RULE", rule);
+    command.envs(program.env.iter().map(|(k, v)| (k, v)));
+    let mut child = command
         .args(args)
         .current_dir(&program.dir)
         .stdin(Stdio::piped())

@@ -124,6 +124,32 @@ pub fn send_signal(pid: u32, sig: i32) {
     assert!(status.success());
 }
 
+/// Run the binary as a CGI program; returns (exit ok, stdout, stderr).
+pub fn run_cgi(args: &[&str], vars: &[(&str, &str)], body: &[u8]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .args(args)
+        .env("GATEWAY_INTERFACE", "CGI/1.1");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(body); // the program may refuse before reading it all
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Write a config with our test token and these extra lines.
 pub fn write_config(dir: &TempDir, extra: &str) -> PathBuf {
     let path = dir.path("wechat-fcgi.toml");
