@@ -362,3 +362,93 @@ fn reply_programs_get_a_small_documented_environment() {
     assert!(content.contains("WECHAT_RULE=rule[0]"), "{content}");
     assert!(content.contains("LANG=C.UTF-8"), "{content}");
 }
+
+// Regression: a client that pipelined requests and never read its answers held a
+// connection slot forever (a legitimate request waited 20 s).
+#[test]
+fn a_client_that_never_reads_is_closed_after_the_write_timeout() {
+    let dir = TempDir::new("write-timeout");
+    let config = write_config(
+        &dir,
+        "[server]\nmax_connections = 1\nwrite_timeout_secs = 1\n",
+    );
+    let (server, addr) = start_server(&dir, &config);
+    // The hog: many handshakes with a 30 KB echostr each, written from a thread (its
+    // writes block once the server stops reading), never reading an answer.
+    let hog = TcpStream::connect(addr).unwrap();
+    let mut writer = hog.try_clone().unwrap();
+    let echo = "e".repeat(30_000);
+    let query = format!("{}&echostr={echo}", signed("1"));
+    let feeder = std::thread::spawn(move || {
+        let mut batch = Vec::new();
+        for id in 0..50u16 {
+            fcgi_request(&mut batch, id + 1, true, "GET", &query, b"");
+        }
+        for _ in 0..20 {
+            if writer.write_all(&batch).is_err() {
+                return; // closed by the server
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A legitimate request, in the backlog behind the hog's connection slot.
+    let started = std::time::Instant::now();
+    let mut legit = TcpStream::connect(addr).unwrap();
+    let reply = ask(
+        &mut legit,
+        "GET",
+        &format!("{}&echostr=ok", signed("2")),
+        b"",
+    );
+    assert!(reply.ends_with("\r\n\r\nok"), "{reply}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "waited {:?}",
+        started.elapsed()
+    );
+    wait_for_log(&server, "did not take our output within write_timeout_secs");
+    drop(hog);
+    feeder.join().unwrap();
+}
+
+// A connection that only sends records that are not requests (here GET_VALUES) is
+// idle: it is closed after idle_timeout_secs however often it sends them.
+#[test]
+fn records_that_are_not_requests_do_not_keep_a_connection_open() {
+    let dir = TempDir::new("idle");
+    let config = write_config(&dir, "[server]\nidle_timeout_secs = 1\n");
+    let (_server, addr) = start_server(&dir, &config);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let mut get_values = Vec::new();
+    wechat_fcgi::fcgi::record::write_record(
+        &mut get_values,
+        wechat_fcgi::fcgi::record::GET_VALUES,
+        0,
+        &[],
+    );
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(6),
+            "still open after 6 s"
+        );
+        if s.write_all(&get_values).is_err() {
+            break started.elapsed();
+        }
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) => break started.elapsed(), // closed by the server
+            Ok(_) => {}                       // GET_VALUES_RESULT
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break started.elapsed(), // reset by the server
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(closed < std::time::Duration::from_secs(4), "{closed:?}");
+}

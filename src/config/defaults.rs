@@ -75,6 +75,13 @@ pub const READ_TIMEOUT_SECS: Bound = Bound {
     min: 1,
     max: 3_600,
 };
+/// `write_timeout_secs`: a connection whose output does not drain within this is closed.
+pub const WRITE_TIMEOUT_SECS: Bound = Bound {
+    key: "write_timeout_secs",
+    default: 10,
+    min: 1,
+    max: 3_600,
+};
 /// `drain_timeout_secs`: how long in-flight requests get after SIGTERM.
 pub const DRAIN_TIMEOUT_SECS: Bound = Bound {
     key: "drain_timeout_secs",
@@ -126,6 +133,7 @@ pub const SERVER_NUMBERS: &[Bound] = &[
     MAX_CONNECTIONS,
     IDLE_TIMEOUT_SECS,
     READ_TIMEOUT_SECS,
+    WRITE_TIMEOUT_SECS,
     DRAIN_TIMEOUT_SECS,
     REPLY_BUDGET,
     MAX_PROGRAMS_BOUND,

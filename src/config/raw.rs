@@ -29,6 +29,7 @@ pub(super) struct RawServer {
     pub(super) max_connections: Option<u64>,
     pub(super) idle_timeout_secs: Option<u64>,
     pub(super) read_timeout_secs: Option<u64>,
+    pub(super) write_timeout_secs: Option<u64>,
     pub(super) drain_timeout_secs: Option<u64>,
     pub(super) reply_budget_ms: Option<u64>,
     pub(super) max_programs: Option<u64>,

@@ -40,6 +40,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long one request may take to arrive once it started.
     pub read_timeout: Duration,
+    /// How long the peer may take to take in what we write.
+    pub write_timeout: Duration,
     /// How long in-flight requests get to finish after SIGTERM.
     pub drain_timeout: Duration,
 }
@@ -54,6 +56,7 @@ impl Default for Limits {
             max_connections: n(defaults::MAX_CONNECTIONS),
             idle_timeout: secs(defaults::IDLE_TIMEOUT_SECS),
             read_timeout: secs(defaults::READ_TIMEOUT_SECS),
+            write_timeout: secs(defaults::WRITE_TIMEOUT_SECS),
             drain_timeout: secs(defaults::DRAIN_TIMEOUT_SECS),
         }
     }
@@ -96,6 +99,10 @@ impl RawServer {
             read_timeout: Duration::from_secs(num(
                 defaults::READ_TIMEOUT_SECS,
                 self.read_timeout_secs,
+            )),
+            write_timeout: Duration::from_secs(num(
+                defaults::WRITE_TIMEOUT_SECS,
+                self.write_timeout_secs,
             )),
             drain_timeout: Duration::from_secs(num(
                 defaults::DRAIN_TIMEOUT_SECS,

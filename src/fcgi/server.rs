@@ -126,9 +126,20 @@ pub async fn serve_connection<S>(
             Err(_) => return, // idle keep-alive connection timed out
         };
         if !session.out.is_empty() {
-            if let Err(e) = stream.write_all(&session.out).await {
-                tracing::debug!(error = %e, "connection write failed");
-                return;
+            let until = Instant::now() + limits.write_timeout;
+            match tokio::time::timeout_at(until, stream.write_all(&session.out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "connection write failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        pending = session.out.len(),
+                        "closing connection: the peer did not take our output within write_timeout_secs"
+                    );
+                    return;
+                }
             }
             session.out = Vec::new();
         }
@@ -163,6 +174,10 @@ struct Session {
     served: u64,
     /// Shutdown was asked: answer what comes, then close.
     draining: bool,
+    /// Since when no request has been in progress: the idle timeout counts from here.
+    /// Records that are not part of a request (management records, ignored ones) do
+    /// not make a connection busy, so they cannot keep it open.
+    idle_since: Instant,
 }
 
 impl Session {
@@ -179,6 +194,7 @@ impl Session {
             request_started: None,
             served: 0,
             draining,
+            idle_since: Instant::now(),
         }
     }
 
@@ -194,7 +210,7 @@ impl Session {
             Some(t) if self.busy() => t + self.limits.read_timeout,
             _ if self.draining && self.served == 0 => now + self.limits.read_timeout,
             _ if self.draining => now + DRAIN_GRACE,
-            _ => now + self.limits.idle_timeout,
+            _ => self.idle_since + self.limits.idle_timeout,
         }
     }
 
@@ -257,6 +273,7 @@ impl Session {
                     let started = self.request_started.unwrap_or_else(Instant::now);
                     answer(engine, ready, started, &mut self.out).await;
                     self.request_started = None;
+                    self.idle_since = Instant::now();
                     if !keep {
                         flow = Flow::Close;
                         break;
