@@ -452,3 +452,66 @@ fn records_that_are_not_requests_do_not_keep_a_connection_open() {
     };
     assert!(closed < std::time::Duration::from_secs(4), "{closed:?}");
 }
+
+/// Whether a process is gone (or only a zombie waiting for its reaper).
+fn gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+// Regression: timeouts killed a program's process group, SIGTERM did not: a running
+// program's children outlived the server.
+#[test]
+fn sigterm_kills_running_programs_and_their_children() {
+    let dir = TempDir::new("sigterm-programs");
+    write_executable(
+        &dir,
+        "lingers.sh",
+        "#!/bin/sh\ncat >/dev/null\nsleep 30 &\necho $! > child.pid\necho $$ > program.pid\nsleep 30\n",
+    );
+    let config = write_config(
+        &dir,
+        "[server]\nreply_budget_ms = 300\n\
+         [[rule]]\ntext = \"linger\"\nrun = { command = [\"./lingers.sh\"], timeout_ms = 15000 }\n",
+    );
+    let (mut server, addr) = start_server(&dir, &config);
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "linger", 1);
+    let reply = ask(&mut s, "POST", &signed("1"), body.as_bytes());
+    assert!(
+        reply.ends_with("success"),
+        "answered at the budget: {reply}"
+    );
+    let read_pid = |name: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(pid) = std::fs::read_to_string(dir.path(name)) {
+                if !pid.trim().is_empty() {
+                    return pid.trim().to_owned();
+                }
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no {name}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let (child, program) = (read_pid("child.pid"), read_pid("program.pid"));
+    assert!(!gone(&child) && !gone(&program));
+    drop(s);
+    assert!(server.signal_and_wait(15).success());
+    let start = std::time::Instant::now();
+    while !(gone(&child) && gone(&program)) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "left running after SIGTERM: program {program}, child {child}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

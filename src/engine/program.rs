@@ -65,7 +65,9 @@ pub async fn run(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {name}: {e}"))?;
-    let pid = child.id();
+    // However this function ends (also when its task is dropped at shutdown), the
+    // program's whole process group goes: children it left behind included.
+    let mut group = KillGroupOnDrop(child.id());
     let mut stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -100,12 +102,28 @@ pub async fn run(
         Err(_) => Err(format!("timed out after {} ms", program.timeout_ms)),
     };
     // Kill what is left of the program's process group (a timed-out program, or
-    // children it left behind), then reap the program itself.
-    if let Some(pid) = pid {
-        kill_group(pid);
-    }
+    // children it left behind), then reap the program itself (the group is killed
+    // before the leader is reaped, while its id cannot have been reused).
+    group.kill();
     let _ = child.wait().await;
     outcome
+}
+
+/// Kills the process group led by the program when dropped, unless already killed.
+struct KillGroupOnDrop(Option<u32>);
+
+impl KillGroupOnDrop {
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            kill_group(pid);
+        }
+    }
+}
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// SIGKILL the process group led by `pid` (programs run as group leaders).
