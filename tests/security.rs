@@ -515,3 +515,59 @@ fn sigterm_kills_running_programs_and_their_children() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+// Regression: replies carried characters XML 1.0 forbids (from a template or a
+// program), which no XML parser accepts. Checked with Python's parser, not ours.
+#[test]
+fn replies_are_always_well_formed_xml() {
+    let dir = TempDir::new("xml-chars");
+    write_executable(
+        &dir,
+        "odd.sh",
+        "#!/bin/sh\ncat >/dev/null\nprintf 'bell\\001 esc\\033[31m fffe\\357\\277\\276 ok'\n",
+    );
+    let config = write_config(
+        &dir,
+        "[[rule]]\ntext = \"odd\"\nrun = { command = [\"./odd.sh\"] }\n\
+         [[rule]]\nprefix = \"echo\"\nreply = { text = \"{content}\" }\n",
+    );
+    let (_server, addr) = start_server(&dir, &config);
+    let mut s = TcpStream::connect(addr).unwrap();
+    let odd = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "odd", 1);
+    // A message whose Content holds a character reference XML 1.0 forbids, echoed.
+    let echo = format!(
+        "<xml><ToUserName><![CDATA[gh]]></ToUserName><FromUserName><![CDATA[oF]]></FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType>\
+         <Content>echo a&#1;b&#27;c</Content><MsgId>2</MsgId></xml>",
+        unix_now()
+    );
+    for body in [odd, echo] {
+        let reply = ask(&mut s, "POST", &signed("1"), body.as_bytes());
+        let xml = reply.split("\r\n\r\n").nth(1).unwrap();
+        let parsed = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys, xml.dom.minidom as m; d = m.parseString(sys.stdin.buffer.read()); \
+                 print(d.getElementsByTagName('Content')[0].firstChild.data)",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut p| {
+                p.stdin.take().unwrap().write_all(xml.as_bytes())?;
+                p.wait_with_output()
+            })
+            .unwrap();
+        assert!(
+            parsed.status.success(),
+            "not XML: {xml:?}\n{}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+        let content = String::from_utf8_lossy(&parsed.stdout);
+        assert!(
+            content.contains("ok") || content.contains("echo abc"),
+            "{content}"
+        );
+    }
+}

@@ -227,10 +227,14 @@ fn optional(out: &mut Vec<u8>, name: &str, text: &Option<String>) {
 }
 
 /// Write `text` as CDATA. A CDATA section cannot contain `]]>`, so each occurrence is
-/// split across two sections: `]]` ends one, `>` starts the next.
+/// split across two sections: `]]` ends one, `>` starts the next. Characters XML 1.0
+/// does not allow anywhere in a document (controls other than tab, LF and CR, and
+/// U+FFFE, U+FFFF) are dropped: a template or a program can produce them, and a reply
+/// holding one is not XML.
 pub fn cdata(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(b"<![CDATA[");
-    let mut rest = text;
+    let text = xml_chars(text);
+    let mut rest = text.as_ref();
     while let Some(at) = find_cdata_end(rest.as_bytes()) {
         out.extend_from_slice(&rest.as_bytes()[..at + 2]);
         out.extend_from_slice(b"]]><![CDATA[");
@@ -238,6 +242,20 @@ pub fn cdata(out: &mut Vec<u8>, text: &str) {
     }
     out.extend_from_slice(rest.as_bytes());
     out.extend_from_slice(b"]]>");
+}
+
+/// `text` without the characters XML 1.0 forbids (borrowed when it has none).
+pub fn xml_chars(text: &str) -> std::borrow::Cow<'_, str> {
+    let forbidden = |c: char| matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}');
+    // One pass over the bytes without branches decides the common case: no control
+    // byte and no 0xEF (the lead byte of U+FFFE and U+FFFF) means nothing to drop.
+    let suspect = text.bytes().fold(false, |any, b| {
+        any | ((b < 0x20) & !matches!(b, b'\t' | b'\n' | b'\r')) | (b == 0xEF)
+    });
+    if !suspect || !text.contains(forbidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.chars().filter(|&c| !forbidden(c)).collect())
 }
 
 /// Where `]]>` starts in `bytes`: jump from `]` to `]` with memchr (most texts have
@@ -262,6 +280,24 @@ mod tests {
         let mut out = Vec::new();
         cdata(&mut out, text);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn characters_xml_forbids_are_dropped() {
+        let rows = [
+            ("plain 你好 👋", "plain 你好 👋"),
+            ("tab\tline\ncr\r", "tab\tline\ncr\r"),
+            ("a\u{1}b\u{1b}[31mc\u{0}", "ab[31mc"),
+            ("x\u{fffe}y\u{ffff}z\u{fffd}", "xyz\u{fffd}"),
+            ("\u{b}\u{c}\u{1f}", ""),
+            ("\u{7f}\u{85}", "\u{7f}\u{85}"), // allowed by XML 1.0
+            ("\u{ef}", "\u{ef}"),             // ï: lead byte 0xC3, not 0xEF
+            ("\u{f000}", "\u{f000}"),         // lead byte 0xEF, allowed
+        ];
+        for (text, want) in rows {
+            assert_eq!(xml_chars(text), want, "{text:?}");
+        }
+        assert_eq!(cdata_string("a\u{1}]]>b"), "<![CDATA[a]]]]><![CDATA[>b]]>");
     }
 
     #[test]
