@@ -571,3 +571,53 @@ fn replies_are_always_well_formed_xml() {
         );
     }
 }
+
+// Regression: program slots were one shared queue; six slow messages from one follower
+// made everyone else's program answers fall back.
+#[test]
+fn one_follower_cannot_take_every_program_slot() {
+    let dir = TempDir::new("per-sender");
+    write_executable(
+        &dir,
+        "bot.sh",
+        "#!/bin/sh\nif grep -q fast; then echo fast answer; exit; fi\n\
+         while [ ! -e release ]; do sleep 0.02; done\necho slow answer\n",
+    );
+    let config = write_config(
+        &dir,
+        "[server]\nmax_programs = 4\nmax_programs_per_sender = 2\nreply_budget_ms = 1000\n\
+         [[rule]]\nprefix = \"ask\"\nrun = { command = [\"./bot.sh\"], timeout_ms = 10000 }\n\
+         fallback = { text = \"busy\" }\n",
+    );
+    let (server, addr) = start_server(&dir, &config);
+    // Six slow questions from one follower, at once.
+    let hog: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let body = wechat_fcgi::sample::text_with_id(
+                    "gh",
+                    "oHog",
+                    unix_now(),
+                    &format!("ask slow {i}"),
+                    100 + i,
+                );
+                ask(&mut s, "POST", &signed("1"), body.as_bytes())
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Another follower still gets its program's answer.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body = wechat_fcgi::sample::text_with_id("gh", "oOther", unix_now(), "ask fast", 1);
+    let reply = ask(&mut s, "POST", &signed("2"), body.as_bytes());
+    assert!(reply.contains("fast answer"), "{reply}\n{}", server.log());
+    std::fs::write(dir.path("release"), b"").unwrap();
+    let answers: Vec<String> = hog.into_iter().map(|h| h.join().unwrap()).collect();
+    let busy = answers.iter().filter(|a| a.contains("busy")).count();
+    assert_eq!(
+        busy, 4,
+        "two ran, four got the fallback at once: {answers:?}"
+    );
+    wait_for_log(&server, "max_programs_per_sender");
+}

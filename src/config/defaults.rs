@@ -103,6 +103,13 @@ pub const MAX_PROGRAMS_BOUND: Bound = Bound {
     min: 1,
     max: 1_024,
 };
+/// `max_programs_per_sender`: reply programs one follower may have running at once.
+pub const MAX_PROGRAMS_PER_SENDER: Bound = Bound {
+    key: "max_programs_per_sender",
+    default: 2,
+    min: 1,
+    max: 1_024,
+};
 /// `retry_cache_entries`: answers the in-memory store keeps.
 pub const RETRY_CACHE: Bound = Bound {
     key: "retry_cache_entries",
@@ -137,6 +144,7 @@ pub const SERVER_NUMBERS: &[Bound] = &[
     DRAIN_TIMEOUT_SECS,
     REPLY_BUDGET,
     MAX_PROGRAMS_BOUND,
+    MAX_PROGRAMS_PER_SENDER,
     RETRY_CACHE,
     RETRY_CACHE_BYTES_BOUND,
     TIMESTAMP_WINDOW,

@@ -33,6 +33,7 @@ pub(super) struct RawServer {
     pub(super) drain_timeout_secs: Option<u64>,
     pub(super) reply_budget_ms: Option<u64>,
     pub(super) max_programs: Option<u64>,
+    pub(super) max_programs_per_sender: Option<u64>,
     pub(super) retry_cache_entries: Option<u64>,
     pub(super) retry_cache_bytes: Option<u64>,
     pub(super) timestamp_window_secs: Option<u64>,

@@ -114,6 +114,10 @@ impl RawServer {
         let engine = EngineConfig {
             reply_budget: Duration::from_millis(num(defaults::REPLY_BUDGET, self.reply_budget_ms)),
             max_programs: size(num(defaults::MAX_PROGRAMS_BOUND, self.max_programs)),
+            max_programs_per_sender: size(num(
+                defaults::MAX_PROGRAMS_PER_SENDER,
+                self.max_programs_per_sender,
+            )),
             cache_entries: size(num(defaults::RETRY_CACHE, self.retry_cache_entries)),
             cache_bytes: size(num(
                 defaults::RETRY_CACHE_BYTES_BOUND,

@@ -29,6 +29,8 @@ pub struct EngineConfig {
     pub reply_budget: Duration,
     /// Reply programs running at once.
     pub max_programs: usize,
+    /// Reply programs one follower may have running at once.
+    pub max_programs_per_sender: usize,
     /// Entries the in-memory store holds at most.
     pub cache_entries: usize,
     /// Bytes the in-memory store's answers take at most (about).
@@ -42,6 +44,7 @@ impl Default for EngineConfig {
         EngineConfig {
             reply_budget: Duration::from_millis(defaults::REPLY_BUDGET_MS),
             max_programs: defaults::MAX_PROGRAMS,
+            max_programs_per_sender: defaults::MAX_PROGRAMS_PER_SENDER.default as usize,
             cache_entries: defaults::RETRY_CACHE_ENTRIES,
             cache_bytes: defaults::RETRY_CACHE_BYTES,
             cache_retention: defaults::retention(defaults::TIMESTAMP_WINDOW_SECS),
@@ -58,6 +61,8 @@ pub struct Engine {
     responder: RwLock<Arc<Responder>>,
     store: Arc<Store>,
     programs: Arc<Semaphore>,
+    /// Programs running per follower (only followers with one running are listed).
+    per_sender: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     config: EngineConfig,
 }
 
@@ -78,6 +83,7 @@ impl Engine {
             responder: RwLock::new(Arc::new(responder)),
             store: Arc::new(store),
             programs: Arc::new(Semaphore::new(config.max_programs.max(1))),
+            per_sender: Arc::default(),
             config,
         }
     }
@@ -198,13 +204,32 @@ impl Engine {
                                 program,
                                 fallback,
                             },
-                        ) => self.spawn_program(
-                            pending.key.clone(),
-                            rule.clone(),
-                            program.clone(),
-                            fallback.clone(),
-                            pending.json.clone().unwrap_or_default(),
-                        ),
+                        ) => {
+                            let sender = &pending.context.follower;
+                            let Some(slot) = self.sender_slot(sender) else {
+                                tracing::warn!(
+                                    %rule,
+                                    follower = %crate::log::Escaped(sender),
+                                    limit = self.config.max_programs_per_sender,
+                                    "this follower already has max_programs_per_sender programs running: answering with the fallback"
+                                );
+                                let answer = Answer {
+                                    reply: fallback.clone(),
+                                    rule: rule.clone(),
+                                    via: Via::Fallback,
+                                };
+                                self.store.finish(key, answer.clone(), Instant::now()).await;
+                                return Some(answer);
+                            };
+                            self.spawn_program(
+                                pending.key.clone(),
+                                rule.clone(),
+                                program.clone(),
+                                fallback.clone(),
+                                pending.json.clone().unwrap_or_default(),
+                                slot,
+                            )
+                        }
                         (None, _) => return None, // from_decision covers the others
                     }
                 }
@@ -229,10 +254,12 @@ impl Engine {
         program: Arc<Program>,
         fallback: Option<Arc<Reply>>,
         input: Vec<u8>,
+        slot: SenderSlot,
     ) {
         let store = self.store.clone();
         let permits = self.programs.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let started = Instant::now();
             let command = program.command.first().map_or("", String::as_str);
             let answer = match program::run(&program, &rule, &input, &permits).await {
@@ -265,6 +292,40 @@ impl Engine {
             };
             store.finish(&key, answer, Instant::now()).await;
         });
+    }
+}
+
+impl Engine {
+    /// Count a program for `sender`, or `None` when it has as many running as allowed.
+    fn sender_slot(&self, sender: &str) -> Option<SenderSlot> {
+        let mut running = self.per_sender.lock().unwrap_or_else(|p| p.into_inner());
+        let count = running.entry(sender.to_owned()).or_insert(0);
+        if *count >= self.config.max_programs_per_sender {
+            return None;
+        }
+        *count += 1;
+        Some(SenderSlot {
+            sender: sender.to_owned(),
+            running: self.per_sender.clone(),
+        })
+    }
+}
+
+/// One running program counted for its follower; uncounted when dropped.
+struct SenderSlot {
+    sender: String,
+    running: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Drop for SenderSlot {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = running.get_mut(&self.sender) {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.sender);
+            }
+        }
     }
 }
 
