@@ -369,7 +369,9 @@ fn max_programs_caps_programs_running_at_once() {
     let handles: Vec<_> = (0..3u64)
         .map(|i| {
             std::thread::spawn(move || {
-                let body = wechat_fcgi::sample::text_with_id("gh", "oU", 1, "run", 500 + i);
+                // Three followers (one follower may run only max_programs_per_sender).
+                let from = format!("oU{i}");
+                let body = wechat_fcgi::sample::text_with_id("gh", &from, 1, "run", 500 + i);
                 http(
                     port,
                     "POST",
