@@ -2,14 +2,16 @@
 //!
 //! The server writes one INFO line per request. Written one by one, that is one
 //! `write(2)` per request, which measured 10-15% of the server's throughput behind
-//! nginx (README, Performance). So in `serve`, INFO and lower lines are gathered in a
-//! buffer and written together: [`FLUSH_AFTER`] after the first line of a batch (the
-//! [`flusher`] task), when [`FLUSH_AT`] bytes are waiting, with the next WARN or ERROR
-//! line (which is never held back: it flushes the buffer and itself, in order), and at
-//! exit. Flushing whenever the runtime went idle was tried first: behind nginx at 32
-//! connections it goes idle after almost every request, so that was still about one
-//! write per request. Only a SIGKILL can lose lines (at most one batch). CGI mode
-//! writes every line at once.
+//! nginx (BENCHMARKS.md). So in `serve`, lines go into a bounded buffer that a thread of
+//! its own writes to stderr: INFO lines [`FLUSH_AFTER`] after the first line of a batch
+//! or when [`FLUSH_AT`] bytes are waiting, WARN and ERROR lines at once (after what is
+//! buffered, in order), and everything at exit. Only a SIGKILL can lose lines.
+//!
+//! Logging never blocks the server: when stderr is not read (a full pipe, a stopped
+//! terminal), only the writer thread waits; the buffer fills to [`MAX_BUFFERED`], and
+//! lines beyond that are dropped and counted. When the writer gets through again it
+//! first writes how many were dropped ([`dropped`] has the total). CGI mode and the
+//! other commands write every line at once.
 //!
 //! The INFO line for each answered request is written by [`request_line`], in the
 //! same format, without `tracing`'s formatter: that formatter cost 3.4 µs per request
@@ -18,11 +20,9 @@
 
 use std::cell::RefCell;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::Level;
 use tracing_subscriber::fmt::MakeWriter;
@@ -33,21 +33,48 @@ use Value::{Num, Str};
 /// Buffered bytes that trigger a write at once.
 pub const FLUSH_AT: usize = 8 * 1024;
 /// The longest an INFO line waits in the buffer.
-pub const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
+/// The most the buffer holds while stderr is not taking lines; more are dropped.
+pub const MAX_BUFFERED: usize = 1024 * 1024;
+/// The longest the process waits at exit for its last lines to be written.
+pub const EXIT_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
-/// Wakes the [`flusher`] when a batch starts.
-static BATCH_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// What the writer thread and the loggers share.
+struct Shared {
+    /// Lines waiting to be written.
+    buf: Vec<u8>,
+    /// Write without waiting for the batch to fill (a WARN line, exit).
+    urgent: bool,
+    /// The writer thread is writing (the buffer it took is not on stderr yet).
+    writing: bool,
+}
 
-static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+static SHARED: Mutex<Shared> = Mutex::new(Shared {
+    buf: Vec::new(),
+    urgent: false,
+    writing: false,
+});
+/// Wakes the writer thread (new lines, urgent) and [`flush`] (written).
+static WAKE: Condvar = Condvar::new();
 static BUFFERED: AtomicBool = AtomicBool::new(false);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Dropped lines not yet reported in the log itself.
+static UNREPORTED: AtomicU64 = AtomicU64::new(0);
 
-/// Install the subscriber. `buffered`: hold INFO lines until [`flush`] (the server);
+/// Install the subscriber. `buffered`: lines go through the writer thread (the server);
 /// otherwise every line is written as it is logged (CGI, the CLI's other commands).
 pub fn init(buffered: bool) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("WECHAT_FCGI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    BUFFERED.store(buffered, Ordering::Relaxed);
+    if buffered
+        && std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(writer)
+            .is_ok()
+    {
+        BUFFERED.store(true, Ordering::Relaxed);
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Stderr)
@@ -56,69 +83,134 @@ pub fn init(buffered: bool) {
         .try_init();
 }
 
-/// The server's flushing task: writes each batch [`FLUSH_AFTER`] after its first line.
-/// It sleeps while nothing is buffered, so an idle server does not wake up for it.
-pub async fn flusher() {
-    loop {
-        BATCH_STARTED.notified().await;
-        tokio::time::sleep(FLUSH_AFTER).await;
-        flush();
+/// Lines dropped since start because stderr did not take them.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Write whatever is buffered, waiting at most [`EXIT_FLUSH_WAIT`] (a stalled stderr
+/// must not keep the process from exiting).
+pub fn flush() {
+    if !BUFFERED.load(Ordering::Relaxed) {
+        return;
+    }
+    let deadline = Instant::now() + EXIT_FLUSH_WAIT;
+    let mut shared = lock();
+    shared.urgent = true;
+    WAKE.notify_all();
+    while !shared.buf.is_empty() || shared.writing {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        shared = WAKE
+            .wait_timeout(shared, left)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
     }
 }
 
-/// Write whatever is buffered to stderr.
-pub fn flush() {
-    let mut buf = lock();
-    write_out(&mut buf);
-}
-
-fn lock() -> std::sync::MutexGuard<'static, Vec<u8>> {
+fn lock() -> std::sync::MutexGuard<'static, Shared> {
     // A panic while holding the lock leaves at worst a partial line: keep logging.
-    BUFFER.lock().unwrap_or_else(|e| e.into_inner())
+    SHARED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn write_out(buf: &mut Vec<u8>) {
-    if !buf.is_empty() {
+/// The writer thread: takes batches from the buffer and writes them to stderr, which
+/// may block here and nowhere else.
+fn writer() {
+    let mut out = Vec::new();
+    loop {
+        {
+            let mut shared = lock();
+            shared.writing = false;
+            WAKE.notify_all();
+            while shared.buf.is_empty() {
+                shared = WAKE.wait(shared).unwrap_or_else(|e| e.into_inner());
+            }
+            // A batch started: give it FLUSH_AFTER to fill, unless urgent or full.
+            let deadline = Instant::now() + FLUSH_AFTER;
+            while !shared.urgent && shared.buf.len() < FLUSH_AT {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                shared = WAKE
+                    .wait_timeout(shared, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            shared.urgent = false;
+            shared.writing = true;
+            std::mem::swap(&mut shared.buf, &mut out);
+        }
+        let lost = UNREPORTED.swap(0, Ordering::Relaxed);
+        let mut stderr = std::io::stderr().lock();
+        if lost > 0 {
+            let mut note = Vec::with_capacity(120);
+            timestamp(&mut note);
+            note.extend_from_slice(b"  WARN log lines dropped: stderr did not take them dropped=");
+            note.extend_from_slice(itoa::Buffer::new().format(lost).as_bytes());
+            note.push(b'\n');
+            let _ = stderr.write_all(&note);
+        }
         // Nowhere to report a failed log write; dropping the batch is all we can do.
-        let _ = std::io::stderr().lock().write_all(buf);
-        buf.clear();
-        if buf.capacity() > 4 * FLUSH_AT {
-            buf.shrink_to(FLUSH_AT);
+        let _ = stderr.write_all(&out);
+        drop(stderr);
+        out.clear();
+        if out.capacity() > 4 * FLUSH_AT {
+            out.shrink_to(FLUSH_AT);
         }
     }
 }
 
-/// The subscriber's writer; whether it holds INFO lines is [`BUFFERED`].
+/// The subscriber's writer.
 struct Stderr;
 
-/// One event's writer: appends to the shared buffer, or writes through.
+/// One event's writer: hands the line to the writer thread, or writes it through.
 pub struct LineWriter {
-    hold: bool,
+    /// Through the writer thread ([`BUFFERED`]).
+    buffered: bool,
+    /// A WARN or ERROR line: written without waiting for the batch.
+    urgent: bool,
 }
 
 impl<'a> MakeWriter<'a> for Stderr {
     type Writer = LineWriter;
 
     fn make_writer(&'a self) -> LineWriter {
-        LineWriter { hold: false }
+        LineWriter {
+            buffered: BUFFERED.load(Ordering::Relaxed),
+            urgent: true,
+        }
     }
 
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LineWriter {
         LineWriter {
-            hold: BUFFERED.load(Ordering::Relaxed) && *meta.level() >= Level::INFO,
+            buffered: BUFFERED.load(Ordering::Relaxed),
+            urgent: *meta.level() < Level::INFO,
         }
     }
 }
 
 impl Write for LineWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let mut buf = lock();
-        let first = buf.is_empty();
-        buf.extend_from_slice(data);
-        if !self.hold || buf.len() >= FLUSH_AT {
-            write_out(&mut buf);
+        if !self.buffered {
+            let _ = std::io::stderr().lock().write_all(data);
+            return Ok(data.len());
+        }
+        let mut shared = lock();
+        if shared.buf.len() + data.len() > MAX_BUFFERED {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            UNREPORTED.fetch_add(1, Ordering::Relaxed);
+            return Ok(data.len());
+        }
+        let first = shared.buf.is_empty();
+        shared.buf.extend_from_slice(data);
+        if self.urgent || shared.buf.len() >= FLUSH_AT {
+            shared.urgent = true;
+            WAKE.notify_all();
         } else if first {
-            BATCH_STARTED.notify_one();
+            WAKE.notify_all();
         }
         Ok(data.len())
     }
@@ -155,7 +247,8 @@ pub fn request_line(fields: &[(&str, Value<'_>)]) {
     }
     line.push(b'\n');
     let mut out = LineWriter {
-        hold: BUFFERED.load(Ordering::Relaxed),
+        buffered: BUFFERED.load(Ordering::Relaxed),
+        urgent: false,
     };
     let _ = out.write_all(&line);
 }

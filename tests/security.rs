@@ -621,3 +621,89 @@ fn one_follower_cannot_take_every_program_slot() {
     );
     wait_for_log(&server, "max_programs_per_sender");
 }
+
+// Regression: with stderr a pipe nobody read, the server froze after 399 refused
+// requests (each logged as a WARN line).
+#[test]
+fn a_stalled_log_reader_never_stalls_the_server() {
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("stalled-log");
+    let config = write_config(&dir, "");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .process_group(0)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::from(OwnedFd::from(listener)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .env_remove("WECHAT_FCGI_LOG")
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let server = Proc {
+        child,
+        stderr: dir.path("unused"),
+        is_nginx: false,
+    };
+    // 1 000 refusals with a 2 KB method each: 2 MB of WARN lines into a 64 KB pipe.
+    let method = format!("X{}", "Y".repeat(2_000));
+    let mut s = TcpStream::connect(addr).unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..1_000 {
+        let reply = ask(&mut s, &method, "", b"");
+        assert!(reply.starts_with("Status: 405"), "{reply}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // The reader comes back: the log says how many lines it could not keep. (If it
+    // never does, the server is stopped after 20 s so the read ends.)
+    let pid = server.child.id().to_string();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+        })
+    };
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 65536];
+        while let Ok(n) = stderr.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&all).contains("log lines dropped") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    // One more line after the reader is back, so the writer reports the count.
+    let reply = ask(&mut s, &method, "", b"");
+    assert!(reply.starts_with("Status: 405"));
+    let log = reader.join().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watchdog.join().unwrap();
+    assert!(
+        log.contains("log lines dropped"),
+        "{}",
+        &log[log.len().saturating_sub(500)..]
+    );
+    drop(server);
+}
