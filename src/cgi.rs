@@ -122,6 +122,9 @@ fn read_body(
         },
     };
     if len > max {
+        // Read the body and drop it, unstored: a web server still writing it would
+        // turn a closed pipe into a 500 instead of this 413.
+        let _ = std::io::copy(&mut stdin.take(len as u64), &mut std::io::sink());
         return Err(Rejection::BodyTooLarge { limit: max });
     }
     let mut body = Vec::with_capacity(len);

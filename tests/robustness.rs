@@ -365,8 +365,9 @@ fn table() -> Vec<(&'static str, Vec<u8>, Delivery, Vec<Got>)> {
         &params_of("POST", &signed("8"), Some(200_000)),
     );
     record::write_record(&mut b, record::STDIN, 1, &vec![b'z'; 1000]);
+    record::write_record(&mut b, record::STDIN, 1, b"");
     rows.push((
-        "CONTENT_LENGTH over max_body_bytes: 413 before the body",
+        "CONTENT_LENGTH over max_body_bytes: the body is read and dropped, then 413",
         b,
         WithProbe,
         vec![Got::Resp(1, 413), PROBE],

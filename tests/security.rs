@@ -375,7 +375,11 @@ fn a_client_that_never_reads_is_closed_after_the_write_timeout() {
     let (server, addr) = start_server(&dir, &config);
     // The hog: many handshakes with a 30 KB echostr each, written from a thread (its
     // writes block once the server stops reading), never reading an answer.
-    let hog = TcpStream::connect(addr).unwrap();
+    // A small receive buffer, so the server's output backs up after little data.
+    let hog = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    hog.set_recv_buffer_size(4096).unwrap();
+    hog.connect(&addr.into()).unwrap();
+    let hog: TcpStream = hog.into();
     let mut writer = hog.try_clone().unwrap();
     let echo = "e".repeat(30_000);
     let query = format!("{}&echostr={echo}", signed("1"));
@@ -706,4 +710,79 @@ fn a_stalled_log_reader_never_stalls_the_server() {
         &log[log.len().saturating_sub(500)..]
     );
     drop(server);
+}
+
+// Regression: a request refused early (413 on CONTENT_LENGTH) closed the connection
+// while the web server was still sending the body; Apache and Caddy turned that into a
+// 500/502 or a cut-off response. The body is now read (and dropped) first.
+#[test]
+fn an_early_refusal_reads_the_rest_of_the_body_first() {
+    let dir = TempDir::new("early-refusal");
+    let config = write_config(&dir, "[server]\nmax_body_bytes = 100000\n");
+    let (_server, addr) = start_server(&dir, &config);
+    // As Apache's mod_proxy_fcgi does: the whole body first, then read the answer. The
+    // body is larger than the kernel's socket buffers can hold, so a server that stops
+    // reading makes the write fail.
+    let large = vec![b'x'; 48 << 20];
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut request = Vec::new();
+    fcgi_request(&mut request, 1, false, "POST", &signed("1"), &large);
+    drop(large);
+    let body = vec![b'x'; 1_000_000];
+    s.write_all(&request)
+        .expect("the server reads the whole body");
+    let reply = fcgi_response(&mut s).expect("an answer after the body");
+    assert!(reply.starts_with("Status: 413"), "{reply}");
+    // And libfcgi's cgi-fcgi, which also sends all of stdin before it reads.
+    let mut child = std::process::Command::new("cgi-fcgi")
+        .env_clear()
+        .args(["-bind", "-connect", &addr.to_string()])
+        .envs([
+            ("REQUEST_METHOD", "POST"),
+            ("QUERY_STRING", signed("2").as_str()),
+            ("CONTENT_LENGTH", "1000000"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cgi-fcgi (libfcgi-bin)");
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || stdin.write_all(&body));
+    let out = child.wait_with_output().unwrap();
+    let _ = feeder.join();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("Status: 413"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// The same in CGI mode: the body over max_body_bytes is read (and dropped) before the
+// 413, so the web server writing it sees no broken pipe.
+#[test]
+fn a_cgi_refusal_reads_the_body_first() {
+    let dir = TempDir::new("cgi-early");
+    let config = write_config(&dir, "[server]\nmax_body_bytes = 100000\n");
+    let query = signed("1");
+    let mut child = std::process::Command::new(BIN)
+        .env_clear()
+        .envs([
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("WECHAT_FCGI_CONFIG", config.to_str().unwrap()),
+            ("REQUEST_METHOD", "POST"),
+            ("QUERY_STRING", query.as_str()),
+            ("CONTENT_LENGTH", "4000000"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || stdin.write_all(&vec![b'x'; 4_000_000]));
+    let out = child.wait_with_output().unwrap();
+    assert!(feeder.join().unwrap().is_ok(), "the whole body was read");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Status: 413"));
 }

@@ -70,6 +70,11 @@ struct Pending {
     params: Vec<u8>,
     decoded: Option<HttpParams>,
     stdin: Vec<u8>,
+    /// Refused before it fully arrived (too large, malformed): the rest of its PARAMS
+    /// and STDIN is read and dropped, and the refusal answered when its STDIN ends. A
+    /// web server still sending the body (Apache, Caddy) would turn a connection closed
+    /// under it into a 500 or 502.
+    refused: Option<Rejection>,
 }
 
 impl Connection {
@@ -100,14 +105,16 @@ impl Connection {
         self.active.is_some()
     }
 
-    /// The id of the request in progress, if any (to answer it on a read timeout).
-    pub fn active_request(&self) -> Option<(u16, bool)> {
-        self.active.as_ref().map(|p| (p.id, p.keep_conn))
-    }
-
-    /// Forget the request in progress (after the server answered it early).
-    pub fn drop_active(&mut self) {
-        self.active = None;
+    /// Give up on the request in progress (its read timeout passed): what to answer
+    /// it with (its refusal, or 408), never keeping the connection.
+    pub fn abandon(&mut self) -> Option<Ready> {
+        let p = self.active.take()?;
+        Some(Ready {
+            request_id: p.id,
+            keep_conn: false,
+            params: p.decoded.unwrap_or_default(),
+            body: Err(p.refused.unwrap_or(Rejection::ReadTimeout)),
+        })
     }
 
     /// Take one record. Protocol answers (GET_VALUES_RESULT, UNKNOWN_TYPE, END_REQUEST for
@@ -200,6 +207,7 @@ impl Connection {
             params: Vec::new(),
             decoded: None,
             stdin: Vec::new(),
+            refused: None,
         });
         Progress::Continue
     }
@@ -209,6 +217,9 @@ impl Connection {
         let Some(p) = self.active.as_mut().filter(|p| p.id == rec.request_id) else {
             return Progress::Ignored(format!("PARAMS for inactive request {}", rec.request_id));
         };
+        if p.refused.is_some() {
+            return Progress::Continue; // dropped: the request is refused already
+        }
         if p.decoded.is_some() {
             return Progress::Ignored(format!(
                 "PARAMS after the end of params for request {}",
@@ -265,6 +276,21 @@ impl Connection {
         let Some(p) = self.active.as_mut().filter(|p| p.id == rec.request_id) else {
             return Progress::Ignored(format!("STDIN for inactive request {}", rec.request_id));
         };
+        if p.refused.is_some() {
+            if !rec.content.is_empty() {
+                return Progress::Continue; // dropped: the request is refused already
+            }
+            // The body is all in: answer the refusal, and the connection goes on.
+            return match self.active.take() {
+                Some(p) => Progress::Ready(Ready {
+                    request_id: p.id,
+                    keep_conn: p.keep_conn,
+                    params: p.decoded.unwrap_or_default(),
+                    body: Err(p.refused.unwrap_or(Rejection::BadParams)),
+                }),
+                None => Progress::Continue,
+            };
+        }
         if p.decoded.is_none() {
             return Progress::Close(format!(
                 "STDIN before the end of PARAMS for request {}",
@@ -299,20 +325,16 @@ impl Connection {
         })
     }
 
-    /// Answer the active request now with a refusal; later records for it are ignored.
+    /// Refuse the active request: nothing more of it is kept, the rest of it is read
+    /// and dropped, and the refusal is answered when its STDIN ends (or at its read
+    /// timeout).
     fn refuse(&mut self, rejection: Rejection) -> Progress {
-        // Only called with an active request; an empty one is a harmless fallback.
-        let p = self.active.take();
-        let (request_id, keep_conn, params) = match p {
-            Some(p) => (p.id, p.keep_conn, p.decoded.unwrap_or_default()),
-            None => (0, false, HttpParams::default()),
-        };
-        Progress::Ready(Ready {
-            request_id,
-            keep_conn,
-            params,
-            body: Err(rejection),
-        })
+        if let Some(p) = self.active.as_mut() {
+            p.params = Vec::new();
+            p.stdin = Vec::new();
+            p.refused = Some(rejection);
+        }
+        Progress::Continue
     }
 }
 
@@ -528,22 +550,43 @@ mod tests {
                 vec![],
             ),
             (
-                "params over max_params_bytes: 431 at once",
+                "params over max_params_bytes: the rest is dropped, 431 when STDIN ends",
                 vec![
                     (B, 1, begin(1)),
                     (P, 1, params_with(&[("HTTP_X", &"x".repeat(300))])),
+                    (P, 1, params_with(&[("HTTP_Y", &"y".repeat(300))])),
+                    (P, 1, vec![]),
+                    (S, 1, b"abc".to_vec()),
+                    (S, 1, vec![]),
                 ],
-                vec![Continue, Ready(1, Err("params_too_large"))],
+                vec![
+                    Continue,
+                    Continue,
+                    Continue,
+                    Continue,
+                    Continue,
+                    Ready(1, Err("params_too_large")),
+                ],
                 vec![],
             ),
             (
-                "CONTENT_LENGTH over max_body_bytes: 413 before the body",
+                "CONTENT_LENGTH over max_body_bytes: the body is dropped unstored, then 413",
                 vec![
                     (B, 1, begin(1)),
-                    (P, 1, params_with(&[("CONTENT_LENGTH", "101")])),
+                    (P, 1, params_with(&[("CONTENT_LENGTH", "250")])),
                     (P, 1, vec![]),
+                    (S, 1, vec![b'x'; 125]),
+                    (S, 1, vec![b'x'; 125]),
+                    (S, 1, vec![]),
                 ],
-                vec![Continue, Continue, Ready(1, Err("body_too_large"))],
+                vec![
+                    Continue,
+                    Continue,
+                    Continue,
+                    Continue,
+                    Continue,
+                    Ready(1, Err("body_too_large")),
+                ],
                 vec![],
             ),
             (
@@ -552,9 +595,32 @@ mod tests {
                     (B, 1, begin(1)),
                     (P, 1, params_with(&[("CONTENT_LENGTH", "3x")])),
                     (P, 1, vec![]),
+                    (S, 1, b"abc".to_vec()),
+                    (S, 1, vec![]),
                 ],
-                vec![Continue, Continue, Ready(1, Err("bad_content_length"))],
+                vec![
+                    Continue,
+                    Continue,
+                    Continue,
+                    Continue,
+                    Ready(1, Err("bad_content_length")),
+                ],
                 vec![],
+            ),
+            (
+                "a refused request still answers ABORT and CANT_MPX_CONN",
+                vec![
+                    (B, 1, begin(1)),
+                    (P, 1, params_with(&[("CONTENT_LENGTH", "999")])),
+                    (P, 1, vec![]),
+                    (B, 2, begin(1)),
+                    (A, 1, vec![]),
+                ],
+                vec![Continue, Continue, Continue, Ignored, Aborted(1)],
+                vec![
+                    (record::END_REQUEST, 2, record::CANT_MPX_CONN),
+                    end_complete,
+                ],
             ),
             (
                 "an empty CONTENT_LENGTH is no body",
@@ -586,14 +652,16 @@ mod tests {
                 vec![],
             ),
             (
-                "a body over max_body_bytes without CONTENT_LENGTH: 413 as it arrives",
+                "a body over max_body_bytes without CONTENT_LENGTH: 413 when it ends",
                 vec![
                     (B, 1, begin(1)),
                     (P, 1, vec![]),
                     (S, 1, vec![b'x'; 60]),
                     (S, 1, vec![b'x'; 60]),
+                    (S, 1, vec![]),
                 ],
                 vec![
+                    Continue,
                     Continue,
                     Continue,
                     Continue,
@@ -607,8 +675,9 @@ mod tests {
                     (B, 1, begin(1)),
                     (P, 1, vec![0x80, 0, 0, 9, 1, b'a']),
                     (P, 1, vec![]),
+                    (S, 1, vec![]),
                 ],
-                vec![Continue, Continue, Ready(1, Err("bad_params"))],
+                vec![Continue, Continue, Continue, Ready(1, Err("bad_params"))],
                 vec![],
             ),
             (

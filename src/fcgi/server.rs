@@ -11,7 +11,6 @@ use tokio::time::Instant;
 use super::conn::{ConnLimits, Connection, Progress, Ready};
 use super::record;
 use crate::config::Limits;
-use crate::core::Rejection;
 use crate::engine::Engine;
 use crate::listen::Listener;
 
@@ -226,14 +225,7 @@ impl Session {
     /// A request started but did not arrive within the read timeout: answer it with
     /// 408 (when its id is known), then close.
     async fn timed_out(&mut self, engine: &Engine) -> Flow {
-        if let Some((id, _)) = self.conn.active_request() {
-            self.conn.drop_active();
-            let ready = Ready {
-                request_id: id,
-                keep_conn: false,
-                params: Default::default(),
-                body: Err(Rejection::ReadTimeout),
-            };
+        if let Some(ready) = self.conn.abandon() {
             let started = self.request_started.unwrap_or_else(Instant::now);
             answer(engine, ready, started, &mut self.out).await;
         } else {
