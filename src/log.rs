@@ -172,6 +172,8 @@ pub struct LineWriter {
     buffered: bool,
     /// A WARN or ERROR line: written without waiting for the batch.
     urgent: bool,
+    /// A line `tracing` formatted: its values may hold control characters.
+    sanitize: bool,
 }
 
 impl<'a> MakeWriter<'a> for Stderr {
@@ -181,6 +183,7 @@ impl<'a> MakeWriter<'a> for Stderr {
         LineWriter {
             buffered: BUFFERED.load(Ordering::Relaxed),
             urgent: true,
+            sanitize: true,
         }
     }
 
@@ -188,12 +191,21 @@ impl<'a> MakeWriter<'a> for Stderr {
         LineWriter {
             buffered: BUFFERED.load(Ordering::Relaxed),
             urgent: *meta.level() < Level::INFO,
+            sanitize: true,
         }
     }
 }
 
 impl Write for LineWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.sanitize {
+            if let Some(clean) = one_line(data) {
+                self.sanitize = false;
+                self.write_all(&clean)?;
+                self.sanitize = true;
+                return Ok(data.len());
+            }
+        }
         if !self.buffered {
             let _ = std::io::stderr().lock().write_all(data);
             return Ok(data.len());
@@ -220,9 +232,32 @@ impl Write for LineWriter {
     }
 }
 
+/// A formatted event as exactly one line, when it is not one already: every control
+/// character (C0, DEL, C1: a newline that would start a forged line, ESC that a
+/// terminal would obey) becomes `?`, except the final newline. Values that came from
+/// outside (a request, a program, a config file) reach the log through here whatever
+/// level they are logged at. `None`: nothing to replace.
+fn one_line(data: &[u8]) -> Option<Vec<u8>> {
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let suspect = body.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == 0x7f) | (b == 0xC2)
+    });
+    if !suspect {
+        return None;
+    }
+    let text = String::from_utf8_lossy(body);
+    if !text.contains(char::is_control) {
+        return None;
+    }
+    let mut clean: Vec<u8> = Escaped(&text).to_string().into_bytes();
+    clean.push(b'\n');
+    Some(clean)
+}
+
 /// Write one INFO line for an answered request, as `tracing` would print
 /// `tracing::info!(fields.., "request")`: `<time>  INFO request k=v k=v ...`. `fields`
-/// gives the pairs; values are written as they are, control characters replaced by `?`.
+/// gives the pairs; values are written as they are, control characters (C0, DEL, C1)
+/// replaced by `?`.
 /// Nothing is written when the filter (`WECHAT_FCGI_LOG`) leaves INFO out.
 pub fn request_line(fields: &[(&str, Value<'_>)]) {
     if !tracing::enabled!(Level::INFO) {
@@ -237,18 +272,24 @@ pub fn request_line(fields: &[(&str, Value<'_>)]) {
         line.push(b'=');
         match value {
             Value::Str(v) => {
-                line.extend(
-                    v.bytes()
-                        .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
-                )
+                let suspect = v
+                    .bytes()
+                    .fold(false, |any, b| any | (b < 0x20) | (b == 0x7f) | (b == 0xC2));
+                if suspect {
+                    line.extend_from_slice(Escaped(v).to_string().as_bytes());
+                } else {
+                    line.extend_from_slice(v.as_bytes());
+                }
             }
             Value::Num(n) => line.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
         }
     }
     line.push(b'\n');
+    // Values were escaped above: no second pass.
     let mut out = LineWriter {
         buffered: BUFFERED.load(Ordering::Relaxed),
         urgent: false,
+        sanitize: false,
     };
     let _ = out.write_all(&line);
 }
@@ -386,6 +427,23 @@ fn civil(secs: u64) -> [u8; 19] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_table() {
+        let rows: &[(&str, Option<&str>)] = &[
+            ("plain line\n", None),
+            ("plain 你好 line\n", None),
+            ("a\nforged INFO line\n", Some("a?forged INFO line\n")),
+            ("esc \u{1b}[31mred\n", Some("esc ?[31mred\n")),
+            ("csi \u{9b}31m, del \u{7f}\n", Some("csi ?31m, del ?\n")),
+            ("tab\tand cr\r\n", Some("tab?and cr?\n")),
+            ("\u{a0}nbsp is fine\n", None),
+        ];
+        for (line, want) in rows {
+            let got = one_line(line.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+            assert_eq!(got.as_deref(), *want, "{line:?}");
+        }
+    }
 
     #[test]
     fn civil_table() {

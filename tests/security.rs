@@ -786,3 +786,81 @@ fn a_cgi_refusal_reads_the_body_first() {
     assert!(feeder.join().unwrap().is_ok(), "the whole body was read");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("Status: 413"));
 }
+
+/// Every line of a log is a line the server wrote: it starts with a timestamp, and no
+/// control character (a terminal escape, a forged newline) survived.
+fn assert_clean_log(log: &str) {
+    for line in log.lines() {
+        assert!(
+            line.starts_with("20") && line.as_bytes().get(4) == Some(&b'-'),
+            "a line that is not the server's: {line:?}\n{log}"
+        );
+        assert!(
+            !line.contains(char::is_control),
+            "control character in {line:?}"
+        );
+    }
+}
+
+// Regression: control characters from requests reached WARN lines (REQUEST_METHOD,
+// FromUserName in the budget warning, XML error text): a forged line, or an escape
+// sequence for the terminal reading the log.
+#[test]
+fn nothing_from_outside_can_forge_a_log_line_at_any_level() {
+    let dir = TempDir::new("log-escape");
+    write_executable(
+        &dir,
+        "slow.sh",
+        "#!/bin/sh\ncat >/dev/null\nsleep 0.5\necho late\n",
+    );
+    let config = write_config(
+        &dir,
+        "[server]\nreply_budget_ms = 100\n\
+         [[rule]]\ntext = \"slow\"\nrun = { command = [\"./slow.sh\"] }\n",
+    );
+    let forged = "\n2026-01-01T00:00:00.000000Z  INFO request forged=1\u{1b}[2J";
+    let (server, addr) = start_server_with_env(&dir, &config, &[("WECHAT_FCGI_LOG", "debug")]);
+    let mut s = TcpStream::connect(addr).unwrap();
+    // WARN: a refusal naming the method.
+    ask(&mut s, &format!("GET{forged}"), "", b"");
+    // WARN: XML error text.
+    ask(
+        &mut s,
+        "POST",
+        &signed("1"),
+        format!("<xml><{forged}></xml>").as_bytes(),
+    );
+    // INFO: the request line's message type; WARN: the budget warning's sender.
+    let odd = format!(
+        "<xml><ToUserName>gh</ToUserName><FromUserName>o&#10;forged&#27;[2J</FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType>text</MsgType><Content>slow</Content>\
+         <MsgId>1</MsgId></xml>",
+        unix_now()
+    );
+    ask(&mut s, "POST", &signed("2"), odd.as_bytes());
+    let weird_type = odd
+        .replace(
+            "<MsgType>text</MsgType>",
+            "<MsgType>te&#10;xt&#155;</MsgType>",
+        )
+        .replace("<MsgId>1</MsgId>", "<MsgId>2</MsgId>");
+    ask(&mut s, "POST", &signed("3"), weird_type.as_bytes());
+    wait_for_log(&server, "reply budget ran out");
+    let log = wait_for_log(&server, "program answered");
+    assert_clean_log(&log);
+    assert!(
+        log.contains("forged"),
+        "the values are logged, escaped: {log}"
+    );
+    // ERROR (CGI mode): a config path from the environment.
+    let (_, _, stderr) = run_cgi(
+        &[],
+        &[
+            ("WECHAT_FCGI_CONFIG", &format!("/nonexistent{forged}")),
+            ("REQUEST_METHOD", "GET"),
+        ],
+        b"",
+    );
+    assert!(stderr.contains("ERROR"), "{stderr}");
+    assert_clean_log(&stderr);
+}
