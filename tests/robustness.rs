@@ -424,7 +424,10 @@ fn hostile_record_table() {
             "after {what}"
         );
     }
-    let log = server.log();
+    let log = wait_for_log(
+        &server,
+        "peer closed the connection in the middle of a request",
+    );
     assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("record version 2, expected 1"), "{log}");
     assert!(
