@@ -223,8 +223,13 @@ fn bind(addr: &ListenAddr, socket_mode: u32, backlog: u32) -> anyhow::Result<Lis
         }
         ListenAddr::Unix(path) => {
             remove_stale_socket(path)?;
-            let l = std::os::unix::net::UnixListener::bind(path)
-                .map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
+            // The socket file is created with the umask's mode: make that no more than
+            // socket_mode, so it never exists with more (under umask 0 it would be 0777
+            // until the chmod below).
+            let bound = with_umask(!socket_mode & 0o777, || {
+                std::os::unix::net::UnixListener::bind(path)
+            });
+            let l = bound.map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
                 .map_err(|e| anyhow::anyhow!("chmod {addr} to {socket_mode:o}: {e}"))?;
             Listener::Unix(l)
@@ -243,6 +248,22 @@ fn bind(addr: &ListenAddr, socket_mode: u32, backlog: u32) -> anyhow::Result<Lis
         .listen(backlog)
         .map_err(|e| anyhow::anyhow!("listen {addr} with backlog {backlog}: {e}"))?;
     Ok(listener)
+}
+
+/// Run `f` with this umask, then put the old one back. The umask is process-wide: call
+/// only at start-up, before other threads create files.
+fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask(2) only swaps the process's file mode creation mask; it takes no
+    // pointers and cannot fail.
+    #[allow(unsafe_code)]
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let result = f();
+    // SAFETY: as above, putting the previous mask back.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::umask(old);
+    }
+    result
 }
 
 /// Remove a socket file left by a process that is gone; refuse if one still answers.

@@ -864,3 +864,54 @@ fn nothing_from_outside_can_forge_a_log_line_at_any_level() {
     assert!(stderr.contains("ERROR"), "{stderr}");
     assert_clean_log(&stderr);
 }
+
+// Regression: under umask 0 the Unix socket existed with mode 0777 between bind and
+// chmod. Watch the path while the server starts: it never has more than socket_mode.
+#[test]
+fn the_unix_socket_never_exists_with_a_wider_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("socket-mode");
+    let config = write_config(&dir, "[server]\nsocket_mode = \"0600\"\n");
+    for attempt in 0..5 {
+        let sock = dir.path(&format!("s{attempt}.sock"));
+        let watched = sock.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watching = stop.clone();
+        let watcher = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !watching.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(meta) = std::fs::symlink_metadata(&watched) {
+                    seen.insert(meta.permissions().mode() & 0o777);
+                }
+            }
+            seen
+        });
+        let log = dir.path(&format!("s{attempt}.log"));
+        let child = std::process::Command::new("sh")
+            .process_group(0)
+            .arg("-c")
+            .arg(format!(
+                "umask 0; exec '{BIN}' serve --config '{}' --listen 'unix:{}'",
+                config.display(),
+                sock.display()
+            ))
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let server = Proc {
+            child,
+            stderr: log,
+            is_nginx: false,
+        };
+        wait_for_log(&server, "serving");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = watcher.join().unwrap();
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            vec![0o600],
+            "modes the socket had"
+        );
+    }
+}
