@@ -221,6 +221,15 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         }
     }
     let _socket = RemoveSocket(source.created_socket().map(Path::to_path_buf));
+    // Bound: give up root before serving anything.
+    let run_as = match &config.server.user {
+        Some(user) => Some(
+            crate::privileges::RunAs::resolve(user, config.server.group.as_deref())
+                .map_err(|e| anyhow::anyhow!("server.user: {e}"))?,
+        ),
+        None => None,
+    };
+    crate::privileges::drop_to(run_as.as_ref())?;
     // Request log lines are batched (see `crate::log`): the flusher task writes them,
     // and they are written at exit however serving ends.
     struct FlushLog;

@@ -22,6 +22,7 @@
 //!   ([`fcgi::conn`], sans-IO, table-tested) and the tokio server ([`fcgi::server`]:
 //!   connection cap, timeouts, allowed clients, SIGTERM drain).
 //! - [`listen`]: where the listening socket comes from (flag, systemd, fd 0, config).
+//! - [`privileges`]: `[server] user`/`group`: root is given up after binding.
 //! - [`cgi`]: the CGI adapter: environment and stdin in, headers and body out; the
 //!   config only from `WECHAT_FCGI_CONFIG`, never from argv.
 //! - [`log`]: stderr logging: `tracing` filtered by `WECHAT_FCGI_LOG`, INFO lines
@@ -51,4 +52,5 @@ pub mod engine;
 pub mod fcgi;
 pub mod listen;
 pub mod log;
+pub mod privileges;
 pub mod sample;

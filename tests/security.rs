@@ -915,3 +915,53 @@ fn the_unix_socket_never_exists_with_a_wider_mode() {
         );
     }
 }
+
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// Run as root, the server served requests and ran programs as root. With [server] user
+// it gives root up once it has bound its socket; without, it warns.
+#[test]
+fn user_and_group_drop_root_after_binding() {
+    if uid_of(std::process::id()) != Some(0) {
+        eprintln!("skipped: switching users needs the tests to run as root");
+        return;
+    }
+    let nobody = std::process::Command::new("id")
+        .args(["-u", "nobody"])
+        .output()
+        .unwrap();
+    let nobody: u32 = String::from_utf8_lossy(&nobody.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let dir = TempDir::new("run-as");
+    write_executable(
+        &dir,
+        "whoami.sh",
+        "#!/bin/sh\ncat >/dev/null\necho \"uid=$(id -u) gid=$(id -g)\"\n",
+    );
+    let config = write_config(
+        &dir,
+        "[server]\nuser = \"nobody\"\ngroup = \"nogroup\"\n\
+         [[rule]]\ntext = \"who\"\nrun = { command = [\"./whoami.sh\"] }\n",
+    );
+    let (server, addr) = start_server(&dir, &config);
+    wait_for_log(&server, "switched user");
+    assert_eq!(uid_of(server.child.id()), Some(nobody), "the server itself");
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "who", 1);
+    let reply = ask(&mut s, "POST", &signed("1"), body.as_bytes());
+    assert!(
+        reply.contains(&format!("uid={nobody} ")),
+        "the program: {reply}"
+    );
+    // Without `user`, running as root is said out loud.
+    let plain = TempDir::new("as-root");
+    let config = write_config(&plain, "");
+    let (root_server, _) = start_server(&plain, &config);
+    wait_for_log(&root_server, "serving as root: set [server] user");
+}

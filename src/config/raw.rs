@@ -38,6 +38,8 @@ pub(super) struct RawServer {
     pub(super) retry_cache_bytes: Option<u64>,
     pub(super) timestamp_window_secs: Option<u64>,
     pub(super) allowed_clients: Option<Vec<String>>,
+    pub(super) user: Option<String>,
+    pub(super) group: Option<String>,
 }
 
 /// `[account]`.

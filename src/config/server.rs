@@ -25,6 +25,11 @@ pub struct ServerConfig {
     pub timestamp_window_secs: u64,
     /// TCP peers allowed to connect (PHP-FPM's listen.allowed_clients); None: any.
     pub allowed_clients: Option<Vec<std::net::IpAddr>>,
+    /// `user` (and `group`): who to run as after binding. The names are resolved when
+    /// serving starts (a lookup in the system's user database is IO).
+    pub user: Option<String>,
+    /// `group`: the group to run as; the user's primary group when not given.
+    pub group: Option<String>,
 }
 
 /// Explicit limits; see README "Limits" for what each protects against.
@@ -144,7 +149,12 @@ impl RawServer {
                 })
                 .collect()
         });
+        if self.group.is_some() && self.user.is_none() {
+            problems.push("server.group: only goes with server.user".to_owned());
+        }
         ServerConfig {
+            user: self.user,
+            group: self.group,
             listen,
             socket_mode,
             listen_backlog: u32::try_from(listen_backlog).unwrap_or(u32::MAX),

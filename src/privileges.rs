@@ -1,0 +1,78 @@
+//! Running as an unprivileged user: bind first (a port below 1024, a socket in /run),
+//! then give up root before serving, so requests and reply programs never run as root.
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+/// The user and group to switch to (`[server] user`, `group`), resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user's name, for messages.
+    pub user: String,
+    /// Its uid.
+    pub uid: u32,
+    /// The group's gid: `group`, or the user's primary group.
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// Look up `user` (and `group`, else the user's primary group) in the system's
+    /// user database.
+    pub fn resolve(user: &str, group: Option<&str>) -> Result<RunAs, String> {
+        let found = User::from_name(user)
+            .map_err(|e| format!("looking up user {user:?}: {e}"))?
+            .ok_or_else(|| format!("no user {user:?} on this system"))?;
+        let gid = match group {
+            None => found.gid,
+            Some(name) => {
+                Group::from_name(name)
+                    .map_err(|e| format!("looking up group {name:?}: {e}"))?
+                    .ok_or_else(|| format!("no group {name:?} on this system"))?
+                    .gid
+            }
+        };
+        Ok(RunAs {
+            user: user.to_owned(),
+            uid: found.uid.as_raw(),
+            gid: gid.as_raw(),
+        })
+    }
+}
+
+/// Switch to `run_as` for good: supplementary groups, group, then user (the order that
+/// leaves no way back). Without `run_as`, warn when running as root. Call after the
+/// listening socket is bound and before serving; applies to every thread.
+pub fn drop_to(run_as: Option<&RunAs>) -> anyhow::Result<()> {
+    let root = Uid::effective().is_root();
+    let Some(run_as) = run_as else {
+        if root {
+            tracing::warn!(
+                "serving as root: set [server] user (and group) so requests and reply programs run unprivileged"
+            );
+        }
+        return Ok(());
+    };
+    if Uid::effective().as_raw() == run_as.uid && Gid::effective().as_raw() == run_as.gid {
+        return Ok(()); // already that user (a service manager switched for us)
+    }
+    if !root {
+        anyhow::bail!(
+            "[server] user = {:?}: switching users needs root (this process runs as uid {})",
+            run_as.user,
+            Uid::effective()
+        );
+    }
+    let gid = Gid::from_raw(run_as.gid);
+    nix::unistd::setgroups(&[gid]).map_err(|e| anyhow::anyhow!("setgroups: {e}"))?;
+    nix::unistd::setgid(gid).map_err(|e| anyhow::anyhow!("setgid {gid}: {e}"))?;
+    nix::unistd::setuid(Uid::from_raw(run_as.uid))
+        .map_err(|e| anyhow::anyhow!("setuid {}: {e}", run_as.uid))?;
+    // Make sure there is no way back.
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        anyhow::bail!(
+            "could still become root after switching to {:?}",
+            run_as.user
+        );
+    }
+    tracing::info!(user = %run_as.user, uid = run_as.uid, gid = run_as.gid, "switched user");
+    Ok(())
+}
