@@ -137,7 +137,7 @@ fn cgi_fcgi_over_tcp_and_unix_with_params_split_across_records() {
         stderr: unix_log,
         is_nginx: false,
     };
-    wait_for_log(&unix_server, "serving");
+    wait_for_log(&unix_server, "wechat-fcgi serving");
     let q = signed("99");
     let body = wechat_fcgi::sample::text("gh", "oF", 1, "你好");
     let len = body.len().to_string();

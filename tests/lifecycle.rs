@@ -71,7 +71,7 @@ fn sigterm_and_restart_under_load_lose_nothing() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut first = spawn_on(&listener, &config, dir.path("first.log"));
-    wait_for_log(&first, "serving");
+    wait_for_log(&first, "wechat-fcgi serving");
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));

@@ -51,7 +51,7 @@ fn systemd_socket_activation() {
         stderr: log,
         is_nginx: false,
     };
-    wait_for_log(&p, "serving");
+    wait_for_log(&p, "wechat-fcgi serving");
     assert!(
         p.log().contains("fd 3 (systemd socket activation)"),
         "{}",
@@ -81,7 +81,7 @@ fn config_listen_and_flag_precedence() {
         stderr: log,
         is_nginx: false,
     };
-    wait_for_log(&p, "serving");
+    wait_for_log(&p, "wechat-fcgi serving");
     assert!(
         p.log()
             .contains(&format!("tcp:127.0.0.1:{port} ([server] listen)")),
@@ -108,7 +108,7 @@ fn config_listen_and_flag_precedence() {
         stderr: log,
         is_nginx: false,
     };
-    wait_for_log(&p, "serving");
+    wait_for_log(&p, "wechat-fcgi serving");
     assert!(p.log().contains("(--listen)"), "{}", p.log());
     assert!(handshake_on(format!("127.0.0.1:{flag_port}").parse().unwrap()).ends_with("here"));
     // With no source at all: a clear error, exit 1.

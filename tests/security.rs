@@ -905,7 +905,7 @@ fn the_unix_socket_never_exists_with_a_wider_mode() {
             stderr: log,
             is_nginx: false,
         };
-        wait_for_log(&server, "serving");
+        wait_for_log(&server, "wechat-fcgi serving");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let seen = watcher.join().unwrap();
         assert_eq!(
