@@ -28,6 +28,15 @@ cargo clippy --all-targets -- -D warnings
 echo "== fuzz targets build (scripts/fuzz.sh runs them)"
 cargo build --manifest-path fuzz/Cargo.toml
 
+# Known vulnerabilities in dependencies: cargo-audit needs the RustSec advisory
+# database, which is fetched from GitHub; run it when both are here (README, Security).
+if cargo audit --version >/dev/null 2>&1 && [ -d "${CARGO_HOME:-$HOME/.cargo}/advisory-db" ]; then
+    echo "== cargo audit (offline, against the fetched advisory database)"
+    cargo audit --no-fetch --stale
+else
+    echo "== cargo audit skipped: cargo-audit or its advisory database is not here"
+fi
+
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
