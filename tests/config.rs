@@ -349,3 +349,63 @@ fn the_readme_config_table_matches_the_code() {
         }
     }
 }
+
+/// The binary itself, as an operator runs it: a config with a syntax error never shows
+/// its secrets; values that used to make `serve` panic, and a config anyone may edit,
+/// stop it with a message instead.
+#[test]
+fn serve_and_check_config_refuse_dangerous_configs_without_leaking_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("config-binary");
+    let run = |args: &[&str], path: &std::path::Path| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(path)
+            .env_remove("WECHAT_FCGI_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let secret = "Sup3rS3cretT0ken";
+    let rows = [
+        (
+            format!("[account]\ntoken = \"{secret}\" oops\n"),
+            0o600,
+            "line 2",
+        ),
+        (
+            format!("[server]\nidle_timeout_secs = 9223372036854775807\n[account]\ntoken = \"{secret}\"\n"),
+            0o600,
+            "server.idle_timeout_secs",
+        ),
+        (
+            format!("[account]\ntoken = \"{secret}\"\n"),
+            0o666,
+            "writable by every user",
+        ),
+    ];
+    let path = dir.path("c.toml");
+    for (text, mode, needle) in rows {
+        std::fs::write(&path, &text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        for command in [
+            &["check-config"][..],
+            &["serve", "--listen", "tcp:127.0.0.1:1"][..],
+        ] {
+            let (code, output) = run(command, &path);
+            assert_eq!(code, Some(1), "{command:?} {text}: {output}");
+            assert!(output.contains(needle), "{command:?}: {output}");
+            assert!(
+                !output.contains(secret),
+                "{command:?} leaked the token: {output}"
+            );
+            assert!(!output.contains("panicked"), "{output}");
+        }
+    }
+}
