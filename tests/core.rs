@@ -91,9 +91,9 @@ fn every_sample_message_parses_to_its_type() {
             "location",
             "location",
             Kind::Location {
-                location_x: 23.134521,
-                location_y: 113.358803,
-                scale: 20.0,
+                location_x: Some(23.134521),
+                location_y: Some(113.358803),
+                scale: Some(20.0),
                 label: c("位置信息"),
                 msg_id: Some(1234567890123461),
             },
@@ -152,9 +152,9 @@ fn every_sample_message_parses_to_its_type() {
             "event-location",
             "event:LOCATION",
             Kind::Event(Event::Location {
-                latitude: 23.137466,
-                longitude: 113.352425,
-                precision: 119.38504,
+                latitude: Some(23.137466),
+                longitude: Some(113.352425),
+                precision: Some(119.38504),
             }),
         ),
         (
@@ -283,7 +283,7 @@ fn every_sample_message_parses_to_its_type() {
         assert_eq!(m.type_label(), label, "{name}");
         assert_eq!(m.to_user_name, "gh_0123456789ab", "{name}");
         assert_eq!(m.from_user_name, "oFollower0000000000000000001", "{name}");
-        assert_eq!(m.create_time, 1700000000, "{name}");
+        assert_eq!(m.create_time, Some(1700000000), "{name}");
     }
 }
 
@@ -298,30 +298,49 @@ fn unknown_fields_are_kept_raw() {
     assert_eq!(m.field("MsgDataId"), Some("xxxx"));
 }
 
+/// Only what a reply needs refuses a message: ToUserName, FromUserName, MsgType.
 #[test]
-fn malformed_messages_are_refused_with_their_cause() {
+fn only_the_fields_a_reply_needs_can_refuse_a_message() {
     let head = "<ToUserName>a</ToUserName><FromUserName>b</FromUserName>";
-    let rows: Vec<(String, Rejection)> = vec![
-        (format!("<xml>{head}<MsgType>text</MsgType><Content>x</Content></xml>"), Rejection::MissingField("CreateTime")),
-        (
-            format!("<xml>{head}<CreateTime>soon</CreateTime><MsgType>text</MsgType><Content>x</Content></xml>"),
-            Rejection::BadField("CreateTime"),
-        ),
-        (format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>text</MsgType></xml>"), Rejection::MissingField("Content")),
-        (
-            format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>text</MsgType><Content>x</Content><MsgId>x1</MsgId></xml>"),
-            Rejection::BadField("MsgId"),
-        ),
+    let refused: Vec<(String, Rejection)> = vec![
         (format!("<xml>{head}<CreateTime>1</CreateTime></xml>"), Rejection::MissingField("MsgType")),
-        ("<xml><FromUserName>b</FromUserName></xml>".to_owned(), Rejection::MissingField("ToUserName")),
+        ("<xml><FromUserName>b</FromUserName><MsgType>text</MsgType></xml>".to_owned(), Rejection::MissingField("ToUserName")),
+        ("<xml><ToUserName>a</ToUserName><MsgType>text</MsgType></xml>".to_owned(), Rejection::MissingField("FromUserName")),
         (
-            format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>event</MsgType></xml>"),
-            Rejection::MissingField("Event"),
+            format!("<xml><ToUserName><x>a</x></ToUserName><FromUserName>b</FromUserName><MsgType>text</MsgType></xml>"),
+            Rejection::BadField("ToUserName"),
         ),
     ];
-    for (body, expected) in rows {
+    for (body, expected) in refused {
         assert_eq!(Message::parse(body.as_bytes()), Err(expected), "{body}");
     }
+    // Everything else that is missing or malformed stays raw, and the message is read.
+    let accepted: Vec<(String, &str)> = vec![
+        (format!("<xml>{head}<MsgType>text</MsgType><Content>x</Content></xml>"), "no CreateTime"),
+        (format!("<xml>{head}<CreateTime>soon</CreateTime><MsgType>text</MsgType><Content>x</Content></xml>"), "CreateTime not a number"),
+        (format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>text</MsgType></xml>"), "no Content"),
+        (format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>text</MsgType><Content>x</Content><MsgId>x1</MsgId></xml>"), "MsgId not a number"),
+        (format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>event</MsgType></xml>"), "no Event"),
+        // WxJava's test message.
+        (format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>location</MsgType><Location_X>xPos</Location_X><Location_Y>yPos</Location_Y><Scale>1</Scale><Label>l</Label><MsgId>3</MsgId></xml>"), "Location_X not a number"),
+        (format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>event</MsgType><Event>LOCATION</Event><Latitude>north</Latitude></xml>"), "Latitude not a number"),
+    ];
+    for (body, what) in accepted {
+        let m = Message::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(m.from_user_name, "b", "{what}");
+    }
+    let body = format!("<xml>{head}<CreateTime>1</CreateTime><MsgType>location</MsgType><Location_X>xPos</Location_X><Location_Y>113.5</Location_Y></xml>");
+    let m = Message::parse(body.as_bytes()).unwrap();
+    let Kind::Location {
+        location_x,
+        location_y,
+        ..
+    } = m.kind
+    else {
+        panic!("{:?}", m.kind)
+    };
+    assert_eq!((location_x, location_y), (None, Some(113.5)));
+    assert_eq!(m.field("Location_X"), Some("xPos"), "the raw value stays");
 }
 
 #[test]
@@ -591,8 +610,9 @@ fn responder_decisions() {
             good.clone(),
             String::from_utf8(sample("unknown-type")).unwrap(),
             200,
-            "success",
-            "success",
+            // [default] answers every message that is not an event, known type or not.
+            "Sorry, I did not understand.",
+            "reply",
         ),
         (
             "POST",

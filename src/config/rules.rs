@@ -8,7 +8,8 @@ use super::defaults;
 use super::raw::{OneOrMany, RawAction, RawMatcher, RawRule};
 use crate::core::reply::Reply;
 use crate::core::rules::{
-    Action, Matcher, Program, Rule, Template, TemplateReply, KNOWN_EVENTS, KNOWN_MSG_TYPES,
+    did_you_mean, Action, Matcher, Program, Rule, Template, TemplateReply, DOCUMENTED_MSG_TYPES,
+    KNOWN_EVENTS,
 };
 
 /// Where problems and warnings go while checking, and the folder programs run in.
@@ -159,24 +160,48 @@ fn matcher(
             }
         }
         RawMatcher::Event(event) => {
-            if !KNOWN_EVENTS.iter().any(|k| k.eq_ignore_ascii_case(&event)) {
-                check.problems.push(format!(
-                    "{label}.event: {event:?} is not a known event (one of {})",
-                    KNOWN_EVENTS.join(", ")
-                ));
+            let event = event.trim().to_owned();
+            if event.is_empty() {
+                check
+                    .problems
+                    .push(format!("{label}.event: needs an event name"));
+            } else if !KNOWN_EVENTS.iter().any(|k| k.eq_ignore_ascii_case(&event)) {
+                check
+                    .warnings
+                    .push(unknown_name(label, "event", &event, KNOWN_EVENTS));
             }
             Matcher::Event { event, key }
         }
         RawMatcher::MsgType(t) => {
-            if !KNOWN_MSG_TYPES.iter().any(|k| k.eq_ignore_ascii_case(&t)) {
-                check.problems.push(format!(
-                    "{label}.msg_type: {t:?} is not a known MsgType (one of {})",
-                    KNOWN_MSG_TYPES.join(", ")
-                ));
+            let t = t.trim().to_owned();
+            if t.is_empty() {
+                check
+                    .problems
+                    .push(format!("{label}.msg_type: needs a MsgType"));
+            } else if !DOCUMENTED_MSG_TYPES
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(&t))
+            {
+                check
+                    .warnings
+                    .push(unknown_name(label, "msg_type", &t, DOCUMENTED_MSG_TYPES));
             }
             Matcher::MsgType(t)
         }
     })
+}
+
+/// The warning for an event or MsgType name WeChat does not document (it still
+/// matches, in case WeChat sends it).
+fn unknown_name(label: &str, key: &str, name: &str, known: &[&str]) -> String {
+    match did_you_mean(name, known) {
+        Some(k) => format!(
+            "{label}.{key}: {name:?} is not one WeChat documents; did you mean {k:?}? (the rule matches it as written)"
+        ),
+        None => format!(
+            "{label}.{key}: {name:?} is not one WeChat documents (the rule matches it as written)"
+        ),
+    }
 }
 
 /// Check `[default]`.

@@ -51,7 +51,9 @@ pub struct Message<'a> {
     /// The follower's OpenID.
     pub from_user_name: Str<'a>,
     /// `CreateTime`: Unix seconds.
-    pub create_time: u64,
+    /// `CreateTime`: Unix seconds; `None` when absent or not a number (the raw text
+    /// stays in `fields`).
+    pub create_time: Option<u64>,
     /// `MsgType` exactly as sent.
     pub msg_type: Str<'a>,
     /// The typed view of the message.
@@ -93,9 +95,9 @@ pub enum Kind<'a> {
         msg_id: Option<u64>,
     },
     Location {
-        location_x: f64,
-        location_y: f64,
-        scale: f64,
+        location_x: Option<f64>,
+        location_y: Option<f64>,
+        scale: Option<f64>,
         label: Str<'a>,
         msg_id: Option<u64>,
     },
@@ -133,9 +135,9 @@ pub enum Event<'a> {
         ticket: Option<Str<'a>>,
     },
     Location {
-        latitude: f64,
-        longitude: f64,
-        precision: f64,
+        latitude: Option<f64>,
+        longitude: Option<f64>,
+        precision: Option<f64>,
     },
     Click {
         key: Str<'a>,
@@ -206,20 +208,18 @@ impl<'a> Message<'a> {
         Message::from_fields(fields)
     }
 
-    /// Build the typed view from parsed fields.
+    /// Build the typed view from parsed fields. Only what a reply needs can refuse a
+    /// message: ToUserName, FromUserName and MsgType missing (or not text). Any other
+    /// field that is absent or does not parse as its type is `None` or empty in the
+    /// typed view, and stays in `fields` as sent.
     pub fn from_fields(fields: Vec<Field<'a>>) -> Result<Message<'a>, Rejection> {
         let f = Lookup(&fields);
         // `f` borrows `fields`; the typed values are cheap clones of borrowed text.
         let to_user_name = f.required("ToUserName")?;
         let from_user_name = f.required("FromUserName")?;
-        let create_time = f
-            .text("CreateTime")
-            .ok_or(Rejection::MissingField("CreateTime"))?
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| Rejection::BadField("CreateTime"))?;
+        let create_time = f.number("CreateTime");
         let msg_type = f.required("MsgType")?;
-        let kind = f.kind(&msg_type)?;
+        let kind = f.kind(&msg_type);
         Ok(Message {
             to_user_name,
             from_user_name,
@@ -246,8 +246,7 @@ impl<'a> Message<'a> {
                 key.push_str(p);
             }
         };
-        let mut digits = itoa::Buffer::new();
-        let time = digits.format(self.create_time);
+        let time = self.field("CreateTime").unwrap_or("").trim();
         match (&self.kind, self.field("MsgId")) {
             (Kind::Event(_), _) => push(&[
                 "e:",
@@ -255,7 +254,7 @@ impl<'a> Message<'a> {
                 ":",
                 time,
                 ":",
-                self.field("Event").unwrap_or(""),
+                self.field("Event").unwrap_or("").trim(),
                 ":",
                 self.field("EventKey").unwrap_or(""),
             ]),
@@ -269,7 +268,10 @@ impl<'a> Message<'a> {
     pub fn type_label(&self) -> Cow<'static, str> {
         match &self.kind {
             Kind::Event(_) => Cow::Owned(format!("event:{}", self.field("Event").unwrap_or(""))),
-            _ => match KNOWN_MSG_TYPES.iter().find(|k| **k == self.msg_type) {
+            _ => match KNOWN_MSG_TYPES
+                .iter()
+                .find(|k| k.eq_ignore_ascii_case(&self.msg_type))
+            {
                 Some(k) => Cow::Borrowed(k),
                 None => Cow::Owned(self.msg_type.to_string()),
             },
@@ -297,8 +299,12 @@ pub fn to_json(fields: &[Field<'_>]) -> Vec<u8> {
                 .filter(|g| g.name == f.name)
                 .map(|g| value(&g.value))
                 .collect();
+            // `item` is how WeChat's XML writes a list element (PicList/item,
+            // Articles/item, ResultList/item, ...): an array even with one item, so a
+            // program sees one shape. Other repeated elements become arrays too.
             let v = match <[serde_json::Value; 1]>::try_from(same) {
-                Ok([one]) => one,
+                Ok([one]) if f.name != "item" => one,
+                Ok(one) => serde_json::Value::Array(one.into()),
                 Err(many) => serde_json::Value::Array(many),
             };
             map.insert(f.name.to_owned(), v);
@@ -310,14 +316,19 @@ pub fn to_json(fields: &[Field<'_>]) -> Vec<u8> {
 
 /// Parse an XML document into the children of its root element. Names and plain text
 /// borrow from `body`.
+///
+/// Whitespace around CDATA is formatting, not content: `<MsgType> <![CDATA[event]]>
+/// </MsgType>` (as WeChat's card-event documentation writes it) is `event`, while the
+/// inside of a CDATA section is kept exactly. Text without CDATA is trimmed of
+/// surrounding whitespace, as other SDKs read it. Text beside child elements (a stray
+/// text node) is dropped.
 pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
     let bad = |why: String| Rejection::MalformedXml(why);
     // Validate UTF-8 once; every name and text below is then a slice of `text`.
     let text = utf8(body)?;
     let mut reader = Reader::from_reader(body);
     reader.config_mut().check_end_names = true;
-    // Open elements: (name, text so far, children so far).
-    let mut stack: Vec<(&str, Cow<'_, str>, Vec<Field<'_>>)> = Vec::with_capacity(4);
+    let mut stack: Vec<Open<'_>> = Vec::with_capacity(4);
     let mut root: Option<Vec<Field<'_>>> = None;
     loop {
         let event = reader
@@ -338,12 +349,12 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
                 } else {
                     Vec::new()
                 };
-                stack.push((name, Cow::Borrowed(""), children));
+                stack.push(Open::new(name, children));
             }
             XmlEvent::Empty(start) => {
                 let name = slice_of(text, start.name().as_ref())?;
                 match stack.last_mut() {
-                    Some((_, _, children)) => children.push(Field {
+                    Some(open) => open.children.push(Field {
                         name,
                         value: Value::Text(Cow::Borrowed("")),
                     }),
@@ -353,16 +364,13 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
             }
             XmlEvent::End(_) => {
                 // check_end_names guarantees a matching open element.
-                let Some((name, text, children)) = stack.pop() else {
+                let Some(open) = stack.pop() else {
                     return Err(bad("unexpected end tag".into()));
                 };
-                let value = if children.is_empty() {
-                    Value::Text(text)
-                } else {
-                    Value::Children(children)
-                };
+                let name = open.name;
+                let value = open.finish();
                 match stack.last_mut() {
-                    Some((_, _, siblings)) => siblings.push(Field { name, value }),
+                    Some(parent) => parent.children.push(Field { name, value }),
                     None => {
                         root = Some(match value {
                             Value::Children(children) => children,
@@ -374,7 +382,7 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
             XmlEvent::Text(t) => {
                 let piece = slice_of(text, &t)?;
                 match stack.last_mut() {
-                    Some((_, buf, _)) => append(buf, piece),
+                    Some(open) => open.text(piece),
                     None if piece.trim_ascii().is_empty() => {}
                     None => return Err(bad("text outside the root element".into())),
                 }
@@ -382,7 +390,7 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
             XmlEvent::CData(cdata) => {
                 let piece = slice_of(text, &cdata)?;
                 match stack.last_mut() {
-                    Some((_, buf, _)) => append(buf, piece),
+                    Some(open) => open.cdata(piece),
                     None => return Err(bad("CDATA outside the root element".into())),
                 }
             }
@@ -405,7 +413,7 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
                     Err(e) => return Err(bad(format!("character reference: {e}"))),
                 };
                 match stack.last_mut() {
-                    Some((_, buf, _)) => buf.to_mut().push(ch),
+                    Some(open) => open.char(ch),
                     None => return Err(bad("reference outside the root element".into())),
                 }
             }
@@ -418,6 +426,86 @@ pub fn parse_fields(body: &[u8]) -> Result<Vec<Field<'_>>, Rejection> {
         return Err(bad("unexpected end of document".into()));
     }
     root.ok_or_else(|| bad("no root element".into()))
+}
+
+/// An element being read: its name, its text so far, its children so far.
+struct Open<'a> {
+    name: &'a str,
+    text: Cow<'a, str>,
+    /// Whitespace-only text not yet known to be content: dropped if a CDATA section
+    /// comes (it was formatting), kept if other text follows.
+    pending: Cow<'a, str>,
+    /// A CDATA section was seen: whitespace around it is formatting.
+    cdata: bool,
+    children: Vec<Field<'a>>,
+}
+
+impl<'a> Open<'a> {
+    fn new(name: &'a str, children: Vec<Field<'a>>) -> Open<'a> {
+        Open {
+            name,
+            text: Cow::Borrowed(""),
+            pending: Cow::Borrowed(""),
+            cdata: false,
+            children,
+        }
+    }
+
+    fn text(&mut self, piece: &'a str) {
+        if piece.trim_ascii().is_empty() {
+            if !self.cdata {
+                append(&mut self.pending, piece);
+            }
+            return;
+        }
+        self.take_pending();
+        append(&mut self.text, piece);
+    }
+
+    fn cdata(&mut self, piece: &'a str) {
+        self.cdata = true;
+        self.pending = Cow::Borrowed("");
+        append(&mut self.text, piece);
+    }
+
+    fn char(&mut self, ch: char) {
+        self.take_pending();
+        self.text.to_mut().push(ch);
+    }
+
+    fn take_pending(&mut self) {
+        if !self.pending.is_empty() {
+            let pending = std::mem::replace(&mut self.pending, Cow::Borrowed(""));
+            match pending {
+                Cow::Borrowed(p) => append(&mut self.text, p),
+                Cow::Owned(p) => self.text.to_mut().push_str(&p),
+            }
+        }
+    }
+
+    /// The element's value: its children, or its text (trimmed when it had no CDATA).
+    fn finish(self) -> Value<'a> {
+        if !self.children.is_empty() {
+            return Value::Children(self.children);
+        }
+        if self.cdata {
+            return Value::Text(self.text);
+        }
+        Value::Text(match self.text {
+            Cow::Borrowed(t) => Cow::Borrowed(t.trim_ascii()),
+            Cow::Owned(t) if t.trim_ascii().len() == t.len() => Cow::Owned(t),
+            Cow::Owned(t) => Cow::Owned(t.trim_ascii().to_owned()),
+        })
+    }
+}
+
+/// `text` without surrounding whitespace, staying borrowed when it was.
+fn trimmed(text: Str<'_>) -> Str<'_> {
+    match text {
+        Cow::Borrowed(t) => Cow::Borrowed(t.trim()),
+        Cow::Owned(t) if t.trim().len() == t.len() => Cow::Owned(t),
+        Cow::Owned(t) => Cow::Owned(t.trim().to_owned()),
+    }
 }
 
 /// `text` without `prefix`, staying borrowed when it was.
@@ -479,9 +567,11 @@ impl<'f, 'a> Lookup<'f, 'a> {
         }
     }
 
+    /// A field a reply needs, trimmed (it names someone or something, never text that
+    /// could start or end with spaces).
     fn required(&self, name: &'static str) -> Result<Str<'a>, Rejection> {
         match self.get(name) {
-            Some(Value::Text(s)) => Ok(s.clone()),
+            Some(Value::Text(s)) => Ok(trimmed(s.clone())),
             Some(Value::Children(_)) => Err(Rejection::BadField(name)),
             None => Err(Rejection::MissingField(name)),
         }
@@ -491,20 +581,9 @@ impl<'f, 'a> Lookup<'f, 'a> {
         self.optional(name).unwrap_or(Cow::Borrowed(""))
     }
 
-    fn number<T: std::str::FromStr>(&self, name: &'static str) -> Result<Option<T>, Rejection> {
-        match self.text(name) {
-            None => Ok(None),
-            Some(s) if s.trim().is_empty() => Ok(None),
-            Some(s) => s
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| Rejection::BadField(name)),
-        }
-    }
-
-    fn float(&self, name: &'static str) -> Result<f64, Rejection> {
-        Ok(self.number::<f64>(name)?.unwrap_or(0.0))
+    /// A number, or `None` when absent or not a number (the raw text stays).
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.text(name)?.trim().parse().ok()
     }
 
     fn child(&self, name: &str) -> Lookup<'f, 'a> {
@@ -528,60 +607,62 @@ impl<'f, 'a> Lookup<'f, 'a> {
             .collect()
     }
 
-    fn kind(&self, msg_type: &str) -> Result<Kind<'a>, Rejection> {
+    fn kind(&self, msg_type: &str) -> Kind<'a> {
         let msg_id = || self.number::<u64>("MsgId");
-        Ok(match msg_type {
+        // Type names compare without regard to case, here and in the rules.
+        let lower = msg_type.to_ascii_lowercase();
+        match lower.as_str() {
             "text" => Kind::Text {
-                content: self.required("Content")?,
-                msg_id: msg_id()?,
+                content: self.or_empty("Content"),
+                msg_id: msg_id(),
             },
             "image" => Kind::Image {
                 pic_url: self.or_empty("PicUrl"),
                 media_id: self.or_empty("MediaId"),
-                msg_id: msg_id()?,
+                msg_id: msg_id(),
             },
             "voice" => Kind::Voice {
                 media_id: self.or_empty("MediaId"),
                 format: self.or_empty("Format"),
                 recognition: self.optional("Recognition"),
-                msg_id: msg_id()?,
+                msg_id: msg_id(),
             },
             "video" => Kind::Video {
                 media_id: self.or_empty("MediaId"),
                 thumb_media_id: self.or_empty("ThumbMediaId"),
-                msg_id: msg_id()?,
+                msg_id: msg_id(),
             },
             "shortvideo" => Kind::ShortVideo {
                 media_id: self.or_empty("MediaId"),
                 thumb_media_id: self.or_empty("ThumbMediaId"),
-                msg_id: msg_id()?,
+                msg_id: msg_id(),
             },
             "location" => Kind::Location {
-                location_x: self.float("Location_X")?,
-                location_y: self.float("Location_Y")?,
-                scale: self.float("Scale")?,
+                location_x: self.number("Location_X"),
+                location_y: self.number("Location_Y"),
+                scale: self.number("Scale"),
                 label: self.or_empty("Label"),
-                msg_id: msg_id()?,
+                msg_id: msg_id(),
             },
             "link" => Kind::Link {
                 title: self.or_empty("Title"),
                 description: self.or_empty("Description"),
                 url: self.or_empty("Url"),
-                msg_id: msg_id()?,
+                msg_id: msg_id(),
             },
             "miniprogrampage" => Kind::MiniProgramPage {
                 title: self.or_empty("Title"),
                 app_id: self.or_empty("AppId"),
                 page_path: self.or_empty("PagePath"),
-                msg_id: msg_id()?,
+                msg_id: msg_id(),
             },
-            "event" => Kind::Event(self.event()?),
+            "event" => Kind::Event(self.event()),
             _ => Kind::Unknown,
-        })
+        }
     }
 
-    fn event(&self) -> Result<Event<'a>, Rejection> {
-        let event = self.required("Event")?;
+    fn event(&self) -> Event<'a> {
+        let event = trimmed(self.or_empty("Event"));
         let key = || self.or_empty("EventKey");
         let scan = || {
             let info = self.child("ScanCodeInfo");
@@ -592,7 +673,7 @@ impl<'f, 'a> Lookup<'f, 'a> {
             )
         };
         let e = event.to_ascii_lowercase();
-        Ok(match e.as_str() {
+        match e.as_str() {
             "subscribe" => Event::Subscribe {
                 scene: self
                     .optional("EventKey")
@@ -605,9 +686,9 @@ impl<'f, 'a> Lookup<'f, 'a> {
                 ticket: self.optional("Ticket"),
             },
             "location" => Event::Location {
-                latitude: self.float("Latitude")?,
-                longitude: self.float("Longitude")?,
-                precision: self.float("Precision")?,
+                latitude: self.number("Latitude"),
+                longitude: self.number("Longitude"),
+                precision: self.number("Precision"),
             },
             "click" => Event::Click { key: key() },
             "view" => Event::View {
@@ -658,11 +739,11 @@ impl<'f, 'a> Lookup<'f, 'a> {
                 menu_id: self.optional("MenuId"),
             },
             "templatesendjobfinish" => Event::TemplateSendJobFinish {
-                msg_id: self.number("MsgID")?,
+                msg_id: self.number("MsgID"),
                 status: self.or_empty("Status"),
             },
             "masssendjobfinish" => Event::MassSendJobFinish {
-                msg_id: self.number("MsgID")?,
+                msg_id: self.number("MsgID"),
                 status: self.or_empty("Status"),
             },
             "publishjobfinish" => {
@@ -673,6 +754,6 @@ impl<'f, 'a> Lookup<'f, 'a> {
                 }
             }
             _ => Event::Unknown { event },
-        })
+        }
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use rand_core::RngCore;
 use regex::Regex;
 
-pub use super::message::KNOWN_MSG_TYPES;
 use super::message::{Event, Kind, Message};
 use super::reply::Reply;
 
@@ -16,8 +15,8 @@ use super::reply::Reply;
 pub struct Rules {
     /// The rules, tried in order; the first match answers.
     pub rules: Vec<Rule>,
-    /// Answers user messages (text, image, voice, ...) that no rule matched. Events and
-    /// unknown message types are never answered by the default: replying "I did not
+    /// Answers user messages (text, image, voice, file, any type but `event`) that no
+    /// rule matched. Events are never answered by the default: replying "I did not
     /// understand" to an unfollow or a template-send report would be wrong.
     pub default: Option<Action>,
 }
@@ -131,12 +130,34 @@ pub enum Decision {
     Nothing,
 }
 
-/// Event names this version knows, as WeChat spells them (matching ignores case).
+/// Every MsgType WeChat documents for Official Account callbacks. Any MsgType can be
+/// matched by a rule; this list only serves typo warnings (docs/protocol.md §3).
+pub const DOCUMENTED_MSG_TYPES: &[&str] = &[
+    "text",
+    "image",
+    "voice",
+    "video",
+    "shortvideo",
+    "location",
+    "link",
+    "miniprogrampage",
+    "file",
+    "event",
+    "device_text",
+    "device_event",
+    "device_status",
+    "hardware",
+];
+
+/// Every event name WeChat documents, as it spells them. Any event name can be matched
+/// (case-insensitively); this list only serves typo warnings (docs/protocol.md §3).
 pub const KNOWN_EVENTS: &[&str] = &[
+    // Following and scanning
     "subscribe",
     "unsubscribe",
     "SCAN",
     "LOCATION",
+    // Menus
     "CLICK",
     "VIEW",
     "scancode_push",
@@ -146,10 +167,98 @@ pub const KNOWN_EVENTS: &[&str] = &[
     "pic_weixin",
     "location_select",
     "view_miniprogram",
+    "media_id",
+    "view_limited",
+    "article_id",
+    "article_view_limited",
+    // Sending jobs and publishing
     "TEMPLATESENDJOBFINISH",
     "MASSSENDJOBFINISH",
     "PUBLISHJOBFINISH",
+    "subscribe_msg_popup_event",
+    "subscribe_msg_change_event",
+    "subscribe_msg_sent_event",
+    // Customer-service sessions
+    "kf_create_session",
+    "kf_close_session",
+    "kf_switch_session",
+    // Cards and membership
+    "card_pass_check",
+    "card_not_pass_check",
+    "user_get_card",
+    "user_gifting_card",
+    "user_del_card",
+    "user_consume_card",
+    "user_pay_from_pay_cell",
+    "user_view_card",
+    "user_enter_session_from_card",
+    "update_member_card",
+    "card_sku_remind",
+    "card_pay_order",
+    "submit_membercard_user_info",
+    // Verification of the account
+    "qualification_verify_success",
+    "qualification_verify_fail",
+    "naming_verify_success",
+    "naming_verify_fail",
+    "annual_renew",
+    "verify_expired",
+    // Stores, Wi-Fi, devices, shake
+    "poi_check_notify",
+    "WifiConnected",
+    "ShakearoundUserShake",
+    "ShakearoundLotteryBind",
+    "device_text",
+    "device_bind",
+    "device_unbind",
+    "device_subscribe_status",
+    "device_unsubscribe_status",
+    // Shops, products, invoices
+    "merchant_order",
+    "user_scan_product",
+    "user_scan_product_enter_session",
+    "user_scan_product_async",
+    "user_scan_product_verify_action",
+    "user_authorize_invoice",
+    "update_invoice_status",
+    "submit_invoice_title",
+    // Mini programs and guides
+    "weapp_audit_success",
+    "weapp_audit_fail",
+    "weapp_audit_delay",
+    "wxa_nickname_audit",
+    "guide_qrcode_scan_event",
 ];
+
+/// For a name not in `known` (compared without case): the known one it is probably a
+/// typo of, if any (at most two letters added, dropped or changed).
+pub fn did_you_mean<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
+    let word = word.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&word, &k.to_ascii_lowercase()), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over bytes (names here are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
 
 impl Rules {
     /// Decide what answers this message; `rng` picks among several replies.
@@ -160,7 +269,8 @@ impl Rules {
                 return rule.action.decide(&rule.name, message, &captures, rng);
             }
         }
-        let user_message = !matches!(message.kind, Kind::Event(_) | Kind::Unknown);
+        // Every message but an event, whether its type is known here or not.
+        let user_message = !matches!(message.kind, Kind::Event(_));
         match &self.default {
             Some(action) if user_message => {
                 action.decide(&Arc::from("default"), message, &Captures::default(), rng)
@@ -268,7 +378,7 @@ impl Matcher {
                 let Kind::Event(e) = &message.kind else {
                     return None;
                 };
-                let name = message.field("Event").unwrap_or("");
+                let name = message.field("Event").unwrap_or("").trim();
                 if !name.eq_ignore_ascii_case(event) {
                     return None;
                 }
@@ -337,9 +447,9 @@ impl TemplateReply {
 /// `qrscene_` prefix never matters), the raw EventKey for every other event.
 pub fn event_key<'a>(event: &'a Event<'_>, message: &'a Message<'_>) -> Option<&'a str> {
     match event {
-        Event::Subscribe { scene, .. } => scene.as_deref(),
-        Event::Scan { scene, .. } => Some(scene),
-        _ => message.field("EventKey"),
+        Event::Subscribe { scene, .. } => scene.as_deref().map(str::trim),
+        Event::Scan { scene, .. } => Some(scene.trim()),
+        _ => message.field("EventKey").map(str::trim),
     }
 }
 
