@@ -307,7 +307,7 @@ fn only_the_fields_a_reply_needs_can_refuse_a_message() {
         ("<xml><FromUserName>b</FromUserName><MsgType>text</MsgType></xml>".to_owned(), Rejection::MissingField("ToUserName")),
         ("<xml><ToUserName>a</ToUserName><MsgType>text</MsgType></xml>".to_owned(), Rejection::MissingField("FromUserName")),
         (
-            format!("<xml><ToUserName><x>a</x></ToUserName><FromUserName>b</FromUserName><MsgType>text</MsgType></xml>"),
+            "<xml><ToUserName><x>a</x></ToUserName><FromUserName>b</FromUserName><MsgType>text</MsgType></xml>".to_owned(),
             Rejection::BadField("ToUserName"),
         ),
     ];
