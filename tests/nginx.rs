@@ -301,7 +301,7 @@ fn hostile_http_bodies_through_nginx_are_4xx_never_500() {
         ("invalid UTF-8", q.clone(), bad_utf8, 400, "malformed XML", "invalid UTF-8"),
         ("missing MsgType", q.clone(), format!("<xml>{head}<CreateTime>1</CreateTime></xml>").into_bytes(), 400, "message field missing", "message has no <MsgType>"),
         ("10 000 nested elements", q.clone(), deep.into_bytes(), 400, "malformed XML", "nesting deeper than 16"),
-        ("FromUserName with child elements", q.clone(), format!("<xml><ToUserName>b</ToUserName><FromUserName><x>a</x></FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>x</Content></xml>").into_bytes(), 400, "message field malformed", "<FromUserName> is malformed"),
+        ("FromUserName with child elements", q.clone(), b"<xml><ToUserName>b</ToUserName><FromUserName><x>a</x></FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>x</Content></xml>".to_vec(), 400, "message field malformed", "<FromUserName> is malformed"),
         ("duplicate query keys", format!("{q}&nonce=1"), ok_text("hi").into_bytes(), 403, "duplicate query parameter", "appears more than once"),
         ("query without =", "signature&timestamp&nonce".to_owned(), ok_text("hi").into_bytes(), 403, "bad signature", "does not match"),
         ("empty body", q.clone(), Vec::new(), 400, "malformed XML", "no root element"),
