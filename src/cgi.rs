@@ -32,25 +32,18 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (out, code) = runtime.block_on(async {
-        match load() {
-            Ok(config) => {
-                // One request per process: a retry cache of the configured size could
-                // never answer a retry.
-                let engine_config = EngineConfig {
-                    cache_entries: 2,
-                    ..config.server.engine
-                };
-                let engine = Engine::new(config.responder, engine_config);
-                let out = respond(
-                    &engine,
-                    &config.server.limits,
-                    |k| std::env::var(k).ok(),
-                    std::io::stdin().lock(),
-                )
-                .await;
-                (out, std::process::ExitCode::SUCCESS)
-            }
+    runtime.block_on(async {
+        let (config, engine) = match load().and_then(|config| {
+            // One request per process: an in-memory cache of the configured size could
+            // never answer a retry (a SQLite store can).
+            let engine_config = EngineConfig {
+                cache_entries: 2,
+                ..config.server.engine
+            };
+            let engine = Engine::open(config.responder.clone(), engine_config, &config.store)?;
+            Ok((config, engine))
+        }) {
+            Ok(loaded) => loaded,
             Err(e) => {
                 tracing::error!("CGI: {e:#}");
                 let response = Response::rejected(Rejection::Misconfigured);
@@ -61,14 +54,49 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
                 );
                 let mut out = Vec::new();
                 response.write_cgi(&mut out);
-                (out, std::process::ExitCode::from(1))
+                write_stdout(&out)?;
+                return Ok(std::process::ExitCode::from(1));
             }
+        };
+        let out = respond(
+            &engine,
+            &config.server.limits,
+            |k| std::env::var(k).ok(),
+            std::io::stdin().lock(),
+        )
+        .await;
+        write_stdout(&out)?;
+        if engine.store().is_shared() && engine.programs_running() {
+            // A program outlived the reply budget: the response is out; close stdout so
+            // the web server sends it now, and let the program finish so that its answer
+            // is stored for WeChat's retry (which another process serves).
+            close_stdout();
+            engine.finish_programs().await;
         }
-    });
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
+
+fn write_stdout(out: &[u8]) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(&out)?;
-    stdout.flush()?;
-    Ok(code)
+    stdout.write_all(out)?;
+    stdout.flush()
+}
+
+/// Point fd 1 at /dev/null: the web server sees the response end while this process
+/// goes on.
+fn close_stdout() {
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2(2) on two descriptors this process owns (the /dev/null file just
+    // opened, and stdout, whose Rust handle is not writing now: its buffer was flushed);
+    // it replaces fd 1 atomically and takes no pointers.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 1);
+    }
 }
 
 fn load() -> anyhow::Result<Config> {

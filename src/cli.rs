@@ -182,6 +182,26 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             for w in &config.warnings {
                 println!("warning: {w}");
             }
+            match &config.store {
+                crate::config::StoreSpec::Memory => println!(
+                    "state: memory (answers live in one process: under CGI, mod_fcgid or \
+                     several instances, a retry reaching another process is not recognised \
+                     and a program may run again; use [state] store = \"sqlite:PATH\")"
+                ),
+                spec => {
+                    // Opening checks the file can be created and written.
+                    if let crate::config::StoreSpec::Sqlite(db) = spec {
+                        if let Err(e) = crate::engine::store::SqliteStore::open(
+                            db,
+                            config.server.engine.cache_retention,
+                        ) {
+                            eprintln!("{}: state.store: {e:#}", path.display());
+                            return Ok(ExitCode::from(1));
+                        }
+                    }
+                    println!("state: {spec} (shared by every process that uses it)");
+                }
+            }
             println!(
                 "{}: ok ({} rules, default reply: {})",
                 path.display(),
@@ -254,7 +274,13 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
             let _ = stop_tx.send(true);
         });
         tracing::info!(listen = %source, rules = config.responder.rules.rules.len(), "wechat-fcgi serving");
-        let engine = Arc::new(crate::engine::Engine::new(config.responder, config.server.engine));
+        let engine = Arc::new(crate::engine::Engine::open(
+            config.responder,
+            config.server.engine,
+            &config.store,
+        )?);
+        let maintaining = engine.clone();
+        tokio::spawn(async move { maintaining.store().maintain().await });
         let server_settings = config.server.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let reloading = engine.clone();

@@ -26,6 +26,8 @@ pub use server::{Limits, ServerConfig};
 pub struct Config {
     /// `[server]`.
     pub server: ServerConfig,
+    /// `[state] store`: where answers are kept between a message and its retries.
+    pub store: StoreSpec,
     /// The account and its rules, ready to answer.
     pub responder: Responder,
     /// Things that work but are probably not what the owner meant.
@@ -100,6 +102,13 @@ impl Config {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
         let server = raw.server.validate(&mut problems);
+        let store = match StoreSpec::parse(raw.state.store.as_deref().unwrap_or("memory"), base) {
+            Ok(spec) => spec,
+            Err(e) => {
+                problems.push(format!("state.store: {e}"));
+                StoreSpec::Memory
+            }
+        };
         let account = raw.account.validate(&mut problems);
         let mut check = rules::Check {
             problems: &mut problems,
@@ -123,6 +132,7 @@ impl Config {
                     timestamp_window: server.timestamp_window_secs,
                 },
                 server,
+                store,
                 warnings,
             }),
             _ => Err(ConfigError { problems }),
@@ -150,6 +160,44 @@ impl Config {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Where answers are kept (`[state] store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// `memory`: this process only.
+    Memory,
+    /// `sqlite:PATH`: a database file every process on this machine shares (a relative
+    /// path is relative to the config file's folder).
+    Sqlite(PathBuf),
+}
+
+impl StoreSpec {
+    /// Parse `memory` or `sqlite:PATH` (pure: the path is only joined to `base`).
+    pub fn parse(text: &str, base: &Path) -> Result<StoreSpec, String> {
+        if text == "memory" {
+            return Ok(StoreSpec::Memory);
+        }
+        if let Some(path) = text.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(
+                    "sqlite: needs a file path, like \"sqlite:/var/lib/wechat-fcgi/state.db\""
+                        .into(),
+                );
+            }
+            return Ok(StoreSpec::Sqlite(base.join(path)));
+        }
+        Err(format!("{text:?} is not \"memory\" or \"sqlite:PATH\""))
+    }
+}
+
+impl std::fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSpec::Memory => f.write_str("memory"),
+            StoreSpec::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
         }
     }
 }

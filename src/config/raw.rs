@@ -15,6 +15,15 @@ pub(super) struct RawConfig {
     pub(super) rule: Vec<RawRule>,
     #[serde(default)]
     pub(super) default: Option<RawAction>,
+    #[serde(default)]
+    pub(super) state: RawState,
+}
+
+/// `[state]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub(super) store: Option<String>,
 }
 
 /// `[server]`.

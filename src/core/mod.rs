@@ -228,6 +228,19 @@ impl Via {
             Via::Deadline => "deadline",
         }
     }
+
+    /// The `Via` of a [`Via::label`].
+    pub fn from_label(label: &str) -> Option<Via> {
+        [
+            Via::Rule,
+            Via::Program,
+            Via::Fallback,
+            Via::Retry,
+            Via::Deadline,
+        ]
+        .into_iter()
+        .find(|v| v.label() == label)
+    }
 }
 
 /// The answer to one message, as the retry cache keeps it: the reply (none for
@@ -295,6 +308,33 @@ pub enum Seal {
 }
 
 impl Answer {
+    /// The answer as bytes, for a store shared by processes: JSON
+    /// `{"reply": <reply as in the config> | null, "rule": "...", "via": "..."}`.
+    pub fn encode(&self) -> Vec<u8> {
+        let record = serde_json::json!({
+            "reply": self.reply.as_deref(),
+            "rule": &*self.rule,
+            "via": self.via.label(),
+        });
+        serde_json::to_vec(&record).unwrap_or_default()
+    }
+
+    /// An answer [`Answer::encode`] wrote; `None` when the bytes are not one.
+    pub fn decode(bytes: &[u8]) -> Option<Answer> {
+        #[derive(serde::Deserialize)]
+        struct Record {
+            reply: Option<Reply>,
+            rule: String,
+            via: String,
+        }
+        let record: Record = serde_json::from_slice(bytes).ok()?;
+        Some(Answer {
+            reply: record.reply.map(Arc::new),
+            rule: record.rule.into(),
+            via: Via::from_label(&record.via)?,
+        })
+    }
+
     /// About the memory this answer holds, for a cache bounded in bytes: the reply's
     /// text and the rule name (shared `Arc`s are counted as if not shared).
     pub fn heap_bytes(&self) -> usize {

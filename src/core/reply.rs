@@ -1,11 +1,11 @@
 //! Passive replies (docs/protocol.md §4): the types, their TOML/JSON shape, and rendering to
 //! the XML WeChat expects, CDATA-safe.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A passive reply. Deserialises from the shape used in the config file and by reply
 /// programs: `{ text = "Hi" }`, `{ image = { media_id = "..." } }`, `{ news = [ {...} ] }`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 #[allow(missing_docs)] // each variant and field is the reply element of the same name (docs/protocol.md §4)
 pub enum Reply {
@@ -43,7 +43,7 @@ pub enum Reply {
 }
 
 /// One article of a news reply.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[allow(missing_docs)] // the fields are the article elements of the same name (docs/protocol.md §4)
 pub struct Article {

@@ -63,6 +63,8 @@ pub struct Engine {
     programs: Arc<Semaphore>,
     /// Programs running per follower (only followers with one running are listed).
     per_sender: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// The tasks running programs (finished ones are pruned as new ones start).
+    program_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     config: EngineConfig,
 }
 
@@ -77,6 +79,26 @@ impl Engine {
         Engine::with_store(responder, config, Store::Memory(store))
     }
 
+    /// An engine over the store `spec` names (opening a SQLite file blocks: call at
+    /// start-up).
+    pub fn open(
+        responder: Responder,
+        config: EngineConfig,
+        spec: &crate::config::StoreSpec,
+    ) -> anyhow::Result<Engine> {
+        let store = match spec {
+            crate::config::StoreSpec::Memory => Store::Memory(MemoryStore::new(
+                config.cache_entries,
+                config.cache_bytes,
+                config.cache_retention,
+            )),
+            crate::config::StoreSpec::Sqlite(path) => {
+                Store::Sqlite(store::SqliteStore::open(path, config.cache_retention)?)
+            }
+        };
+        Ok(Engine::with_store(responder, config, store))
+    }
+
     /// An engine over the given store.
     pub fn with_store(responder: Responder, config: EngineConfig, store: Store) -> Engine {
         Engine {
@@ -84,6 +106,7 @@ impl Engine {
             store: Arc::new(store),
             programs: Arc::new(Semaphore::new(config.max_programs.max(1))),
             per_sender: Arc::default(),
+            program_tasks: std::sync::Mutex::default(),
             config,
         }
     }
@@ -258,7 +281,7 @@ impl Engine {
     ) {
         let store = self.store.clone();
         let permits = self.programs.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _slot = slot;
             let started = Instant::now();
             let command = program.command.first().map_or("", String::as_str);
@@ -292,6 +315,25 @@ impl Engine {
             };
             store.finish(&key, answer, Instant::now()).await;
         });
+        let mut tasks = self.program_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Whether a reply program is still running (its answer not stored yet).
+    pub fn programs_running(&self) -> bool {
+        let tasks = self.program_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.iter().any(|t| !t.is_finished())
+    }
+
+    /// Wait until every running program has finished and its answer is stored (each
+    /// is bounded by its own timeout).
+    pub async fn finish_programs(&self) {
+        let tasks =
+            std::mem::take(&mut *self.program_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 }
 

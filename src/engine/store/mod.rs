@@ -7,6 +7,7 @@
 //! passed in, so the rules are tested with a clock the test controls.
 
 mod memory;
+pub mod sqlite;
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::core::Answer;
 pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
 
 /// A body's fingerprint for [`Store::bind`]: the first 16 bytes of its SHA-1, the same
 /// in every process.
@@ -26,6 +28,24 @@ pub fn body_digest(body: &[u8]) -> BodyDigest {
     let mut out = [0u8; 16];
     out.copy_from_slice(&full[..16]);
     out
+}
+
+impl Store {
+    /// Whether other processes see what this store holds.
+    pub fn is_shared(&self) -> bool {
+        !matches!(self, Store::Memory(_))
+    }
+
+    /// Upkeep to run in the background while serving: deleting expired rows.
+    pub async fn maintain(&self) {
+        match self {
+            Store::Memory(_) => std::future::pending().await,
+            Store::Sqlite(s) => loop {
+                tokio::time::sleep(sqlite::PURGE_EVERY).await;
+                s.purge().await;
+            },
+        }
+    }
 }
 
 /// What [`Store::claim`] found for a message.
@@ -50,6 +70,8 @@ pub enum Claim {
 pub enum Store {
     /// In this process's memory: answers are shared by the requests of one process.
     Memory(MemoryStore),
+    /// In a SQLite file: shared by every process on this machine.
+    Sqlite(SqliteStore),
 }
 
 impl Store {
@@ -58,6 +80,7 @@ impl Store {
     pub async fn claim(&self, key: &str, now: Instant, lease: Duration) -> Claim {
         match self {
             Store::Memory(m) => m.claim(key, now, lease),
+            Store::Sqlite(s) => s.claim(key, lease).await,
         }
     }
 
@@ -66,6 +89,7 @@ impl Store {
     pub async fn put_new(&self, key: &str, answer: &Answer, now: Instant) -> Option<Claim> {
         match self {
             Store::Memory(m) => m.put_new(key, answer, now),
+            Store::Sqlite(s) => s.put_new(key, answer).await,
         }
     }
 
@@ -73,6 +97,7 @@ impl Store {
     pub async fn finish(&self, key: &str, answer: Answer, now: Instant) {
         match self {
             Store::Memory(m) => m.finish(key, answer, now),
+            Store::Sqlite(s) => s.finish(key, &answer).await,
         }
     }
 
@@ -82,6 +107,7 @@ impl Store {
     pub async fn bind(&self, signed_query: &str, body: &BodyDigest, now: Instant) -> bool {
         match self {
             Store::Memory(m) => m.bind(signed_query, body, now),
+            Store::Sqlite(s) => s.bind(signed_query, body).await,
         }
     }
 
@@ -90,6 +116,7 @@ impl Store {
     pub async fn wait(&self, key: &str, until: Instant) {
         match self {
             Store::Memory(m) => m.wait(key, until).await,
+            Store::Sqlite(s) => s.wait(key, until).await,
         }
     }
 }

@@ -1,0 +1,317 @@
+//! The SQLite store: one database file shared by every process on the machine (CGI
+//! requests, mod_fcgid's processes, several `serve` instances).
+//!
+//! Claims, answers and query bindings are rows with their expiry in Unix milliseconds
+//! (processes share no clock but the wall clock). Every statement runs on tokio's
+//! blocking pool, never on the thread that serves requests. The database is in WAL mode
+//! with a busy timeout, so readers never wait for the one writer; expired rows are
+//! purged in the background. Waiting for an answer another process is deciding polls
+//! the row every [`POLL`].
+//!
+//! When the database cannot be used (disk full, locked past the busy timeout), requests
+//! are still answered: a claim is won locally, nothing is stored, and a WARN says so at
+//! most once a minute.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::time::Instant;
+
+use super::{BodyDigest, Claim};
+use crate::core::Answer;
+
+/// How often a waiting request looks for an answer stored by another process.
+pub const POLL: Duration = Duration::from_millis(10);
+/// How long a statement waits for another process's write to finish.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often expired rows are deleted.
+pub const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// At most one "store unavailable" warning per this interval.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS answers (
+        key TEXT PRIMARY KEY,
+        lease_until INTEGER,      -- Unix ms while being decided, NULL once answered
+        answer BLOB,              -- Answer::encode, once answered
+        expires INTEGER NOT NULL  -- Unix ms
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS bindings (
+        query TEXT PRIMARY KEY,
+        digest BLOB NOT NULL,
+        expires INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS answers_expires ON answers (expires);
+    CREATE INDEX IF NOT EXISTS bindings_expires ON bindings (expires);
+";
+
+/// The SQLite store. Cloning shares the connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    retention: Duration,
+    warned: Arc<Mutex<Option<std::time::Instant>>>,
+}
+
+impl SqliteStore {
+    /// Open (or create, with mode 0600) the database at `path`. Blocking: call at
+    /// start-up. `retention`: how long answers and bindings are kept.
+    pub fn open(path: &Path, retention: Duration) -> anyhow::Result<SqliteStore> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Create the file ourselves so that it never exists with a wider mode; SQLite
+        // gives its -wal and -shm files the database's permissions.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("state store {}: {e}", path.display()))?;
+        let conn = Connection::open(path)
+            .map_err(|e| anyhow::anyhow!("state store {}: {e}", path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            anyhow::bail!(
+                "state store {}: WAL mode not available (journal_mode = {mode})",
+                path.display()
+            );
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+            retention,
+            warned: Arc::default(),
+        })
+    }
+
+    /// Where the database is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// See [`super::Store::claim`].
+    pub async fn claim(&self, key: &str, lease: Duration) -> Claim {
+        let key = key.to_owned();
+        let retention = ms(self.retention);
+        let lease = ms(lease);
+        let found = self
+            .run(move |conn| {
+                let now = unix_ms();
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
+                    .query_row(
+                        "SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2",
+                        params![key, now],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let outcome = match row {
+                    Some((_, Some(answer))) => Found::Answered(answer),
+                    Some((Some(until), None)) if until > now => Found::Held(until - now),
+                    _ => {
+                        // New, expired, or a lease that ended unanswered: ours now.
+                        tx.execute(
+                            "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
+                             VALUES (?1, ?2, NULL, ?3)",
+                            params![key, now + lease, now + retention.max(lease)],
+                        )?;
+                        Found::Won
+                    }
+                };
+                tx.commit()?;
+                Ok(outcome)
+            })
+            .await;
+        match found {
+            Some(Found::Answered(bytes)) => match Answer::decode(&bytes) {
+                Some(answer) => Claim::Answered(answer),
+                None => Claim::Won, // unreadable (another version?): decide anew
+            },
+            Some(Found::Held(left)) => Claim::Held {
+                until: Instant::now() + Duration::from_millis(left.unsigned_abs()),
+            },
+            Some(Found::Won) | None => Claim::Won,
+        }
+    }
+
+    /// See [`super::Store::put_new`].
+    pub async fn put_new(&self, key: &str, answer: &Answer) -> Option<Claim> {
+        let key = key.to_owned();
+        let bytes = answer.encode();
+        let retention = ms(self.retention);
+        let found = self
+            .run(move |conn| {
+                let now = unix_ms();
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
+                    .query_row(
+                        "SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2",
+                        params![key, now],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let outcome = match row {
+                    Some((_, Some(answer))) => Found::Answered(answer),
+                    Some((Some(until), None)) if until > now => Found::Held(until - now),
+                    _ => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
+                             VALUES (?1, NULL, ?2, ?3)",
+                            params![key, bytes, now + retention],
+                        )?;
+                        Found::Won
+                    }
+                };
+                tx.commit()?;
+                Ok(outcome)
+            })
+            .await;
+        match found {
+            Some(Found::Answered(bytes)) => Answer::decode(&bytes).map(Claim::Answered),
+            Some(Found::Held(left)) => Some(Claim::Held {
+                until: Instant::now() + Duration::from_millis(left.unsigned_abs()),
+            }),
+            Some(Found::Won) | None => None,
+        }
+    }
+
+    /// See [`super::Store::finish`].
+    pub async fn finish(&self, key: &str, answer: &Answer) {
+        let key = key.to_owned();
+        let bytes = answer.encode();
+        let retention = ms(self.retention);
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
+                 VALUES (?1, NULL, ?2, ?3)",
+                params![key, bytes, unix_ms() + retention],
+            )?;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// See [`super::Store::bind`].
+    pub async fn bind(&self, signed_query: &str, body: &BodyDigest) -> bool {
+        let query = signed_query.to_owned();
+        let digest = body.to_vec();
+        let retention = ms(self.retention);
+        let first = self
+            .run(move |conn| {
+                let now = unix_ms();
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let bound: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT digest FROM bindings WHERE query = ?1 AND expires > ?2",
+                        params![query, now],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let same = match bound {
+                    Some(bound) => bound == digest,
+                    None => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO bindings (query, digest, expires) VALUES (?1, ?2, ?3)",
+                            params![query, digest, now + retention],
+                        )?;
+                        true
+                    }
+                };
+                tx.commit()?;
+                Ok(same)
+            })
+            .await;
+        first.unwrap_or(true)
+    }
+
+    /// See [`super::Store::wait`]: polls until the row is answered, gone, or `until`.
+    pub async fn wait(&self, key: &str, until: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            tokio::time::sleep_until((now + POLL).min(until)).await;
+            let key = key.to_owned();
+            let pending = self
+                .run(move |conn| {
+                    let lease: Option<Option<i64>> = conn
+                        .query_row(
+                            "SELECT lease_until FROM answers WHERE key = ?1",
+                            params![key],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    // Still being decided, and its lease not over.
+                    Ok(matches!(lease, Some(Some(until)) if until > unix_ms()))
+                })
+                .await;
+            if pending != Some(true) {
+                return;
+            }
+        }
+    }
+
+    /// Delete expired rows.
+    pub async fn purge(&self) {
+        self.run(|conn| {
+            let now = unix_ms();
+            conn.execute("DELETE FROM answers WHERE expires <= ?1", params![now])?;
+            conn.execute("DELETE FROM bindings WHERE expires <= ?1", params![now])?;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Run `f` on the blocking pool with the connection; `None` (and a WARN at most once
+    /// a minute) when SQLite fails.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Option<T> {
+        let conn = self.conn.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await;
+        let error = match result {
+            Ok(Ok(value)) => return Some(value),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            tracing::warn!(
+                store = %self.path.display(),
+                error = %crate::log::Escaped(&error),
+                "state store unavailable: answering without it (a retry may be decided again)"
+            );
+            *warned = Some(std::time::Instant::now());
+        }
+        None
+    }
+}
+
+/// What a claim found, inside the transaction.
+enum Found {
+    Won,
+    Answered(Vec<u8>),
+    /// Held for this many more milliseconds.
+    Held(i64),
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}

@@ -1,0 +1,234 @@
+//! State outside the process: several processes on one SQLite file answer each message
+//! once, however WeChat's retries are spread over them.
+
+mod common;
+use common::*;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn write_executable(dir: &TempDir, name: &str, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Send one FastCGI request on a fresh connection; returns the response text.
+fn ask(addr: std::net::SocketAddr, body: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut out = Vec::new();
+    fcgi_request(&mut out, 1, true, "POST", &signed("1"), body.as_bytes());
+    s.write_all(&out).unwrap();
+    fcgi_response(&mut s).expect("a response")
+}
+
+fn runs(dir: &TempDir) -> usize {
+    std::fs::read_to_string(dir.path("runs.log"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[test]
+fn two_serve_processes_on_one_sqlite_file_answer_once() {
+    let dir = TempDir::new("sqlite-two");
+    // Counts its runs, takes a moment, and names the run in its answer.
+    write_executable(
+        &dir,
+        "count.sh",
+        "#!/bin/sh\ncat >/dev/null\necho run >> runs.log\nsleep 0.5\necho \"run $(wc -l < runs.log)\"\n",
+    );
+    let config = write_config(
+        &dir,
+        "[state]\nstore = \"sqlite:state.db\"\n\
+         [[rule]]\ntext = \"count\"\nrun = { command = [\"./count.sh\"] }\n",
+    );
+    let (a, addr_a) = start_server(&dir, &config);
+    let (b, addr_b) = start_server(&dir, &config);
+    let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", 7);
+    // The first attempt to A; WeChat's retry reaches B while A's program runs.
+    let first = {
+        let message = message.clone();
+        std::thread::spawn(move || ask(addr_a, &message))
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    let retry = ask(addr_b, &message);
+    let first = first.join().unwrap();
+    assert!(first.contains("run 1"), "{first}");
+    assert!(
+        retry.contains("run 1"),
+        "the retry waited for A's answer: {retry}"
+    );
+    // A later retry, to either, is answered from the file.
+    assert!(ask(addr_b, &message).contains("run 1"));
+    assert!(ask(addr_a, &message).contains("run 1"));
+    assert_eq!(runs(&dir), 1, "the program ran once");
+    wait_for_log(&b, "via=retry");
+    drop((a, b));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path("state.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the database is private");
+}
+
+#[test]
+fn cgi_requests_over_sqlite_answer_a_retry_once() {
+    let dir = TempDir::new("sqlite-cgi");
+    write_executable(
+        &dir,
+        "count.sh",
+        "#!/bin/sh\ncat >/dev/null\necho run >> runs.log\necho \"run $(wc -l < runs.log)\"\n",
+    );
+    let config = write_config(
+        &dir,
+        "[state]\nstore = \"sqlite:state.db\"\n\
+         [[rule]]\ntext = \"count\"\nrun = { command = [\"./count.sh\"] }\n",
+    );
+    let config = config.to_str().unwrap().to_owned();
+    let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", 8);
+    let len = message.len().to_string();
+    let cgi = || {
+        let query = signed("1");
+        let (_, stdout, stderr) = run_cgi(
+            &[],
+            &[
+                ("WECHAT_FCGI_CONFIG", &config),
+                ("REQUEST_METHOD", "POST"),
+                ("QUERY_STRING", &query),
+                ("CONTENT_LENGTH", &len),
+                ("PATH", "/usr/bin:/bin"),
+            ],
+            message.as_bytes(),
+        );
+        (stdout, stderr)
+    };
+    let (first, _) = cgi();
+    let (second, log) = cgi();
+    assert!(first.contains("run 1"), "{first}");
+    assert!(second.contains("run 1"), "{second}");
+    assert!(log.contains("via=retry"), "{log}");
+    assert_eq!(runs(&dir), 1);
+}
+
+#[test]
+fn a_message_whose_process_died_is_taken_over_after_its_lease() {
+    let dir = TempDir::new("sqlite-lease");
+    // The first run never answers (its process is killed); a later one answers at once.
+    write_executable(
+        &dir,
+        "once.sh",
+        "#!/bin/sh\ncat >/dev/null\nif [ ! -e first ]; then echo $$ > first; sleep 30; fi\necho taken over\n",
+    );
+    let config = write_config(
+        &dir,
+        "[state]\nstore = \"sqlite:state.db\"\n\
+         [[rule]]\ntext = \"once\"\nrun = { command = [\"./once.sh\"], timeout_ms = 1500 }\n",
+    );
+    let (mut a, addr_a) = start_server(&dir, &config);
+    let (_b, addr_b) = start_server(&dir, &config);
+    let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "once", 9);
+    let first = {
+        let message = message.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr_a).unwrap();
+            let mut out = Vec::new();
+            fcgi_request(&mut out, 1, true, "POST", &signed("1"), message.as_bytes());
+            s.write_all(&out).unwrap();
+            fcgi_response(&mut s)
+        })
+    };
+    let start = Instant::now();
+    while !dir.path("first").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the first run never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let claimed = Instant::now();
+    // The process holding the message dies without a word.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(first.join().unwrap().is_none(), "A never answered");
+    let program = std::fs::read_to_string(dir.path("first")).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", program.trim()])
+        .status();
+    // WeChat's retry reaches B: it waits for the lease (timeout + 1 s), then decides.
+    let retry = ask(addr_b, &message);
+    assert!(retry.contains("taken over"), "{retry}");
+    let waited = claimed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2000) && waited < Duration::from_secs(4),
+        "taken over when the 2.5 s lease ended, not before: {waited:?}"
+    );
+}
+
+/// In CGI mode a program slower than the reply budget still answers the retry: the
+/// process sends `success`, ends its stdout (the web server replies at once), lets the
+/// program finish and stores its answer; the retry, another process, finds it.
+#[test]
+fn a_slow_program_in_cgi_mode_answers_the_retry() {
+    use std::io::Read;
+    let dir = TempDir::new("sqlite-cgi-slow");
+    write_executable(
+        &dir,
+        "slow.sh",
+        "#!/bin/sh\ncat >/dev/null\necho run >> runs.log\nsleep 0.8\necho slow answer\n",
+    );
+    let config = write_config(
+        &dir,
+        "[server]\nreply_budget_ms = 300\n[state]\nstore = \"sqlite:state.db\"\n\
+         [[rule]]\ntext = \"slow\"\nrun = { command = [\"./slow.sh\"] }\n",
+    );
+    let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "slow", 10);
+    let start = |query: &str| {
+        let mut child = std::process::Command::new(BIN)
+            .env_clear()
+            .envs([
+                ("GATEWAY_INTERFACE", "CGI/1.1"),
+                ("WECHAT_FCGI_CONFIG", config.to_str().unwrap()),
+                ("REQUEST_METHOD", "POST"),
+                ("QUERY_STRING", query),
+                ("CONTENT_LENGTH", &message.len().to_string()),
+                ("PATH", "/usr/bin:/bin"),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(message.as_bytes())
+            .unwrap();
+        child
+    };
+    let started = Instant::now();
+    let mut first = start(&signed("1"));
+    let mut reply = String::new();
+    first
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut reply)
+        .unwrap();
+    let replied = started.elapsed();
+    assert!(reply.ends_with("success"), "{reply}");
+    assert!(
+        replied < Duration::from_millis(700),
+        "stdout ended at the budget: {replied:?}"
+    );
+    assert!(first.wait().unwrap().success());
+    // The retry: the stored answer, the program not run again.
+    let second = start(&signed("2")).wait_with_output().unwrap();
+    let reply = String::from_utf8_lossy(&second.stdout);
+    assert!(reply.contains("slow answer"), "{reply}");
+    assert_eq!(runs(&dir), 1);
+}
