@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need when missing (nginx, libfcgi-bin's cgi-fcgi), then run the
+# Install what the tests need when missing (nginx, libfcgi-bin's cgi-fcgi, redis-server;
+# the tests start their own on free loopback ports), then run the
 # gates and every test: rustfmt, clippy (warnings are errors), the fuzz targets build,
 # cargo test. Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
@@ -8,6 +9,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v cgi-fcgi >/dev/null 2>&1 || need+=(libfcgi-bin)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing ${need[*]}"
     sudo_cmd=""

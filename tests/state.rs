@@ -232,3 +232,125 @@ fn a_slow_program_in_cgi_mode_answers_the_retry() {
     assert!(reply.contains("slow answer"), "{reply}");
     assert_eq!(runs(&dir), 1);
 }
+
+/// A real redis-server on a free loopback port, stopped (TERM) on drop.
+fn start_redis(dir: &TempDir, port: u16) -> Proc {
+    use std::os::unix::process::CommandExt;
+    let log = dir.path(&format!("redis-{port}.log"));
+    let child = std::process::Command::new("redis-server")
+        .process_group(0)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(&dir.0)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (scripts/test.sh installs it)");
+    let redis = Proc {
+        child,
+        stderr: log,
+        is_nginx: false,
+    };
+    wait_for_log(&redis, "Ready to accept connections");
+    redis
+}
+
+#[test]
+fn two_serve_processes_on_one_redis_answer_once() {
+    let dir = TempDir::new("redis-two");
+    let port = free_port();
+    let _redis = start_redis(&dir, port);
+    write_executable(
+        &dir,
+        "count.sh",
+        "#!/bin/sh\ncat >/dev/null\necho run >> runs.log\nsleep 0.5\necho \"run $(wc -l < runs.log)\"\n",
+    );
+    let config = write_config(
+        &dir,
+        &format!(
+            "[state]\nstore = \"redis://127.0.0.1:{port}/0\"\nkey_prefix = \"test:\"\n\
+             [[rule]]\ntext = \"count\"\nrun = {{ command = [\"./count.sh\"] }}\n"
+        ),
+    );
+    let (_a, addr_a) = start_server(&dir, &config);
+    let (b, addr_b) = start_server(&dir, &config);
+    let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", 11);
+    let first = {
+        let message = message.clone();
+        std::thread::spawn(move || ask(addr_a, &message))
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    let retry = ask(addr_b, &message);
+    let first = first.join().unwrap();
+    assert!(first.contains("run 1"), "{first}");
+    assert!(
+        retry.contains("run 1"),
+        "the retry waited for A's answer: {retry}"
+    );
+    assert!(ask(addr_a, &message).contains("run 1"));
+    assert_eq!(runs(&dir), 1, "the program ran once");
+    wait_for_log(&b, "via=retry");
+    // Every key has a TTL, under the configured prefix.
+    let keys = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "--scan", "--pattern", "test:*"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
+    assert!(keys.lines().count() >= 2, "{keys}");
+    for key in keys.lines() {
+        let ttl = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "PTTL", key])
+            .output()
+            .unwrap();
+        let ttl: i64 = String::from_utf8_lossy(&ttl.stdout).trim().parse().unwrap();
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
+}
+
+#[test]
+fn a_redis_restart_only_costs_the_shared_cache_while_it_is_down() {
+    let dir = TempDir::new("redis-restart");
+    let port = free_port();
+    let mut redis = start_redis(&dir, port);
+    let config = write_config(
+        &dir,
+        &format!("[state]\nstore = \"redis://127.0.0.1:{port}/0\"\n{RULES}"),
+    );
+    let (server, addr) = start_server(&dir, &config);
+    let hi = |id: u64| wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", id);
+    let retried = |log: &str| log.matches("via=retry").count();
+    assert!(ask(addr, &hi(1)).contains("Hello!"));
+    assert!(ask(addr, &hi(1)).contains("Hello!"));
+    let log = wait_for_log(&server, "via=retry");
+    assert_eq!(retried(&log), 1);
+    // Redis goes away: every request is still answered, and the log says why retries
+    // are not recognised meanwhile.
+    assert!(redis.signal_and_wait(15).success());
+    for _ in 0..3 {
+        assert!(ask(addr, &hi(2)).contains("Hello!"));
+    }
+    let log = wait_for_log(&server, "state store (Redis) unreachable");
+    assert_eq!(
+        retried(&log),
+        1,
+        "nothing answered from a cache that is down"
+    );
+    // Redis is back (empty): the shared cache works again.
+    let _redis = start_redis(&dir, port);
+    let start = Instant::now();
+    loop {
+        let id = 100 + start.elapsed().as_millis() as u64;
+        assert!(ask(addr, &hi(id)).contains("Hello!"));
+        assert!(ask(addr, &hi(id)).contains("Hello!"));
+        std::thread::sleep(Duration::from_millis(100));
+        if retried(&server.log()) > 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            server.log()
+        );
+    }
+}

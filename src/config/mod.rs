@@ -102,13 +102,21 @@ impl Config {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
         let server = raw.server.validate(&mut problems);
-        let store = match StoreSpec::parse(raw.state.store.as_deref().unwrap_or("memory"), base) {
+        let mut store = match StoreSpec::parse(raw.state.store.as_deref().unwrap_or("memory"), base)
+        {
             Ok(spec) => spec,
             Err(e) => {
                 problems.push(format!("state.store: {e}"));
                 StoreSpec::Memory
             }
         };
+        match (&mut store, raw.state.key_prefix) {
+            (StoreSpec::Redis { prefix, .. }, Some(given)) => *prefix = given,
+            (_, Some(_)) => {
+                problems.push("state.key_prefix: only goes with a redis:// store".into())
+            }
+            _ => {}
+        }
         let account = raw.account.validate(&mut problems);
         let mut check = rules::Check {
             problems: &mut problems,
@@ -164,6 +172,9 @@ impl Config {
     }
 }
 
+/// `[state] key_prefix` when not given.
+pub const DEFAULT_KEY_PREFIX: &str = "wechat-fcgi:";
+
 /// Where answers are kept (`[state] store`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreSpec {
@@ -172,6 +183,14 @@ pub enum StoreSpec {
     /// `sqlite:PATH`: a database file every process on this machine shares (a relative
     /// path is relative to the config file's folder).
     Sqlite(PathBuf),
+    /// `redis://HOST:PORT/DB`: shared by every instance that uses it; keys start with
+    /// the prefix (`[state] key_prefix`).
+    Redis {
+        /// The URL as given.
+        url: String,
+        /// The prefix of every key.
+        prefix: String,
+    },
 }
 
 impl StoreSpec {
@@ -179,6 +198,15 @@ impl StoreSpec {
     pub fn parse(text: &str, base: &Path) -> Result<StoreSpec, String> {
         if text == "memory" {
             return Ok(StoreSpec::Memory);
+        }
+        if text.starts_with("redis://")
+            || text.starts_with("rediss://")
+            || text.starts_with("redis+unix://")
+        {
+            return Ok(StoreSpec::Redis {
+                url: text.to_owned(),
+                prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            });
         }
         if let Some(path) = text.strip_prefix("sqlite:") {
             if path.is_empty() {
@@ -189,7 +217,9 @@ impl StoreSpec {
             }
             return Ok(StoreSpec::Sqlite(base.join(path)));
         }
-        Err(format!("{text:?} is not \"memory\" or \"sqlite:PATH\""))
+        Err(format!(
+            "{text:?} is not \"memory\", \"sqlite:PATH\" or \"redis://HOST:PORT/DB\""
+        ))
     }
 }
 
@@ -198,6 +228,17 @@ impl std::fmt::Display for StoreSpec {
         match self {
             StoreSpec::Memory => f.write_str("memory"),
             StoreSpec::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            // Without a password that the URL may hold.
+            StoreSpec::Redis { url, prefix } => {
+                let shown = match url.split_once('@') {
+                    Some((scheme_user, host)) => {
+                        let scheme = scheme_user.split("//").next().unwrap_or("redis:");
+                        format!("{scheme}//…@{host}")
+                    }
+                    None => url.clone(),
+                };
+                write!(f, "{shown} (keys {prefix}*)")
+            }
         }
     }
 }

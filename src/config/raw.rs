@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
     pub(super) store: Option<String>,
+    pub(super) key_prefix: Option<String>,
 }
 
 /// `[server]`.

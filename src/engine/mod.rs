@@ -95,6 +95,9 @@ impl Engine {
             crate::config::StoreSpec::Sqlite(path) => {
                 Store::Sqlite(store::SqliteStore::open(path, config.cache_retention)?)
             }
+            crate::config::StoreSpec::Redis { url, prefix } => Store::Redis(
+                store::RedisStore::open(url, prefix, config.cache_retention)?,
+            ),
         };
         Ok(Engine::with_store(responder, config, store))
     }

@@ -7,6 +7,7 @@
 //! passed in, so the rules are tested with a clock the test controls.
 
 mod memory;
+pub mod redis;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::core::Answer;
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 pub use sqlite::SqliteStore;
 
 /// A body's fingerprint for [`Store::bind`]: the first 16 bytes of its SHA-1, the same
@@ -39,7 +41,8 @@ impl Store {
     /// Upkeep to run in the background while serving: deleting expired rows.
     pub async fn maintain(&self) {
         match self {
-            Store::Memory(_) => std::future::pending().await,
+            // Memory drops whole generations; Redis expires keys by their TTL.
+            Store::Memory(_) | Store::Redis(_) => std::future::pending().await,
             Store::Sqlite(s) => loop {
                 tokio::time::sleep(sqlite::PURGE_EVERY).await;
                 s.purge().await;
@@ -72,6 +75,8 @@ pub enum Store {
     Memory(MemoryStore),
     /// In a SQLite file: shared by every process on this machine.
     Sqlite(SqliteStore),
+    /// In Redis: shared by every instance on every machine that uses it.
+    Redis(RedisStore),
 }
 
 impl Store {
@@ -81,6 +86,7 @@ impl Store {
         match self {
             Store::Memory(m) => m.claim(key, now, lease),
             Store::Sqlite(s) => s.claim(key, lease).await,
+            Store::Redis(r) => r.claim(key, lease).await,
         }
     }
 
@@ -90,6 +96,7 @@ impl Store {
         match self {
             Store::Memory(m) => m.put_new(key, answer, now),
             Store::Sqlite(s) => s.put_new(key, answer).await,
+            Store::Redis(r) => r.put_new(key, answer).await,
         }
     }
 
@@ -98,6 +105,7 @@ impl Store {
         match self {
             Store::Memory(m) => m.finish(key, answer, now),
             Store::Sqlite(s) => s.finish(key, &answer).await,
+            Store::Redis(r) => r.finish(key, &answer).await,
         }
     }
 
@@ -108,6 +116,7 @@ impl Store {
         match self {
             Store::Memory(m) => m.bind(signed_query, body, now),
             Store::Sqlite(s) => s.bind(signed_query, body).await,
+            Store::Redis(r) => r.bind(signed_query, body).await,
         }
     }
 
@@ -117,6 +126,7 @@ impl Store {
         match self {
             Store::Memory(m) => m.wait(key, until).await,
             Store::Sqlite(s) => s.wait(key, until).await,
+            Store::Redis(r) => r.wait(key, until).await,
         }
     }
 }

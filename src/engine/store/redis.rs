@@ -1,0 +1,256 @@
+//! The Redis store: shared by every instance on every machine that uses the same Redis.
+//!
+//! A message's key holds `L<until>` while it is being decided (a lease ending at Redis's
+//! own clock, so machines need not agree on the time) and `A<answer>` once answered;
+//! every key has a TTL. Claims and stores are one atomic script each (one round trip);
+//! a signed query's binding is one `SET NX GET`. Waiting for another instance's answer
+//! polls the key every [`POLL`]. The connection is redis-rs's connection manager, which
+//! reconnects after a Redis restart.
+//!
+//! While Redis is unreachable, requests are answered without it (a claim is won
+//! locally: a program message still runs once per process), for [`BACKOFF`] after each
+//! failure no call is tried, and a WARN says so at most once a minute.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
+
+use super::{BodyDigest, Claim};
+use crate::core::Answer;
+
+/// How often a waiting request looks for an answer stored by another instance.
+pub const POLL: Duration = Duration::from_millis(10);
+/// How long one Redis call may take before the request goes on without it.
+pub const TIMEOUT: Duration = Duration::from_millis(500);
+/// After a failed call, how long the store is not tried again.
+pub const BACKOFF: Duration = Duration::from_secs(1);
+/// At most one "Redis unreachable" warning per this interval.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Claim a message: `{'A', answer}`, `{'H', ms left}` or `{'W', ''}` (won: the lease
+/// is set). KEYS[1] the message key; ARGV[1] lease ms; ARGV[2] retention ms.
+const CLAIM: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local v = redis.call('GET', KEYS[1])
+if v then
+  local kind = string.sub(v, 1, 1)
+  if kind == 'A' then return {'A', string.sub(v, 2)} end
+  if kind == 'L' then
+    local left = tonumber(string.sub(v, 2)) - now
+    if left > 0 then return {'H', tostring(left)} end
+  end
+end
+local lease = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], 'L' .. (now + lease), 'PX', math.max(lease, tonumber(ARGV[2])))
+return {'W', ''}
+";
+
+/// Store an answer known at once unless the message was claimed or answered before:
+/// `{'A', answer}`, `{'H', ms left}` or `{'W', ''}` (stored). KEYS[1] the message key;
+/// ARGV[1] the answer; ARGV[2] retention ms.
+const PUT_NEW: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local v = redis.call('GET', KEYS[1])
+if v then
+  local kind = string.sub(v, 1, 1)
+  if kind == 'A' then return {'A', string.sub(v, 2)} end
+  if kind == 'L' then
+    local left = tonumber(string.sub(v, 2)) - now
+    if left > 0 then return {'H', tostring(left)} end
+  end
+end
+redis.call('SET', KEYS[1], 'A' .. ARGV[1], 'PX', tonumber(ARGV[2]))
+return {'W', ''}
+";
+
+/// The Redis store.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    retention: Duration,
+    claim: redis::Script,
+    put_new: redis::Script,
+    /// No call is tried before this (after a failure).
+    down_until: Mutex<Option<Instant>>,
+    warned: Mutex<Option<Instant>>,
+    failures: AtomicU64,
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (`redis://HOST:PORT/DB`), its keys starting with
+    /// `prefix`. Connects lazily: a Redis that is down at start-up is tried again later.
+    pub fn open(url: &str, prefix: &str, retention: Duration) -> anyhow::Result<RedisStore> {
+        let client =
+            redis::Client::open(url).map_err(|e| anyhow::anyhow!("state store {url}: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| anyhow::anyhow!("state store {url}: {e}"))?;
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.to_owned(),
+            retention,
+            claim: redis::Script::new(CLAIM),
+            put_new: redis::Script::new(PUT_NEW),
+            down_until: Mutex::new(None),
+            warned: Mutex::new(None),
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    /// Calls that failed (Redis unreachable, slow or refusing) since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// See [`super::Store::claim`].
+    pub async fn claim(&self, key: &str, lease: Duration) -> Claim {
+        let mut invocation = self.claim.key(self.answer_key(key));
+        invocation.arg(ms(lease)).arg(ms(self.retention));
+        let mut conn = self.conn.clone();
+        let reply: Option<(String, String)> = self
+            .call(async move { invocation.invoke_async(&mut conn).await })
+            .await;
+        match reply {
+            Some(found) => held_or_answered(found).unwrap_or(Claim::Won),
+            None => Claim::Won,
+        }
+    }
+
+    /// See [`super::Store::put_new`].
+    pub async fn put_new(&self, key: &str, answer: &Answer) -> Option<Claim> {
+        let mut invocation = self.put_new.key(self.answer_key(key));
+        invocation.arg(answer.encode()).arg(ms(self.retention));
+        let mut conn = self.conn.clone();
+        let reply: Option<(String, String)> = self
+            .call(async move { invocation.invoke_async(&mut conn).await })
+            .await;
+        reply.and_then(held_or_answered)
+    }
+
+    /// See [`super::Store::finish`].
+    pub async fn finish(&self, key: &str, answer: &Answer) {
+        let mut value = b"A".to_vec();
+        value.extend_from_slice(&answer.encode());
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.answer_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(ms(self.retention));
+        let mut conn = self.conn.clone();
+        let _: Option<()> = self
+            .call(async move { cmd.query_async(&mut conn).await })
+            .await;
+    }
+
+    /// See [`super::Store::bind`]: one `SET NX GET`.
+    pub async fn bind(&self, signed_query: &str, body: &BodyDigest) -> bool {
+        let digest = hex::encode(body);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("{}q:{signed_query}", self.prefix))
+            .arg(&digest)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(ms(self.retention));
+        let mut conn = self.conn.clone();
+        let earlier: Option<Option<String>> = self
+            .call(async move { cmd.query_async(&mut conn).await })
+            .await;
+        match earlier {
+            Some(Some(bound)) => bound == digest,
+            // First seen, or Redis unreachable (then nothing can be compared).
+            Some(None) | None => true,
+        }
+    }
+
+    /// See [`super::Store::wait`]: polls until the key is answered, gone, its lease
+    /// over, or `until`.
+    pub async fn wait(&self, key: &str, until: Instant) {
+        let answer_key = self.answer_key(key);
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            tokio::time::sleep_until((now + POLL).min(until)).await;
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(&answer_key);
+            let mut conn = self.conn.clone();
+            let value: Option<Option<Vec<u8>>> = self
+                .call(async move { cmd.query_async(&mut conn).await })
+                .await;
+            // Still leased: keep waiting (the caller's `until` is the lease's end, by
+            // Redis's clock). Answered, gone or unreachable: claim again to see.
+            match value {
+                Some(Some(v)) if v.first() == Some(&b'L') => {}
+                _ => return,
+            }
+        }
+    }
+
+    fn answer_key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + 2 + key.len());
+        k.push_str(&self.prefix);
+        k.push_str("a:");
+        k.push_str(key);
+        k
+    }
+
+    /// Run one Redis call with [`TIMEOUT`], unless Redis failed within [`BACKOFF`];
+    /// `None` on any failure (counted, and warned about at most once a minute).
+    async fn call<T>(
+        &self,
+        work: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let now = Instant::now();
+        if self
+            .down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| now < t)
+        {
+            return None;
+        }
+        let error = match tokio::time::timeout(TIMEOUT, work).await {
+            Ok(Ok(value)) => return Some(value),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", TIMEOUT.as_millis()),
+        };
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + BACKOFF);
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
+            tracing::warn!(
+                error = %crate::log::Escaped(&error),
+                failures = self.failures(),
+                "state store (Redis) unreachable: answering without it (a retry may be decided again)"
+            );
+            *warned = Some(now);
+        }
+        None
+    }
+}
+
+/// A script's `{'A', answer}` or `{'H', ms}`; `None` for `{'W', ''}` (won or stored).
+fn held_or_answered((kind, value): (String, String)) -> Option<Claim> {
+    match kind.as_str() {
+        "A" => Answer::decode(value.as_bytes()).map(Claim::Answered),
+        "H" => Some(Claim::Held {
+            until: Instant::now() + Duration::from_millis(value.parse().unwrap_or(0)),
+        }),
+        _ => None,
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
+}
