@@ -2,7 +2,8 @@
 """Throughput and latency of wechat-fcgi behind nginx, next to nginx answering the same
 bytes by itself (`return 200`), in the same run. See README "Performance".
 
-Usage: scripts/bench.sh [--quick] [--only=plain,safe:1024]   (DURATION=seconds ROUNDS=n override)
+Usage: scripts/bench.sh [--quick] [--only=plain,safe:1024,plain@sqlite,plain@redis]
+(DURATION=seconds ROUNDS=n override; @STORE picks the [state] store: memory, sqlite, redis)
 """
 import os
 import re
@@ -90,13 +91,30 @@ def wrk(url, conns, bench_dir, path, offset=0, duration=None):
     }
 
 
-class Stack:
-    """wechat-fcgi + nginx for one mode and content size."""
+def start_redis(directory):
+    """A redis-server on a free loopback port, as the Redis store's benchmark needs."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", directory],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
 
-    def __init__(self, mode, content_bytes, conns_max):
+
+class Stack:
+    """wechat-fcgi + nginx for one mode, content size and store."""
+
+    def __init__(self, mode, content_bytes, conns_max, store="memory"):
         self.dir = tempfile.mkdtemp(prefix="wechat-fcgi-bench-")
         self.mode = mode
         self.sent = 0
+        self.redis = None
+        state = ""
+        if store == "sqlite":
+            state = '[state]\nstore = "sqlite:%s"\n' % os.path.join(self.dir, "state.db")
+        elif store == "redis":
+            self.redis, redis_port = start_redis(self.dir)
+            state = '[state]\nstore = "redis://127.0.0.1:%d/0"\n' % redis_port
         cfg = os.path.join(self.dir, "wechat-fcgi.toml")
         # Large bodies: a smaller cache, so that the bodies wrk holds stay in memory.
         cache = DEFAULT_CACHE if content_bytes <= 1024 else 4096
@@ -107,6 +125,7 @@ class Stack:
             if mode == "safe":
                 f.write('appid = "%s"\nmode = "safe"\nencoding_aes_key = "%s"\n' % (APPID, KEY))
             f.write('[[rule]]\ntext = "hi"\nreply = { text = "Hello! Thanks for your message." }\n')
+            f.write(state)
         # More distinct messages than the retry cache holds, cycled in order: every request
         # is a message the server has not answered yet (at steady state the cache is full
         # and evicts the oldest), never a retry served from the cache.
@@ -204,6 +223,9 @@ http {
             self.null.wait(10)
         self.nginx.wait(10)
         self.server.wait(10)
+        if self.redis:
+            self.redis.terminate()
+            self.redis.wait(10)
         self.log.close()
         counts = {"warns": 0, "cache_full": 0, "retries": 0, "answered": 0}
         for line in open(os.path.join(self.dir, "wechat-fcgi.log")):
@@ -222,8 +244,8 @@ def median(runs, key):
     return statistics.median(r[key] for r in runs)
 
 
-def compare(mode, conns=32, content_bytes=2, rounds=ROUNDS):
-    st = Stack(mode, content_bytes, max(conns, 32))
+def compare(mode, conns=32, content_bytes=2, rounds=ROUNDS, store="memory"):
+    st = Stack(mode, content_bytes, max(conns, 32), store)
     try:
         st.run("wechat", conns)  # warm-up
         proj, ref, null = [], [], []
@@ -235,7 +257,7 @@ def compare(mode, conns=32, content_bytes=2, rounds=ROUNDS):
     finally:
         log = st.close()
     row = {
-        "mode": mode, "conns": conns, "content": content_bytes,
+        "mode": mode if store == "memory" else "%s@%s" % (mode, store), "conns": conns, "content": content_bytes,
         "rps": median(proj, "rps"), "ref_rps": median(ref, "rps"),
         "p50": median(proj, "p50"), "p99": median(proj, "p99"),
         "ref_p99": median(ref, "p99"),
@@ -250,20 +272,23 @@ def compare(mode, conns=32, content_bytes=2, rounds=ROUNDS):
     print("%-5s c=%-5d content=%-6d  %6.0f req/s  ref %6.0f req/s  ratio %.2f  (do-nothing responder %6.0f req/s,"
           " ratio %.2f, p99 %.2f ms, CPU %.1f us/req)  CPU %.1f us/req  p50 %.2f ms  p99 %.2f ms (ref p99 %.2f)"
           "  non2xx %d  sockerr %d  peak RSS %.1f MiB  warnings %d  answered from the retry cache %.1f%%" % (
-              mode, conns, content_bytes, row["rps"], row["ref_rps"], row["ratio"], row["null_rps"],
+              row["mode"], conns, content_bytes, row["rps"], row["ref_rps"], row["ratio"], row["null_rps"],
               row["null_ratio"], row["null_p99"], row["null_cpu_us"], row["cpu_us"], row["p50"], row["p99"],
               row["ref_p99"], row["non2xx"], row["sockerr"], row["rss_mib"], row["warns"],
               100 * row["retry_share"]), flush=True)
     return row
 
 
-def cgi_figure(binary, label, n=200):
+def cgi_figure(binary, label, n=200, store="memory"):
     """Wall time and peak RSS per request of the binary run as a CGI program, next to
     spawning /bin/true the same way (the cost any CGI program pays)."""
     d = tempfile.mkdtemp(prefix="wechat-fcgi-cgi-")
     cfg = os.path.join(d, "c.toml")
     with open(cfg, "w") as f:
         f.write('[account]\ntoken = "%s"\n[[rule]]\ntext = "hi"\nreply = { text = "Hello!" }\n' % TOKEN)
+        if store == "sqlite":
+            f.write('[state]\nstore = "sqlite:%s"\n' % os.path.join(d, "state.db"))
+            label += ", sqlite store"
     subprocess.run([BODIES, "plain", "1", "2", d], check=True)
     body_file = os.path.join(d, "body")
     with open(os.path.join(d, "bodies.txt")) as src, open(body_file, "w") as dst:
@@ -337,11 +362,17 @@ def main():
     only = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")]
     if only:  # e.g. --only=plain,safe:1024: these variants (connections after ':'), nothing else
         for variant in only[0].split(","):
-            mode, _, conns = variant.partition(":")
-            compare(mode, conns=int(conns or 32), rounds=ROUNDS if not conns else 1)
+            if variant.startswith("cgi"):  # cgi or cgi@sqlite
+                cgi_figure(BIN, "dynamic", 50 if QUICK else 200, variant.partition("@")[2] or "memory")
+                continue
+            variant, _, conns = variant.partition(":")
+            mode, _, store = variant.partition("@")
+            compare(mode, conns=int(conns or 32), rounds=ROUNDS if not conns else 1, store=store or "memory")
         return
     compare("plain")
     compare("safe")
+    compare("plain", store="sqlite")
+    compare("plain", store="redis")
     if not QUICK:
         for c in (256, 1024):
             compare("plain", conns=c, rounds=1)
@@ -349,6 +380,7 @@ def main():
         compare("plain", content_bytes=16384, rounds=1)
         compare("safe", content_bytes=16384, rounds=1)
     cgi_figure(BIN, "dynamic", 50 if QUICK else 200)
+    cgi_figure(BIN, "dynamic", 50 if QUICK else 200, "sqlite")
     if STATIC_BIN:
         cgi_figure(STATIC_BIN, "static", 50 if QUICK else 200)
 
