@@ -40,7 +40,10 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
                 cache_entries: 2,
                 ..config.server.engine
             };
-            let engine = Engine::open(config.responder.clone(), engine_config, &config.store)?;
+            let mut engine = Engine::open(config.responder.clone(), engine_config, &config.store)?;
+            if let Some(spec) = &config.archive {
+                engine = engine.with_archive(crate::archive::Archive::open(spec)?);
+            }
             Ok((config, engine))
         }) {
             Ok(loaded) => loaded,

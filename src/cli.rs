@@ -202,6 +202,13 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                     println!("state: {spec} (shared by every process that uses it)");
                 }
             }
+            if let Some(archive) = &config.archive {
+                if let Err(e) = archive.check_writable() {
+                    eprintln!("{}: archive.to: {archive}: {e}", path.display());
+                    return Ok(ExitCode::from(1));
+                }
+                println!("archive: {archive} (writable)");
+            }
             println!(
                 "{}: ok ({} rules, default reply: {})",
                 path.display(),
@@ -274,11 +281,23 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
             let _ = stop_tx.send(true);
         });
         tracing::info!(listen = %source, rules = config.responder.rules.rules.len(), "wechat-fcgi serving");
-        let engine = Arc::new(crate::engine::Engine::open(
-            config.responder,
-            config.server.engine,
-            &config.store,
-        )?);
+        let mut engine =
+            crate::engine::Engine::open(config.responder, config.server.engine, &config.store)?;
+        if let Some(spec) = &config.archive {
+            engine = engine.with_archive(crate::archive::Archive::open(spec)?);
+        }
+        let engine = Arc::new(engine);
+        if let Some(archive) = engine.archive().cloned() {
+            // logrotate: either signal reopens the file (SIGHUP also reloads the config).
+            let mut usr1 =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+            tokio::spawn(async move {
+                while usr1.recv().await.is_some() {
+                    archive.reopen();
+                    tracing::info!("SIGUSR1: archive reopened");
+                }
+            });
+        }
         let maintaining = engine.clone();
         tokio::spawn(async move { maintaining.store().maintain().await });
         let server_settings = config.server.clone();
@@ -286,6 +305,9 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         let reloading = engine.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
+                if let Some(archive) = reloading.archive() {
+                    archive.reopen();
+                }
                 reload(&reloading, config_path.as_deref(), &server_settings);
             }
         });

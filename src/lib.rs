@@ -23,6 +23,8 @@
 //!   connection cap, timeouts, allowed clients, SIGTERM drain).
 //! - [`listen`]: where the listening socket comes from (flag, systemd, fd 0, config).
 //! - [`privileges`]: `[server] user`/`group`: root is given up after binding.
+//! - [`archive`]: every accepted message as a JSON line, synced (group commit) before
+//!   its reply leaves.
 //! - [`cgi`]: the CGI adapter: environment and stdin in, headers and body out; the
 //!   config only from `WECHAT_FCGI_CONFIG`, never from argv.
 //! - [`log`]: stderr logging: `tracing` filtered by `WECHAT_FCGI_LOG`, INFO lines
@@ -44,6 +46,7 @@
 //!   store; the store's interface assumes nothing about processes (leases, not
 //!   channels).
 
+pub mod archive;
 pub mod cgi;
 pub mod cli;
 pub mod config;

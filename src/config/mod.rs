@@ -28,6 +28,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[state] store`: where answers are kept between a message and its retries.
     pub store: StoreSpec,
+    /// `[archive] to`: where every accepted message is recorded, if anywhere.
+    pub archive: Option<crate::archive::ArchiveSpec>,
     /// The account and its rules, ready to answer.
     pub responder: Responder,
     /// Things that work but are probably not what the owner meant.
@@ -110,6 +112,16 @@ impl Config {
                 StoreSpec::Memory
             }
         };
+        let archive = match raw.archive.map(|a| a.to) {
+            None => None,
+            Some(to) => match crate::archive::ArchiveSpec::parse(&to, base) {
+                Ok(spec) => Some(spec),
+                Err(e) => {
+                    problems.push(format!("archive.to: {e}"));
+                    None
+                }
+            },
+        };
         match (&mut store, raw.state.key_prefix) {
             (StoreSpec::Redis { prefix, .. }, Some(given)) => *prefix = given,
             (_, Some(_)) => {
@@ -138,9 +150,11 @@ impl Config {
                     account,
                     rules: Rules { rules, default },
                     timestamp_window: server.timestamp_window_secs,
+                    keep_json: archive.is_some(),
                 },
                 server,
                 store,
+                archive,
                 warnings,
             }),
             _ => Err(ConfigError { problems }),

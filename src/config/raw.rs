@@ -17,6 +17,14 @@ pub(super) struct RawConfig {
     pub(super) default: Option<RawAction>,
     #[serde(default)]
     pub(super) state: RawState,
+    pub(super) archive: Option<RawArchive>,
+}
+
+/// `[archive]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawArchive {
+    pub(super) to: String,
 }
 
 /// `[state]`.

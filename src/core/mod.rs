@@ -73,6 +73,8 @@ pub struct Responder {
     /// Refuse requests whose signed timestamp is further than this from `now`, in
     /// seconds; 0 turns the check off.
     pub timestamp_window: u64,
+    /// Keep every message's JSON (for the archive), not only a program's.
+    pub keep_json: bool,
 }
 
 /// One HTTP request as the FastCGI server or the CGI adapter saw it.
@@ -506,8 +508,8 @@ impl Responder {
         rng: &mut dyn RngCore,
     ) -> Pending {
         let decision = self.rules.decide(message, rng);
-        let json =
-            matches!(decision, Decision::Run { .. }).then(|| message::to_json(&message.fields));
+        let json = (self.keep_json || matches!(decision, Decision::Run { .. }))
+            .then(|| message::to_json(&message.fields));
         let (signature, timestamp, nonce) = query.signed_triple().unwrap_or_default();
         let mut signed_query = String::with_capacity(64);
         for part in [signature, ":", timestamp, ":", nonce] {

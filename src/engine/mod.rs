@@ -63,6 +63,8 @@ pub struct Engine {
     programs: Arc<Semaphore>,
     /// Programs running per follower (only followers with one running are listed).
     per_sender: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    /// Where accepted messages are archived, if anywhere.
+    archive: Option<crate::archive::Archive>,
     /// The tasks running programs (finished ones are pruned as new ones start).
     program_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     config: EngineConfig,
@@ -110,8 +112,21 @@ impl Engine {
             programs: Arc::new(Semaphore::new(config.max_programs.max(1))),
             per_sender: Arc::default(),
             program_tasks: std::sync::Mutex::default(),
+            archive: None,
             config,
         }
+    }
+
+    /// Archive every message this engine decides (the winner of its claim) before its
+    /// reply leaves.
+    pub fn with_archive(mut self, archive: crate::archive::Archive) -> Engine {
+        self.archive = Some(archive);
+        self
+    }
+
+    /// The archive, if one is configured.
+    pub fn archive(&self) -> Option<&crate::archive::Archive> {
+        self.archive.as_ref()
     }
 
     /// The store answers are kept in.
@@ -170,7 +185,15 @@ impl Engine {
 
     async fn resolve(&self, responder: &Responder, pending: Pending, started: Instant) -> Response {
         let deadline = started + self.config.reply_budget;
-        let Some(answer) = self.settle(&pending, deadline).await else {
+        let (answer, decided_here) = self.settle(&pending, deadline).await;
+        if decided_here {
+            if let Some(archive) = &self.archive {
+                // On disk before the reply leaves (retries are not archived again).
+                let line = archive_record(&pending, answer.as_ref(), started.elapsed());
+                archive.record(line).await;
+            }
+        }
+        let Some(answer) = answer else {
             tracing::warn!(
                 key = %crate::log::Escaped(&pending.key),
                 budget_ms = self.config.reply_budget.as_millis() as u64,
@@ -190,7 +213,9 @@ impl Engine {
     /// The message's answer, decided once across retries: stored at once when a rule
     /// gives it, else claimed and worked out (a program), or waited for when another
     /// request holds the claim. `None` when `deadline` passes first.
-    async fn settle(&self, pending: &Pending, deadline: Instant) -> Option<Answer> {
+    /// ... and whether this request decided it (won the claim), which makes it the one
+    /// that archives the message.
+    async fn settle(&self, pending: &Pending, deadline: Instant) -> (Option<Answer>, bool) {
         let key = pending.key.as_str();
         let known = Answer::from_decision(&pending.decision);
         let lease = match &pending.decision {
@@ -201,7 +226,7 @@ impl Engine {
         };
         let mut claim = match &known {
             Some(answer) => match self.store.put_new(key, answer, Instant::now()).await {
-                None => return known,
+                None => return (known, true),
                 Some(earlier) => earlier,
             },
             None => self.store.claim(key, Instant::now(), lease).await,
@@ -209,19 +234,20 @@ impl Engine {
         let mut won = false;
         loop {
             match claim {
-                Claim::Answered(answer) if won => return Some(answer),
+                Claim::Answered(answer) if won => return (Some(answer), true),
                 Claim::Answered(answer) => {
-                    return Some(Answer {
+                    let retry = Answer {
                         via: Via::Retry,
                         ..answer
-                    })
+                    };
+                    return (Some(retry), false);
                 }
                 Claim::Won => {
                     won = true;
                     match (&known, &pending.decision) {
                         (Some(answer), _) => {
                             self.store.finish(key, answer.clone(), Instant::now()).await;
-                            return known;
+                            return (known, true);
                         }
                         (
                             None,
@@ -245,7 +271,7 @@ impl Engine {
                                     via: Via::Fallback,
                                 };
                                 self.store.finish(key, answer.clone(), Instant::now()).await;
-                                return Some(answer);
+                                return (Some(answer), true);
                             };
                             self.spawn_program(
                                 pending.key.clone(),
@@ -256,12 +282,12 @@ impl Engine {
                                 slot,
                             )
                         }
-                        (None, _) => return None, // from_decision covers the others
+                        (None, _) => return (None, true), // from_decision covers the others
                     }
                 }
                 Claim::Held { until } => {
                     if Instant::now() >= deadline {
-                        return None;
+                        return (None, won);
                     }
                     self.store.wait(key, until.min(deadline)).await;
                 }
@@ -372,6 +398,41 @@ impl Drop for SenderSlot {
             }
         }
     }
+}
+
+/// One archive line: when, who, the message as programs get it, the answer and how it
+/// came about.
+fn archive_record(pending: &Pending, answer: Option<&Answer>, latency: Duration) -> Vec<u8> {
+    let received_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        .saturating_sub(latency.as_millis() as u64);
+    let (via, rule, reply) = match answer {
+        Some(a) => (a.via, &*a.rule, a.reply.as_deref()),
+        None => (Via::Deadline, "-", None),
+    };
+    let head = serde_json::json!({
+        "received_ms": received_ms,
+        "account": pending.context.account,
+        "from": pending.context.follower,
+        "msg_type": &*pending.msg_type,
+        "key": pending.key,
+        "via": via.label(),
+        "rule": rule,
+        "reply": reply.map_or(serde_json::Value::String("success".into()), |r| {
+            serde_json::to_value(r).unwrap_or_default()
+        }),
+        "latency_us": latency.as_micros() as u64,
+    });
+    let mut line = serde_json::to_vec(&head).unwrap_or_default();
+    // The message JSON, as a reply program gets it, added as the last member.
+    if let (Some(message), Some(b'}')) = (&pending.json, line.last()) {
+        line.pop();
+        line.extend_from_slice(b",\"message\":");
+        line.extend_from_slice(message);
+        line.push(b'}');
+    }
+    line
 }
 
 /// The Unix time in seconds (0 if the clock is before 1970).
