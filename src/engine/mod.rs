@@ -169,12 +169,7 @@ impl Engine {
                     Step::Done(response) => response,
                     Step::Message(pending) => {
                         let digest = store::body_digest(body);
-                        let now = Instant::now();
-                        if self.store.bind(&pending.signed_query, &digest, now).await {
-                            self.resolve(&responder, pending, started).await
-                        } else {
-                            Response::rejected(Rejection::QueryReused)
-                        }
+                        self.resolve(&responder, pending, started, &digest).await
                     }
                 }
             }
@@ -183,9 +178,17 @@ impl Engine {
         response
     }
 
-    async fn resolve(&self, responder: &Responder, pending: Pending, started: Instant) -> Response {
+    async fn resolve(
+        &self,
+        responder: &Responder,
+        pending: Pending,
+        started: Instant,
+        body: &store::BodyDigest,
+    ) -> Response {
         let deadline = started + self.config.reply_budget;
-        let (answer, decided_here) = self.settle(&pending, deadline).await;
+        let Some((answer, decided_here)) = self.settle(&pending, deadline, body).await else {
+            return Response::rejected(Rejection::QueryReused);
+        };
         if decided_here {
             if let Some(archive) = &self.archive {
                 // On disk before the reply leaves (retries are not archived again).
@@ -215,7 +218,13 @@ impl Engine {
     /// request holds the claim. `None` when `deadline` passes first.
     /// ... and whether this request decided it (won the claim), which makes it the one
     /// that archives the message.
-    async fn settle(&self, pending: &Pending, deadline: Instant) -> (Option<Answer>, bool) {
+    /// `None` when the request's signed query came before with another body.
+    async fn settle(
+        &self,
+        pending: &Pending,
+        deadline: Instant,
+        body: &store::BodyDigest,
+    ) -> Option<(Option<Answer>, bool)> {
         let key = pending.key.as_str();
         let known = Answer::from_decision(&pending.decision);
         let lease = match &pending.decision {
@@ -224,30 +233,36 @@ impl Engine {
             }
             _ => LEASE_MARGIN,
         };
-        let mut claim = match &known {
-            Some(answer) => match self.store.put_new(key, answer, Instant::now()).await {
-                None => return (known, true),
-                Some(earlier) => earlier,
-            },
-            None => self.store.claim(key, Instant::now(), lease).await,
+        let first = match &known {
+            Some(answer) => store::First::Known(answer),
+            None => store::First::Claim(lease),
+        };
+        let opened = self
+            .store
+            .open_message(&pending.signed_query, body, key, first, Instant::now())
+            .await;
+        let mut claim = match opened {
+            store::Opened::QueryReused => return None,
+            store::Opened::Stored => return Some((known, true)),
+            store::Opened::Claim(claim) => claim,
         };
         let mut won = false;
         loop {
             match claim {
-                Claim::Answered(answer) if won => return (Some(answer), true),
+                Claim::Answered(answer) if won => return Some((Some(answer), true)),
                 Claim::Answered(answer) => {
                     let retry = Answer {
                         via: Via::Retry,
                         ..answer
                     };
-                    return (Some(retry), false);
+                    return Some((Some(retry), false));
                 }
                 Claim::Won => {
                     won = true;
                     match (&known, &pending.decision) {
                         (Some(answer), _) => {
                             self.store.finish(key, answer.clone(), Instant::now()).await;
-                            return (known, true);
+                            return Some((known, true));
                         }
                         (
                             None,
@@ -271,7 +286,7 @@ impl Engine {
                                     via: Via::Fallback,
                                 };
                                 self.store.finish(key, answer.clone(), Instant::now()).await;
-                                return (Some(answer), true);
+                                return Some((Some(answer), true));
                             };
                             self.spawn_program(
                                 pending.key.clone(),
@@ -282,12 +297,12 @@ impl Engine {
                                 slot,
                             )
                         }
-                        (None, _) => return (None, true), // from_decision covers the others
+                        (None, _) => return Some((None, true)), // from_decision covers the others
                     }
                 }
                 Claim::Held { until } => {
                     if Instant::now() >= deadline {
-                        return (None, won);
+                        return Some((None, won));
                     }
                     self.store.wait(key, until.min(deadline)).await;
                 }

@@ -51,6 +51,53 @@ impl Store {
     }
 }
 
+/// The first step for a message: store the answer a rule gave, or claim the message.
+#[derive(Debug, Clone, Copy)]
+pub enum First<'a> {
+    /// A rule's answer, known at once: store it unless the message was seen before.
+    Known(&'a Answer),
+    /// Claim the message for this long (a program will decide it).
+    Claim(Duration),
+}
+
+/// What [`Store::open_message`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Opened {
+    /// The signed query came before with another body: refuse the request.
+    QueryReused,
+    /// The known answer is stored: this request decided the message.
+    Stored,
+    /// What claiming found (or, for a known answer, what an earlier request left).
+    Claim(Claim),
+}
+
+impl Store {
+    /// Bind the signed query to the body, then take the message's first step
+    /// ([`First`]): one transaction in SQLite, one lock in memory.
+    pub async fn open_message(
+        &self,
+        signed_query: &str,
+        body: &BodyDigest,
+        key: &str,
+        first: First<'_>,
+        now: Instant,
+    ) -> Opened {
+        if let Store::Sqlite(s) = self {
+            return s.open_message(signed_query, body, key, first).await;
+        }
+        if !self.bind(signed_query, body, now).await {
+            return Opened::QueryReused;
+        }
+        match first {
+            First::Known(answer) => match self.put_new(key, answer, now).await {
+                None => Opened::Stored,
+                Some(earlier) => Opened::Claim(earlier),
+            },
+            First::Claim(lease) => Opened::Claim(self.claim(key, now, lease).await),
+        }
+    }
+}
+
 /// What [`Store::claim`] found for a message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {

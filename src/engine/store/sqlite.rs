@@ -31,6 +31,9 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// At most one "store unavailable" warning per this interval.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// The schema's version, kept in the file's `user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS answers (
         key TEXT PRIMARY KEY,
@@ -69,18 +72,21 @@ impl SqliteStore {
             .mode(0o600)
             .open(path)
             .map_err(|e| anyhow::anyhow!("state store {}: {e}", path.display()))?;
-        let conn = Connection::open(path)
-            .map_err(|e| anyhow::anyhow!("state store {}: {e}", path.display()))?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            anyhow::bail!(
-                "state store {}: WAL mode not available (journal_mode = {mode})",
-                path.display()
-            );
-        }
-        conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
-        conn.execute_batch(SCHEMA)?;
+        // Several processes starting at once on a new file contend for the switch to
+        // WAL and the schema, which the busy timeout does not cover: try again.
+        let started = std::time::Instant::now();
+        let conn = loop {
+            match prepare(path) {
+                Ok(conn) => break conn,
+                Err(e)
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                        && started.elapsed() < BUSY_TIMEOUT * 2 =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => anyhow::bail!("state store {}: {e}", path.display()),
+            }
+        };
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
@@ -104,22 +110,25 @@ impl SqliteStore {
                 let now = unix_ms();
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
-                    .query_row(
+                    .prepare_cached(
                         "SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2",
-                        params![key, now],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
+                    )?
+                    .query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
                 let outcome = match row {
                     Some((_, Some(answer))) => Found::Answered(answer),
                     Some((Some(until), None)) if until > now => Found::Held(until - now),
                     _ => {
                         // New, expired, or a lease that ended unanswered: ours now.
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
                              VALUES (?1, ?2, NULL, ?3)",
-                            params![key, now + lease, now + retention.max(lease)],
-                        )?;
+                        )?
+                        .execute(params![
+                            key,
+                            now + lease,
+                            now + retention.max(lease)
+                        ])?;
                         Found::Won
                     }
                 };
@@ -139,6 +148,91 @@ impl SqliteStore {
         }
     }
 
+    /// See [`super::Store::open_message`]: the binding and the first step in one
+    /// transaction.
+    pub async fn open_message(
+        &self,
+        signed_query: &str,
+        body: &BodyDigest,
+        key: &str,
+        first: super::First<'_>,
+    ) -> super::Opened {
+        use super::{First, Opened};
+        let query = signed_query.to_owned();
+        let digest = body.to_vec();
+        let key = key.to_owned();
+        let retention = ms(self.retention);
+        let (known, lease) = match first {
+            First::Known(answer) => (Some(answer.encode()), 0),
+            First::Claim(lease) => (None, ms(lease)),
+        };
+        let is_known = known.is_some();
+        let found = self
+            .run(move |conn| {
+                let now = unix_ms();
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let bound: Option<Vec<u8>> = tx
+                    .prepare_cached("SELECT digest FROM bindings WHERE query = ?1 AND expires > ?2")?
+                    .query_row(params![query, now], |r| r.get(0))
+                    .optional()?;
+                match bound {
+                    Some(bound) if bound != digest => return Ok(None), // dropped: rollback
+                    Some(_) => {}
+                    None => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO bindings (query, digest, expires) VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![query, digest, now + retention])?;
+                    }
+                }
+                let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
+                    .prepare_cached(
+                        "SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2",
+                    )?
+                    .query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let outcome = match row {
+                    Some((_, Some(answer))) => Found::Answered(answer),
+                    Some((Some(until), None)) if until > now => Found::Held(until - now),
+                    _ => {
+                        match &known {
+                            Some(answer) => tx
+                                .prepare_cached(
+                                    "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
+                                     VALUES (?1, NULL, ?2, ?3)",
+                                )?
+                                .execute(params![key, answer, now + retention])?,
+                            None => tx
+                                .prepare_cached(
+                                    "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
+                                     VALUES (?1, ?2, NULL, ?3)",
+                                )?
+                                .execute(params![key, now + lease, now + retention.max(lease)])?,
+                        };
+                        Found::Won
+                    }
+                };
+                tx.commit()?;
+                Ok(Some(outcome))
+            })
+            .await;
+        match found {
+            Some(None) => Opened::QueryReused,
+            Some(Some(Found::Answered(bytes))) => match Answer::decode(&bytes) {
+                Some(answer) => Opened::Claim(Claim::Answered(answer)),
+                None => Opened::Claim(Claim::Won),
+            },
+            Some(Some(Found::Held(left))) => Opened::Claim(Claim::Held {
+                until: Instant::now() + Duration::from_millis(left.unsigned_abs()),
+            }),
+            Some(Some(Found::Won)) if is_known => Opened::Stored,
+            Some(Some(Found::Won)) => Opened::Claim(Claim::Won),
+            // The store is unusable: decide here, without it.
+            None if is_known => Opened::Stored,
+            None => Opened::Claim(Claim::Won),
+        }
+    }
+
     /// See [`super::Store::put_new`].
     pub async fn put_new(&self, key: &str, answer: &Answer) -> Option<Claim> {
         let key = key.to_owned();
@@ -149,21 +243,20 @@ impl SqliteStore {
                 let now = unix_ms();
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
-                    .query_row(
+                    .prepare_cached(
                         "SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2",
-                        params![key, now],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
+                    )?
+                    .query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
                 let outcome = match row {
                     Some((_, Some(answer))) => Found::Answered(answer),
                     Some((Some(until), None)) if until > now => Found::Held(until - now),
                     _ => {
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
                              VALUES (?1, NULL, ?2, ?3)",
-                            params![key, bytes, now + retention],
-                        )?;
+                        )?
+                        .execute(params![key, bytes, now + retention])?;
                         Found::Won
                     }
                 };
@@ -186,11 +279,11 @@ impl SqliteStore {
         let bytes = answer.encode();
         let retention = ms(self.retention);
         self.run(move |conn| {
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
                  VALUES (?1, NULL, ?2, ?3)",
-                params![key, bytes, unix_ms() + retention],
-            )?;
+            )?
+            .execute(params![key, bytes, unix_ms() + retention])?;
             Ok(())
         })
         .await;
@@ -206,19 +299,16 @@ impl SqliteStore {
                 let now = unix_ms();
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let bound: Option<Vec<u8>> = tx
-                    .query_row(
-                        "SELECT digest FROM bindings WHERE query = ?1 AND expires > ?2",
-                        params![query, now],
-                        |r| r.get(0),
-                    )
+                    .prepare_cached("SELECT digest FROM bindings WHERE query = ?1 AND expires > ?2")?
+                    .query_row(params![query, now], |r| r.get(0))
                     .optional()?;
                 let same = match bound {
                     Some(bound) => bound == digest,
                     None => {
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT OR REPLACE INTO bindings (query, digest, expires) VALUES (?1, ?2, ?3)",
-                            params![query, digest, now + retention],
-                        )?;
+                        )?
+                        .execute(params![query, digest, now + retention])?;
                         true
                     }
                 };
@@ -241,11 +331,8 @@ impl SqliteStore {
             let pending = self
                 .run(move |conn| {
                     let lease: Option<Option<i64>> = conn
-                        .query_row(
-                            "SELECT lease_until FROM answers WHERE key = ?1",
-                            params![key],
-                            |r| r.get(0),
-                        )
+                        .prepare_cached("SELECT lease_until FROM answers WHERE key = ?1")?
+                        .query_row(params![key], |r| r.get(0))
                         .optional()?;
                     // Still being decided, and its lease not over.
                     Ok(matches!(lease, Some(Some(until)) if until > unix_ms()))
@@ -296,6 +383,24 @@ impl SqliteStore {
         }
         None
     }
+}
+
+/// Open the database in WAL mode with the schema in place.
+fn prepare(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidQuery);
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+    // The schema once per file (a CGI request opens the file every time).
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < SCHEMA_VERSION {
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+    }
+    Ok(conn)
 }
 
 /// What a claim found, inside the transaction.
