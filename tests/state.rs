@@ -66,6 +66,19 @@ fn two_serve_processes_on_one_sqlite_file_answer_once() {
     assert!(ask(addr_a, &message).contains("run 1"));
     assert_eq!(runs(&dir), 1, "the program ran once");
     wait_for_log(&b, "via=retry");
+    // A signed query is bound to its body across processes too.
+    let query = signed("9");
+    let send = |addr: std::net::SocketAddr, body: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut out = Vec::new();
+        fcgi_request(&mut out, 1, true, "POST", &query, body.as_bytes());
+        s.write_all(&out).unwrap();
+        fcgi_response(&mut s).unwrap()
+    };
+    let text = |id: u64| wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "x", id);
+    assert!(send(addr_a, &text(20)).starts_with("Status: 200"));
+    let forged = send(addr_b, &text(21));
+    assert!(forged.starts_with("Status: 403"), "{forged}");
     drop((a, b));
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.path("state.db"))
@@ -291,6 +304,19 @@ fn two_serve_processes_on_one_redis_answer_once() {
     assert!(ask(addr_a, &message).contains("run 1"));
     assert_eq!(runs(&dir), 1, "the program ran once");
     wait_for_log(&b, "via=retry");
+    // A signed query is bound to its body across instances too.
+    let query = signed("9");
+    let send = |addr: std::net::SocketAddr, body: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut out = Vec::new();
+        fcgi_request(&mut out, 1, true, "POST", &query, body.as_bytes());
+        s.write_all(&out).unwrap();
+        fcgi_response(&mut s).unwrap()
+    };
+    let hi = |id: u64| wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", id);
+    assert!(send(addr_a, &hi(20)).starts_with("Status: 200"));
+    let forged = send(addr_b, &hi(21));
+    assert!(forged.starts_with("Status: 403"), "{forged}");
     // Every key has a TTL, under the configured prefix.
     let keys = std::process::Command::new("redis-cli")
         .args(["-p", &port.to_string(), "--scan", "--pattern", "test:*"])

@@ -82,8 +82,10 @@ impl Store {
         first: First<'_>,
         now: Instant,
     ) -> Opened {
-        if let Store::Sqlite(s) = self {
-            return s.open_message(signed_query, body, key, first).await;
+        match self {
+            Store::Sqlite(s) => return s.open_message(signed_query, body, key, first).await,
+            Store::Redis(r) => return r.open_message(signed_query, body, key, first).await,
+            Store::Memory(_) => {}
         }
         if !self.bind(signed_query, body, now).await {
             return Opened::QueryReused;

@@ -68,6 +68,34 @@ redis.call('SET', KEYS[1], 'A' .. ARGV[1], 'PX', tonumber(ARGV[2]))
 return {'W', ''}
 ";
 
+/// Bind a signed query to its body and take the message's first step, in one round
+/// trip: `{'R', ''}` (the query came with another body), `{'A', answer}`,
+/// `{'H', ms left}`, `{'S', ''}` (the known answer stored) or `{'W', ''}` (claimed).
+/// KEYS[1] the binding, KEYS[2] the message; ARGV[1] the body digest, ARGV[2] retention
+/// ms, ARGV[3] `K` (ARGV[4] the known answer) or `C` (ARGV[4] the lease ms).
+const OPEN_MESSAGE: &str = r"
+local bound = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', tonumber(ARGV[2]))
+if bound and bound ~= ARGV[1] then return {'R', ''} end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local v = redis.call('GET', KEYS[2])
+if v then
+  local kind = string.sub(v, 1, 1)
+  if kind == 'A' then return {'A', string.sub(v, 2)} end
+  if kind == 'L' then
+    local left = tonumber(string.sub(v, 2)) - now
+    if left > 0 then return {'H', tostring(left)} end
+  end
+end
+if ARGV[3] == 'K' then
+  redis.call('SET', KEYS[2], 'A' .. ARGV[4], 'PX', tonumber(ARGV[2]))
+  return {'S', ''}
+end
+local lease = tonumber(ARGV[4])
+redis.call('SET', KEYS[2], 'L' .. (now + lease), 'PX', math.max(lease, tonumber(ARGV[2])))
+return {'W', ''}
+";
+
 /// The Redis store.
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -75,6 +103,7 @@ pub struct RedisStore {
     retention: Duration,
     claim: redis::Script,
     put_new: redis::Script,
+    open_message: redis::Script,
     /// No call is tried before this (after a failure).
     down_until: Mutex<Option<Instant>>,
     warned: Mutex<Option<Instant>>,
@@ -100,6 +129,7 @@ impl RedisStore {
             retention,
             claim: redis::Script::new(CLAIM),
             put_new: redis::Script::new(PUT_NEW),
+            open_message: redis::Script::new(OPEN_MESSAGE),
             down_until: Mutex::new(None),
             warned: Mutex::new(None),
             failures: AtomicU64::new(0),
@@ -122,6 +152,49 @@ impl RedisStore {
         match reply {
             Some(found) => held_or_answered(found).unwrap_or(Claim::Won),
             None => Claim::Won,
+        }
+    }
+
+    /// See [`super::Store::open_message`]: one round trip.
+    pub async fn open_message(
+        &self,
+        signed_query: &str,
+        body: &BodyDigest,
+        key: &str,
+        first: super::First<'_>,
+    ) -> super::Opened {
+        use super::{First, Opened};
+        let mut invocation = self
+            .open_message
+            .key(format!("{}q:{signed_query}", self.prefix));
+        invocation
+            .key(self.answer_key(key))
+            .arg(hex::encode(body))
+            .arg(ms(self.retention));
+        let known = match first {
+            First::Known(answer) => {
+                invocation.arg("K").arg(answer.encode());
+                true
+            }
+            First::Claim(lease) => {
+                invocation.arg("C").arg(ms(lease));
+                false
+            }
+        };
+        let mut conn = self.conn.clone();
+        let reply: Option<(String, String)> = self
+            .call(async move { invocation.invoke_async(&mut conn).await })
+            .await;
+        match reply {
+            Some((kind, _)) if kind == "R" => Opened::QueryReused,
+            Some((kind, _)) if kind == "S" => Opened::Stored,
+            Some(found) => match held_or_answered(found) {
+                Some(claim) => Opened::Claim(claim),
+                None => Opened::Claim(Claim::Won),
+            },
+            // Unreachable: decide here, without it.
+            None if known => Opened::Stored,
+            None => Opened::Claim(Claim::Won),
         }
     }
 

@@ -2,8 +2,9 @@
 //! requests, mod_fcgid's processes, several `serve` instances).
 //!
 //! Claims, answers and query bindings are rows with their expiry in Unix milliseconds
-//! (processes share no clock but the wall clock). Every statement runs on tokio's
-//! blocking pool, never on the thread that serves requests. The database is in WAL mode
+//! (processes share no clock but the wall clock). Every statement runs on the store's
+//! own thread, never on the thread that serves requests; the requests in flight share
+//! one transaction and one commit. The database is in WAL mode
 //! with a busy timeout, so readers never wait for the one writer; expired rows are
 //! purged in the background. Waiting for an answer another process is deciding polls
 //! the row every [`POLL`].
@@ -13,10 +14,11 @@
 //! most once a minute.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{BodyDigest, Claim};
@@ -50,10 +52,10 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS bindings_expires ON bindings (expires);
 ";
 
-/// The SQLite store. Cloning shares the connection.
+/// The SQLite store. Cloning shares the connection's thread.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
     path: PathBuf,
     retention: Duration,
     warned: Arc<Mutex<Option<std::time::Instant>>>,
@@ -87,8 +89,12 @@ impl SqliteStore {
                 Err(e) => anyhow::bail!("state store {}: {e}", path.display()),
             }
         };
+        let (jobs, inbox) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-store".into())
+            .spawn(move || run_batches(conn, inbox))?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            jobs,
             path: path.to_path_buf(),
             retention,
             warned: Arc::default(),
@@ -108,7 +114,7 @@ impl SqliteStore {
         let found = self
             .run(move |conn| {
                 let now = unix_ms();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn;
                 let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
                     .prepare_cached(
                         "SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2",
@@ -132,7 +138,6 @@ impl SqliteStore {
                         Found::Won
                     }
                 };
-                tx.commit()?;
                 Ok(outcome)
             })
             .await;
@@ -170,13 +175,13 @@ impl SqliteStore {
         let found = self
             .run(move |conn| {
                 let now = unix_ms();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn;
                 let bound: Option<Vec<u8>> = tx
                     .prepare_cached("SELECT digest FROM bindings WHERE query = ?1 AND expires > ?2")?
                     .query_row(params![query, now], |r| r.get(0))
                     .optional()?;
                 match bound {
-                    Some(bound) if bound != digest => return Ok(None), // dropped: rollback
+                    Some(bound) if bound != digest => return Ok(None),
                     Some(_) => {}
                     None => {
                         tx.prepare_cached(
@@ -212,7 +217,6 @@ impl SqliteStore {
                         Found::Won
                     }
                 };
-                tx.commit()?;
                 Ok(Some(outcome))
             })
             .await;
@@ -241,7 +245,7 @@ impl SqliteStore {
         let found = self
             .run(move |conn| {
                 let now = unix_ms();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn;
                 let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
                     .prepare_cached(
                         "SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2",
@@ -260,7 +264,6 @@ impl SqliteStore {
                         Found::Won
                     }
                 };
-                tx.commit()?;
                 Ok(outcome)
             })
             .await;
@@ -297,7 +300,7 @@ impl SqliteStore {
         let first = self
             .run(move |conn| {
                 let now = unix_ms();
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = conn;
                 let bound: Option<Vec<u8>> = tx
                     .prepare_cached("SELECT digest FROM bindings WHERE query = ?1 AND expires > ?2")?
                     .query_row(params![query, now], |r| r.get(0))
@@ -312,7 +315,6 @@ impl SqliteStore {
                         true
                     }
                 };
-                tx.commit()?;
                 Ok(same)
             })
             .await;
@@ -355,22 +357,34 @@ impl SqliteStore {
         .await;
     }
 
-    /// Run `f` on the blocking pool with the connection; `None` (and a WARN at most once
-    /// a minute) when SQLite fails.
+    /// Run `f` on the store's thread, in the transaction of the batch it joins; `None`
+    /// (and a WARN at most once a minute) when SQLite fails or the batch does not
+    /// commit.
     async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Option<T> {
-        let conn = self.conn.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn)
-        })
-        .await;
-        let error = match result {
-            Ok(Ok(value)) => return Some(value),
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let outcome = f(conn);
+            Box::new(move |committed: Result<(), String>| {
+                let _ = done.send(match (outcome, committed) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Err(e), _) => Err(e.to_string()),
+                    (Ok(_), Err(e)) => Err(e),
+                });
+            })
+        });
+        let error = if self.jobs.send(job).is_err() {
+            "no transaction: the store is locked past its busy timeout, or gone".to_owned()
+        } else {
+            match result.await {
+                Ok(Ok(value)) => return Some(value),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    "no transaction: the store is locked past its busy timeout, or gone".to_owned()
+                }
+            }
         };
         let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
         if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
@@ -382,6 +396,49 @@ impl SqliteStore {
             *warned = Some(std::time::Instant::now());
         }
         None
+    }
+}
+
+/// Work for the store's thread: runs in the batch's transaction and returns what to do
+/// once the batch committed (or did not).
+type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+type Finish = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Most jobs in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// The store's thread: every job queued runs in one `BEGIN IMMEDIATE` .. `COMMIT`, so
+/// the requests in flight share one commit (group commit), and the thread that serves
+/// requests never waits for SQLite.
+fn run_batches(conn: Connection, inbox: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = inbox.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match inbox.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let began = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| e.to_string());
+        if let Err(e) = &began {
+            // Nothing runs outside a transaction: every job hears why.
+            for job in batch.drain(..) {
+                drop(job);
+            }
+            tracing::debug!(error = %e, "state store: BEGIN failed");
+            continue;
+        }
+        let finishes: Vec<Finish> = batch.drain(..).map(|job| job(&conn)).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for finish in finishes {
+            finish(committed.clone());
+        }
     }
 }
 
