@@ -3,7 +3,8 @@
 bytes by itself (`return 200`), in the same run. See README "Performance".
 
 Usage: scripts/bench.sh [--quick] [--only=plain,safe:1024,plain@sqlite,plain@redis]
-(DURATION=seconds ROUNDS=n override; @STORE picks the [state] store: memory, sqlite, redis)
+(DURATION=seconds ROUNDS=n override; @STORE picks the [state] store: memory, sqlite, redis;
+@archive: the memory store with [archive] on)
 """
 import os
 import re
@@ -115,6 +116,8 @@ class Stack:
         elif store == "redis":
             self.redis, redis_port = start_redis(self.dir)
             state = '[state]\nstore = "redis://127.0.0.1:%d/0"\n' % redis_port
+        elif store == "archive":  # the memory store, and every message archived (synced)
+            state = '[archive]\nto = "jsonl:%s"\n' % os.path.join(self.dir, "messages.jsonl")
         cfg = os.path.join(self.dir, "wechat-fcgi.toml")
         # Large bodies: a smaller cache, so that the bodies wrk holds stay in memory.
         cache = DEFAULT_CACHE if content_bytes <= 1024 else 4096
@@ -131,7 +134,7 @@ class Stack:
         # and evicts the oldest), never a retry served from the cache.
         # A shared store (SQLite, Redis) evicts nothing within the retention: enough
         # distinct messages for the whole run, so that none comes back as a retry.
-        n = cache * 5 // 4 if store == "memory" else int(os.environ.get("BENCH_MESSAGES", "250000"))
+        n = cache * 5 // 4 if store in ("memory", "archive") else int(os.environ.get("BENCH_MESSAGES", "250000"))
         subprocess.run([BODIES, mode, str(n), str(content_bytes), self.dir], check=True)
         self.fcgi_port = free_port()
         self.log = open(os.path.join(self.dir, "wechat-fcgi.log"), "w")
@@ -374,6 +377,7 @@ def main():
         return
     compare("plain")
     compare("safe")
+    compare("plain", store="archive")
     compare("plain", store="sqlite")
     compare("plain", store="redis")
     if not QUICK:

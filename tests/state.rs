@@ -380,3 +380,50 @@ fn a_redis_restart_only_costs_the_shared_cache_while_it_is_down() {
         );
     }
 }
+
+/// Two instances behind one nginx `upstream` (round-robin), sharing Redis: WeChat's
+/// first attempt and its retry land on different instances, and get one answer.
+#[test]
+fn two_instances_behind_one_nginx_upstream_share_redis() {
+    let dir = TempDir::new("redis-upstream");
+    let port = free_port();
+    let _redis = start_redis(&dir, port);
+    write_executable(
+        &dir,
+        "count.sh",
+        "#!/bin/sh\ncat >/dev/null\necho run >> runs.log\nsleep 0.5\necho \"run $(wc -l < runs.log)\"\n",
+    );
+    let config = write_config(
+        &dir,
+        &format!(
+            "[state]\nstore = \"redis://127.0.0.1:{port}/0\"\n\
+             [[rule]]\ntext = \"count\"\nrun = {{ command = [\"./count.sh\"] }}\n"
+        ),
+    );
+    let (a, addr_a) = start_server(&dir, &config);
+    let (b, addr_b) = start_server(&dir, &config);
+    // Two `server` lines in the upstream.
+    let (_nginx, http_port) = start_nginx(&dir, &format!("{addr_a};\n        server {addr_b}"));
+    let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", 30);
+    let post = move |body: String| {
+        std::thread::spawn(move || {
+            let (status, reply) =
+                http(http_port, "POST", &format!("/wechat?{}", signed("1")), body.as_bytes());
+            assert_eq!(status, 200);
+            String::from_utf8_lossy(&reply).into_owned()
+        })
+    };
+    let first = post(message.clone());
+    std::thread::sleep(Duration::from_millis(150));
+    let retry = post(message.clone()).join().unwrap();
+    let first = first.join().unwrap();
+    assert!(first.contains("run 1") && retry.contains("run 1"), "{first}\n{retry}");
+    assert_eq!(runs(&dir), 1, "the program ran once");
+    // Each instance served one of them; the retry's instance answered from Redis.
+    let start = Instant::now();
+    while !(a.log().contains("via=retry") || b.log().contains("via=retry")) {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}\n{}", a.log(), b.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(a.log().contains(" outcome=reply") && b.log().contains(" outcome=reply"));
+}
