@@ -407,8 +407,12 @@ fn two_instances_behind_one_nginx_upstream_share_redis() {
     let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", 30);
     let post = move |body: String| {
         std::thread::spawn(move || {
-            let (status, reply) =
-                http(http_port, "POST", &format!("/wechat?{}", signed("1")), body.as_bytes());
+            let (status, reply) = http(
+                http_port,
+                "POST",
+                &format!("/wechat?{}", signed("1")),
+                body.as_bytes(),
+            );
             assert_eq!(status, 200);
             String::from_utf8_lossy(&reply).into_owned()
         })
@@ -417,12 +421,20 @@ fn two_instances_behind_one_nginx_upstream_share_redis() {
     std::thread::sleep(Duration::from_millis(150));
     let retry = post(message.clone()).join().unwrap();
     let first = first.join().unwrap();
-    assert!(first.contains("run 1") && retry.contains("run 1"), "{first}\n{retry}");
+    assert!(
+        first.contains("run 1") && retry.contains("run 1"),
+        "{first}\n{retry}"
+    );
     assert_eq!(runs(&dir), 1, "the program ran once");
     // Each instance served one of them; the retry's instance answered from Redis.
     let start = Instant::now();
     while !(a.log().contains("via=retry") || b.log().contains("via=retry")) {
-        assert!(start.elapsed() < Duration::from_secs(10), "{}\n{}", a.log(), b.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}\n{}",
+            a.log(),
+            b.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(a.log().contains(" outcome=reply") && b.log().contains(" outcome=reply"));

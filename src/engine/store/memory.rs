@@ -133,7 +133,9 @@ impl MemoryStore {
         Claim::Won
     }
 
-    /// See [`super::Store::put_new`]. No [`Notify`] for a message answered at once:
+    /// Store an answer known at once (a rule's reply) for a new `key`, in one step.
+    /// `None`: stored. `Some(claim)`: what an earlier request left, which wins. No
+    /// [`Notify`] for a message answered at once:
     /// nobody can be waiting for it yet.
     pub fn put_new(&self, key: &str, answer: &Answer, now: Instant) -> Option<Claim> {
         let key = self.fingerprint(key);
@@ -154,7 +156,9 @@ impl MemoryStore {
         None
     }
 
-    /// See [`super::Store::bind`].
+    /// Bind a signed query to the body it first came with, for as long as answers are
+    /// kept. `true`: first seen, or seen with the same body (a retry); `false`: seen
+    /// with a different body.
     pub fn bind(&self, signed_query: &str, body: &BodyDigest, now: Instant) -> bool {
         let mut prefixed = String::with_capacity(signed_query.len() + 2);
         prefixed.push_str("q:");

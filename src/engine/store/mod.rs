@@ -83,19 +83,20 @@ impl Store {
         now: Instant,
     ) -> Opened {
         match self {
-            Store::Sqlite(s) => return s.open_message(signed_query, body, key, first).await,
-            Store::Redis(r) => return r.open_message(signed_query, body, key, first).await,
-            Store::Memory(_) => {}
-        }
-        if !self.bind(signed_query, body, now).await {
-            return Opened::QueryReused;
-        }
-        match first {
-            First::Known(answer) => match self.put_new(key, answer, now).await {
-                None => Opened::Stored,
-                Some(earlier) => Opened::Claim(earlier),
-            },
-            First::Claim(lease) => Opened::Claim(self.claim(key, now, lease).await),
+            Store::Sqlite(s) => s.open_message(signed_query, body, key, first).await,
+            Store::Redis(r) => r.open_message(signed_query, body, key, first).await,
+            Store::Memory(m) => {
+                if !m.bind(signed_query, body, now) {
+                    return Opened::QueryReused;
+                }
+                match first {
+                    First::Known(answer) => match m.put_new(key, answer, now) {
+                        None => Opened::Stored,
+                        Some(earlier) => Opened::Claim(earlier),
+                    },
+                    First::Claim(lease) => Opened::Claim(m.claim(key, now, lease)),
+                }
+            }
         }
     }
 }
@@ -139,33 +140,12 @@ impl Store {
         }
     }
 
-    /// Store an answer known at once (a rule's reply) for a new `key`, in one step.
-    /// `None`: stored. `Some(claim)`: what an earlier request left, which wins.
-    pub async fn put_new(&self, key: &str, answer: &Answer, now: Instant) -> Option<Claim> {
-        match self {
-            Store::Memory(m) => m.put_new(key, answer, now),
-            Store::Sqlite(s) => s.put_new(key, answer).await,
-            Store::Redis(r) => r.put_new(key, answer).await,
-        }
-    }
-
     /// Store the answer of a claimed `key` and wake whoever waits for it.
     pub async fn finish(&self, key: &str, answer: Answer, now: Instant) {
         match self {
             Store::Memory(m) => m.finish(key, answer, now),
             Store::Sqlite(s) => s.finish(key, &answer).await,
             Store::Redis(r) => r.finish(key, &answer).await,
-        }
-    }
-
-    /// Bind a signed query to the body it first came with, for as long as answers are
-    /// kept. `true`: first seen, or seen with the same body (a retry); `false`: seen
-    /// with a different body.
-    pub async fn bind(&self, signed_query: &str, body: &BodyDigest, now: Instant) -> bool {
-        match self {
-            Store::Memory(m) => m.bind(signed_query, body, now),
-            Store::Sqlite(s) => s.bind(signed_query, body).await,
-            Store::Redis(r) => r.bind(signed_query, body).await,
         }
     }
 

@@ -49,25 +49,6 @@ redis.call('SET', KEYS[1], 'L' .. (now + lease), 'PX', math.max(lease, tonumber(
 return {'W', ''}
 ";
 
-/// Store an answer known at once unless the message was claimed or answered before:
-/// `{'A', answer}`, `{'H', ms left}` or `{'W', ''}` (stored). KEYS[1] the message key;
-/// ARGV[1] the answer; ARGV[2] retention ms.
-const PUT_NEW: &str = r"
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local v = redis.call('GET', KEYS[1])
-if v then
-  local kind = string.sub(v, 1, 1)
-  if kind == 'A' then return {'A', string.sub(v, 2)} end
-  if kind == 'L' then
-    local left = tonumber(string.sub(v, 2)) - now
-    if left > 0 then return {'H', tostring(left)} end
-  end
-end
-redis.call('SET', KEYS[1], 'A' .. ARGV[1], 'PX', tonumber(ARGV[2]))
-return {'W', ''}
-";
-
 /// Bind a signed query to its body and take the message's first step, in one round
 /// trip: `{'R', ''}` (the query came with another body), `{'A', answer}`,
 /// `{'H', ms left}`, `{'S', ''}` (the known answer stored) or `{'W', ''}` (claimed).
@@ -102,7 +83,6 @@ pub struct RedisStore {
     prefix: String,
     retention: Duration,
     claim: redis::Script,
-    put_new: redis::Script,
     open_message: redis::Script,
     /// No call is tried before this (after a failure).
     down_until: Mutex<Option<Instant>>,
@@ -128,7 +108,6 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             retention,
             claim: redis::Script::new(CLAIM),
-            put_new: redis::Script::new(PUT_NEW),
             open_message: redis::Script::new(OPEN_MESSAGE),
             down_until: Mutex::new(None),
             warned: Mutex::new(None),
@@ -198,17 +177,6 @@ impl RedisStore {
         }
     }
 
-    /// See [`super::Store::put_new`].
-    pub async fn put_new(&self, key: &str, answer: &Answer) -> Option<Claim> {
-        let mut invocation = self.put_new.key(self.answer_key(key));
-        invocation.arg(answer.encode()).arg(ms(self.retention));
-        let mut conn = self.conn.clone();
-        let reply: Option<(String, String)> = self
-            .call(async move { invocation.invoke_async(&mut conn).await })
-            .await;
-        reply.and_then(held_or_answered)
-    }
-
     /// See [`super::Store::finish`].
     pub async fn finish(&self, key: &str, answer: &Answer) {
         let mut value = b"A".to_vec();
@@ -222,27 +190,6 @@ impl RedisStore {
         let _: Option<()> = self
             .call(async move { cmd.query_async(&mut conn).await })
             .await;
-    }
-
-    /// See [`super::Store::bind`]: one `SET NX GET`.
-    pub async fn bind(&self, signed_query: &str, body: &BodyDigest) -> bool {
-        let digest = hex::encode(body);
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(format!("{}q:{signed_query}", self.prefix))
-            .arg(&digest)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(ms(self.retention));
-        let mut conn = self.conn.clone();
-        let earlier: Option<Option<String>> = self
-            .call(async move { cmd.query_async(&mut conn).await })
-            .await;
-        match earlier {
-            Some(Some(bound)) => bound == digest,
-            // First seen, or Redis unreachable (then nothing can be compared).
-            Some(None) | None => true,
-        }
     }
 
     /// See [`super::Store::wait`]: polls until the key is answered, gone, its lease

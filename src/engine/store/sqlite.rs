@@ -237,45 +237,6 @@ impl SqliteStore {
         }
     }
 
-    /// See [`super::Store::put_new`].
-    pub async fn put_new(&self, key: &str, answer: &Answer) -> Option<Claim> {
-        let key = key.to_owned();
-        let bytes = answer.encode();
-        let retention = ms(self.retention);
-        let found = self
-            .run(move |conn| {
-                let now = unix_ms();
-                let tx = conn;
-                let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
-                    .prepare_cached(
-                        "SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2",
-                    )?
-                    .query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                let outcome = match row {
-                    Some((_, Some(answer))) => Found::Answered(answer),
-                    Some((Some(until), None)) if until > now => Found::Held(until - now),
-                    _ => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
-                             VALUES (?1, NULL, ?2, ?3)",
-                        )?
-                        .execute(params![key, bytes, now + retention])?;
-                        Found::Won
-                    }
-                };
-                Ok(outcome)
-            })
-            .await;
-        match found {
-            Some(Found::Answered(bytes)) => Answer::decode(&bytes).map(Claim::Answered),
-            Some(Found::Held(left)) => Some(Claim::Held {
-                until: Instant::now() + Duration::from_millis(left.unsigned_abs()),
-            }),
-            Some(Found::Won) | None => None,
-        }
-    }
-
     /// See [`super::Store::finish`].
     pub async fn finish(&self, key: &str, answer: &Answer) {
         let key = key.to_owned();
@@ -290,35 +251,6 @@ impl SqliteStore {
             Ok(())
         })
         .await;
-    }
-
-    /// See [`super::Store::bind`].
-    pub async fn bind(&self, signed_query: &str, body: &BodyDigest) -> bool {
-        let query = signed_query.to_owned();
-        let digest = body.to_vec();
-        let retention = ms(self.retention);
-        let first = self
-            .run(move |conn| {
-                let now = unix_ms();
-                let tx = conn;
-                let bound: Option<Vec<u8>> = tx
-                    .prepare_cached("SELECT digest FROM bindings WHERE query = ?1 AND expires > ?2")?
-                    .query_row(params![query, now], |r| r.get(0))
-                    .optional()?;
-                let same = match bound {
-                    Some(bound) => bound == digest,
-                    None => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO bindings (query, digest, expires) VALUES (?1, ?2, ?3)",
-                        )?
-                        .execute(params![query, digest, now + retention])?;
-                        true
-                    }
-                };
-                Ok(same)
-            })
-            .await;
-        first.unwrap_or(true)
     }
 
     /// See [`super::Store::wait`]: polls until the row is answered, gone, or `until`.
