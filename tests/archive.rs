@@ -186,3 +186,51 @@ fn the_archive_is_reopened_for_logrotate_and_never_blocks_an_answer() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("archive.to"));
 }
+
+/// The same records in a SQLite table, and in a Redis stream (the `[state]` Redis).
+#[test]
+fn the_archive_can_be_a_sqlite_table_or_a_redis_stream() {
+    let dir = TempDir::new("archive-stores");
+    let port = free_port();
+    let _redis = start_redis(&dir, port);
+    let hi = |id: u64| wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", id);
+    for (to, state) in [
+        ("sqlite:archive.db".to_owned(), String::new()),
+        (
+            "redis".to_owned(),
+            format!("[state]\nstore = \"redis://127.0.0.1:{port}/0\"\nkey_prefix = \"t:\"\n"),
+        ),
+    ] {
+        let config = write_config(&dir, &format!("{state}[archive]\nto = \"{to}\"\n{RULES}"));
+        let (server, addr) = start_server(&dir, &config);
+        let mut s = TcpStream::connect(addr).unwrap();
+        for id in 0..7 {
+            assert!(ask(&mut s, &hi(id)).unwrap().contains("Hello!"));
+        }
+        assert!(ask(&mut s, &hi(3)).unwrap().contains("Hello!"), "a retry");
+        drop(server);
+        let count = if to == "redis" {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "XLEN", "t:messages"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        } else {
+            let out = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import sqlite3, sys, json; c = sqlite3.connect(sys.argv[1]); \
+                     rows = [json.loads(r[0]) for r in c.execute('select record from messages')]; \
+                     assert all(r['reply']['text'] == 'Hello!' for r in rows); print(len(rows))",
+                    dir.path("archive.db").to_str().unwrap(),
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(
+            count, "7",
+            "{to}: one record per message, retries not again"
+        );
+    }
+}

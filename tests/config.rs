@@ -31,6 +31,8 @@ fn bad_configs_name_the_key() {
         (format!("[state]\nstore = \"postgres://x\"\n{OK_ACCOUNT}"), "state.store: \"postgres://x\" is not \"memory\", \"sqlite:PATH\" or \"redis://HOST:PORT/DB\""),
         (format!("[state]\nstore = \"sqlite:\"\n{OK_ACCOUNT}"), "state.store: sqlite: needs a file path"),
         (format!("[state]\nkey_prefix = \"x:\"\n{OK_ACCOUNT}"), "state.key_prefix: only goes with a redis:// store"),
+        (format!("[archive]\nto = \"redis\"\n{OK_ACCOUNT}"), "archive.to: \"redis\" archives to the [state] Redis"),
+        (format!("[archive]\nto = \"syslog\"\n{OK_ACCOUNT}"), "archive.to: \"syslog\" is not \"jsonl:PATH\", \"sqlite:PATH\" or \"redis\""),
         (format!("[server]\ntimestamp_window_secs = 999999\n{OK_ACCOUNT}"), "server.timestamp_window_secs: 999999 is out of range"),
         (format!("[server]\nmax_body_bytes = -1\n{OK_ACCOUNT}"), "max_body_bytes"),
         (format!("[server]\nread_timeout_secs = 0\n{OK_ACCOUNT}"), "server.read_timeout_secs"),

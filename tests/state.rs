@@ -246,29 +246,6 @@ fn a_slow_program_in_cgi_mode_answers_the_retry() {
     assert_eq!(runs(&dir), 1);
 }
 
-/// A real redis-server on a free loopback port, stopped (TERM) on drop.
-fn start_redis(dir: &TempDir, port: u16) -> Proc {
-    use std::os::unix::process::CommandExt;
-    let log = dir.path(&format!("redis-{port}.log"));
-    let child = std::process::Command::new("redis-server")
-        .process_group(0)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .arg("--dir")
-        .arg(&dir.0)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server (scripts/test.sh installs it)");
-    let redis = Proc {
-        child,
-        stderr: log,
-        is_nginx: false,
-    };
-    wait_for_log(&redis, "Ready to accept connections");
-    redis
-}
-
 #[test]
 fn two_serve_processes_on_one_redis_answer_once() {
     let dir = TempDir::new("redis-two");

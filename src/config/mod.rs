@@ -112,16 +112,6 @@ impl Config {
                 StoreSpec::Memory
             }
         };
-        let archive = match raw.archive.map(|a| a.to) {
-            None => None,
-            Some(to) => match crate::archive::ArchiveSpec::parse(&to, base) {
-                Ok(spec) => Some(spec),
-                Err(e) => {
-                    problems.push(format!("archive.to: {e}"));
-                    None
-                }
-            },
-        };
         match (&mut store, raw.state.key_prefix) {
             (StoreSpec::Redis { prefix, .. }, Some(given)) => *prefix = given,
             (_, Some(_)) => {
@@ -129,6 +119,23 @@ impl Config {
             }
             _ => {}
         }
+        let archive = match raw.archive.map(|a| a.to) {
+            None => None,
+            Some(to) => match crate::archive::ArchiveSpec::parse(
+                &to,
+                base,
+                match &store {
+                    StoreSpec::Redis { url, prefix } => Some((url.as_str(), prefix.as_str())),
+                    _ => None,
+                },
+            ) {
+                Ok(spec) => Some(spec),
+                Err(e) => {
+                    problems.push(format!("archive.to: {e}"));
+                    None
+                }
+            },
+        };
         let account = raw.account.validate(&mut problems);
         let mut check = rules::Check {
             problems: &mut problems,

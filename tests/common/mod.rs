@@ -196,6 +196,28 @@ pub fn start_server_with_env(
     )
 }
 
+/// A real redis-server on a free loopback port, stopped (TERM) on drop.
+pub fn start_redis(dir: &TempDir, port: u16) -> Proc {
+    let log = dir.path(&format!("redis-{port}.log"));
+    let child = std::process::Command::new("redis-server")
+        .process_group(0)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(&dir.0)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (scripts/test.sh installs it)");
+    let redis = Proc {
+        child,
+        stderr: log,
+        is_nginx: false,
+    };
+    wait_for_log(&redis, "Ready to accept connections");
+    redis
+}
+
 /// Wait until the log contains `needle`.
 pub fn wait_for_log(p: &Proc, needle: &str) -> String {
     let start = Instant::now();
