@@ -15,32 +15,50 @@ use crate::listen::{self, ListenAddr};
 #[command(
     name = "wechat-fcgi",
     version,
-    about = "FastCGI/CGI responder for a WeChat Official Account callback URL"
+    about = "FastCGI/CGI responder for a WeChat Official Account callback URL",
+    after_help = "Started with no command and a listening socket on fd 0 (spawn-fcgi, \
+                  mod_fcgid), it serves FastCGI with the config from --config or \
+                  WECHAT_FCGI_CONFIG. Run as a CGI program, it reads the config from \
+                  WECHAT_FCGI_CONFIG only."
 )]
 struct Cli {
-    /// Config file (also WECHAT_FCGI_CONFIG); used when started without a command.
-    #[arg(long, global = true, env = "WECHAT_FCGI_CONFIG")]
+    /// With no command (spawned with a socket on fd 0): the config file.
+    #[arg(long, env = "WECHAT_FCGI_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start-up; boxing buys nothing
 enum Command {
     /// Serve FastCGI (listener: --listen, systemd, fd 0, or [server] listen).
     Serve {
+        /// The config file.
+        #[arg(long, env = "WECHAT_FCGI_CONFIG")]
+        config: PathBuf,
         /// unix:PATH or tcp:HOST:PORT; overrides every other source.
         #[arg(long, value_parser = ListenAddr::parse)]
         listen: Option<ListenAddr>,
     },
     /// Check the config file and exit (0 when it is valid), like `nginx -t`.
-    CheckConfig,
-    /// Print a signed query string (and optionally a sample message or a curl line).
+    CheckConfig {
+        /// The config file.
+        #[arg(long, env = "WECHAT_FCGI_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print a signed request as WeChat would send it: the query string (and a sample
+    /// message), or a complete curl line. With --config it uses the account's token,
+    /// and in compat and safe mode encrypts the message as WeChat does.
     Sign {
-        /// The account token.
-        #[arg(long)]
-        token: String,
-        /// Unix time to sign (default: now).
+        /// Take the token, mode, EncodingAESKey and AppID from this config.
+        #[arg(long, required_unless_present = "token")]
+        config: Option<PathBuf>,
+        /// The account token (without --config).
+        #[arg(long, conflicts_with = "config")]
+        token: Option<String>,
+        /// Unix time to sign (default: now; the server accepts it for
+        /// timestamp_window_secs, 300 s by default).
         #[arg(long)]
         timestamp: Option<u64>,
         /// Nonce to sign (default: random digits).
@@ -64,9 +82,14 @@ enum Command {
         /// The account's original id in the sample message.
         #[arg(long, default_value = "gh_0123456789ab")]
         to: String,
-        /// Print a complete curl command for this URL instead.
+        /// Print a complete curl command for this URL instead (a URL that already has a
+        /// query gets the signature appended with `&`).
         #[arg(long)]
         url: Option<String>,
+        /// Read an encrypted reply (the <Encrypt> envelope) on stdin and print the reply
+        /// inside it, after checking its MsgSignature (needs --config with a key).
+        #[arg(long, requires = "config", conflicts_with_all = ["text", "event", "echostr", "url"])]
+        decrypt: bool,
     },
 }
 
@@ -82,15 +105,16 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let fd0_listens = cli.command.is_none() && listen::stdin_is_listening_socket();
     crate::log::init(fd0_listens || matches!(cli.command, Some(Command::Serve { .. })));
     match cli.command {
-        Some(Command::Serve { listen }) => serve(cli.config.as_deref(), listen.as_ref()),
+        Some(Command::Serve { config, listen }) => serve(Some(&config), listen.as_ref()),
         None if fd0_listens => serve(cli.config.as_deref(), None),
         None => {
             use clap::CommandFactory;
             Cli::command().print_help()?;
             Ok(ExitCode::from(2))
         }
-        Some(Command::CheckConfig) => check_config(cli.config.as_deref()),
+        Some(Command::CheckConfig { config }) => check_config(Some(&config)),
         Some(Command::Sign {
+            config,
             token,
             timestamp,
             nonce,
@@ -101,7 +125,22 @@ pub fn run() -> anyhow::Result<ExitCode> {
             from,
             to,
             url,
+            decrypt,
         }) => {
+            let account = match &config {
+                Some(path) => Some(Config::load(path)?.responder.account),
+                None => None,
+            };
+            if decrypt {
+                return decrypt_reply(account.as_ref());
+            }
+            let token = match (&account, token) {
+                (Some(account), _) => {
+                    String::from_utf8_lossy(account.token.as_bytes()).into_owned()
+                }
+                (None, Some(token)) => token,
+                (None, None) => anyhow::bail!("give --config FILE or --token TOKEN"),
+            };
             let timestamp = timestamp.unwrap_or_else(unix_now);
             let nonce = nonce.unwrap_or_else(|| {
                 use rand_core::RngCore;
@@ -127,7 +166,25 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 )),
                 (None, None) => None,
             };
-            let mut query = crate::sample::signed_query(&token, timestamp, &nonce);
+            // In compat and safe mode, the message goes encrypted, as WeChat sends it.
+            let crypto = account.as_ref().and_then(|a| match a.mode {
+                crate::core::Mode::Plain => None,
+                _ => a.crypto.clone(),
+            });
+            let (mut query, message) = match (message, &crypto) {
+                (Some(message), Some(crypto)) => {
+                    let mut random = [0u8; 16];
+                    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
+                    let sealed = crate::sample::encrypted_request(
+                        &token, crypto, &to, &message, timestamp, &nonce, &random,
+                    );
+                    (sealed.query, Some(sealed.body))
+                }
+                (message, _) => (
+                    crate::sample::signed_query(&token, timestamp, &nonce),
+                    message,
+                ),
+            };
             if let Some(e) = &echostr {
                 query.push_str("&echostr=");
                 query.extend(form_urlencoded::byte_serialize(e.as_bytes()));
@@ -136,15 +193,17 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 query.push_str("&openid=");
                 query.extend(form_urlencoded::byte_serialize(from.as_bytes()));
             }
+            let with_query = |url: &str| {
+                let joiner = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{joiner}{query}")
+            };
             let text = match (url, message) {
                 (Some(url), Some(body)) => format!(
                     "curl -sS -H 'Content-Type: text/xml' --data-binary {} {}\n",
                     shell_quote(&body),
-                    shell_quote(&format!("{url}?{query}"))
+                    shell_quote(&with_query(&url))
                 ),
-                (Some(url), None) => {
-                    format!("curl -sS {}\n", shell_quote(&format!("{url}?{query}")))
-                }
+                (Some(url), None) => format!("curl -sS {}\n", shell_quote(&with_query(&url))),
                 (None, Some(body)) => format!("{query}\n{body}\n"),
                 (None, None) => format!("{query}\n"),
             };
@@ -156,6 +215,59 @@ pub fn run() -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// `sign --decrypt`: an encrypted reply on stdin, its MsgSignature checked, the reply
+/// inside printed.
+fn decrypt_reply(account: Option<&crate::core::Account>) -> anyhow::Result<ExitCode> {
+    use crate::core::message::{parse_fields, Value};
+    use std::io::Read;
+    let Some(account) = account else {
+        anyhow::bail!("--decrypt needs --config");
+    };
+    let Some(crypto) = &account.crypto else {
+        anyhow::bail!("--decrypt: the config has no encoding_aes_key");
+    };
+    let mut envelope = Vec::new();
+    std::io::stdin().read_to_end(&mut envelope)?;
+    let fields = parse_fields(&envelope).map_err(|e| anyhow::anyhow!("not an envelope: {e}"))?;
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find_map(|f| match (&f.value, f.name == name) {
+                (Value::Text(t), true) => Some(t.to_string()),
+                _ => None,
+            })
+    };
+    let (Some(encrypt), Some(signature), Some(timestamp), Some(nonce)) = (
+        get("Encrypt"),
+        get("MsgSignature"),
+        get("TimeStamp"),
+        get("Nonce"),
+    ) else {
+        anyhow::bail!(
+            "not an encrypted reply: it needs Encrypt, MsgSignature, TimeStamp and Nonce"
+        );
+    };
+    crate::core::crypto::verify_msg_signature(
+        account.token.as_bytes(),
+        &timestamp,
+        &nonce,
+        &encrypt,
+        &signature,
+    )
+    .map_err(|e| anyhow::anyhow!("MsgSignature: {e}"))?;
+    let reply = crate::core::crypto::decrypt(&crypto.key, &crypto.appid, &encrypt)
+        .or_else(|e| match &crypto.previous_key {
+            Some(old) => crate::core::crypto::decrypt(old, &crypto.appid, &encrypt),
+            None => Err(e),
+        })
+        .map_err(|e| anyhow::anyhow!("cannot decrypt: {e}"))?;
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    stdout.write_all(&reply)?;
+    stdout.write_all(b"\n")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn shell_quote(s: &str) -> String {

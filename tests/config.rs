@@ -231,10 +231,23 @@ fn every_problem_is_reported_at_once() {
     assert_eq!(err.problems.len(), 4, "{err}");
 }
 
+/// The shipped example is refused until its token is set; with one, it is valid.
 #[test]
-fn the_shipped_example_config_is_valid() {
+fn the_shipped_example_config_needs_a_token_then_is_valid() {
     let path = format!("{}/conf/wechat-fcgi.toml", env!("CARGO_MANIFEST_DIR"));
-    let config = Config::load(std::path::Path::new(&path)).unwrap();
+    let err = format!(
+        "{:#}",
+        Config::load(std::path::Path::new(&path)).unwrap_err()
+    );
+    assert!(
+        err.contains("account.token: set it to the Token from the admin panel"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("token = \"<your token>\"", "token = \"myRealToken42\"");
+    let dir = std::path::Path::new(&path).parent().unwrap();
+    let config = Config::parse_in(&text, dir).unwrap();
     assert!(config.responder.rules.rules.len() >= 2);
     assert!(config.responder.rules.default.is_some());
 }
@@ -472,4 +485,86 @@ fn every_documented_type_and_event_is_accepted_without_a_warning() {
         "{} event names",
         KNOWN_EVENTS.len()
     );
+}
+
+/// `sign --config` signs with the config's token and, in safe mode, encrypts the
+/// message as WeChat does; `sign --decrypt` reads the encrypted reply back.
+#[test]
+fn sign_with_a_config_encrypts_and_decrypts_in_safe_mode() {
+    let dir = TempDir::new("sign-safe");
+    let config = write_config(
+        &dir,
+        &format!(
+            "appid = \"wx0123456789abcdef\"\nmode = \"safe\"\nencoding_aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\"\n{RULES}"
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["sign", "--config"])
+        .arg(&config)
+        .args(["--text", "hi"])
+        .env_remove("WECHAT_FCGI_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let (query, body) = (lines.next().unwrap(), lines.next().unwrap());
+    assert!(query.contains("encrypt_type=aes&msg_signature="), "{query}");
+    assert!(
+        body.contains("<Encrypt>") && !body.contains("<Content>"),
+        "{body}"
+    );
+    let responder = Config::load(&config).unwrap().responder;
+    let reply = responder.handle(
+        &wechat_fcgi::core::Request {
+            method: "POST",
+            query,
+            body: body.as_bytes(),
+        },
+        unix_now(),
+        &mut rand_core::OsRng,
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    // The reply is sealed; --decrypt opens it.
+    let mut child = Command::new(BIN)
+        .args(["sign", "--config"])
+        .arg(&config)
+        .arg("--decrypt")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&reply.body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let inner = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        inner.contains("<Content><![CDATA[Hello!]]></Content>"),
+        "{inner}"
+    );
+    // A URL that already has a query gets the signature appended with `&`.
+    let out = Command::new(BIN)
+        .args([
+            "sign",
+            "--token",
+            TOKEN,
+            "--url",
+            "http://127.0.0.1:8080/wechat?site=1",
+        ])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.contains("/wechat?site=1&signature="), "{line}");
+    // --version works.
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("wechat-fcgi "));
 }

@@ -176,7 +176,7 @@ fn a_message_whose_process_died_is_taken_over_after_its_lease() {
     assert!(retry.contains("taken over"), "{retry}");
     let waited = claimed.elapsed();
     assert!(
-        waited >= Duration::from_millis(2000) && waited < Duration::from_secs(4),
+        waited >= Duration::from_millis(2000) && waited < Duration::from_secs(6),
         "taken over when the 2.5 s lease ended, not before: {waited:?}"
     );
 }
@@ -191,7 +191,7 @@ fn a_slow_program_in_cgi_mode_answers_the_retry() {
     write_executable(
         &dir,
         "slow.sh",
-        "#!/bin/sh\ncat >/dev/null\necho run >> runs.log\nsleep 0.8\necho slow answer\n",
+        "#!/bin/sh\ncat >/dev/null\necho run >> runs.log\nsleep 1.5\necho slow answer\n",
     );
     let config = write_config(
         &dir,
@@ -223,7 +223,6 @@ fn a_slow_program_in_cgi_mode_answers_the_retry() {
             .unwrap();
         child
     };
-    let started = Instant::now();
     let mut first = start(&signed("1"));
     let mut reply = String::new();
     first
@@ -232,11 +231,11 @@ fn a_slow_program_in_cgi_mode_answers_the_retry() {
         .unwrap()
         .read_to_string(&mut reply)
         .unwrap();
-    let replied = started.elapsed();
     assert!(reply.ends_with("success"), "{reply}");
+    // The output ended while the process (and its program) went on.
     assert!(
-        replied < Duration::from_millis(700),
-        "stdout ended at the budget: {replied:?}"
+        first.try_wait().unwrap().is_none(),
+        "stdout ended before the process did"
     );
     assert!(first.wait().unwrap().success());
     // The retry: the stored answer, the program not run again.

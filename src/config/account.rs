@@ -10,6 +10,13 @@ impl RawAccount {
     /// was a problem.
     pub(super) fn validate(self, problems: &mut Vec<String>) -> Option<Account> {
         let token = match Token::parse(&self.token) {
+            Err(_) if self.token.starts_with('<') => {
+                problems.push(
+                    "account.token: set it to the Token from the admin panel (this is the example's placeholder)"
+                        .to_owned(),
+                );
+                None
+            }
             Ok(t) => Some(t),
             Err(e) => {
                 problems.push(format!("account.token: {e}"));
