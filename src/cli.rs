@@ -360,6 +360,13 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         }
     }
     let _socket = RemoveSocket(source.created_socket().map(Path::to_path_buf));
+    if let Some(path) = source.created_socket() {
+        crate::privileges::chown_socket(
+            path,
+            config.server.socket_owner.as_deref(),
+            config.server.socket_group.as_deref(),
+        )?;
+    }
     // Bound: give up root before serving anything.
     let run_as = match &config.server.user {
         Some(user) => Some(

@@ -38,6 +38,45 @@ impl RunAs {
     }
 }
 
+/// Give the Unix socket we created to `owner` and `group` (PHP-FPM's `listen.owner`,
+/// `listen.group`), so that the web server's user can connect. Nothing to do when both
+/// are unset.
+pub fn chown_socket(
+    path: &std::path::Path,
+    owner: Option<&str>,
+    group: Option<&str>,
+) -> anyhow::Result<()> {
+    if owner.is_none() && group.is_none() {
+        return Ok(());
+    }
+    let uid = match owner {
+        Some(name) => Some(
+            User::from_name(name)
+                .map_err(|e| anyhow::anyhow!("server.socket_owner {name:?}: {e}"))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("server.socket_owner: no user {name:?} on this system")
+                })?
+                .uid,
+        ),
+        None => None,
+    };
+    let gid = match group {
+        Some(name) => Some(
+            Group::from_name(name)
+                .map_err(|e| anyhow::anyhow!("server.socket_group {name:?}: {e}"))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("server.socket_group: no group {name:?} on this system")
+                })?
+                .gid,
+        ),
+        None => None,
+    };
+    nix::unistd::chown(path, uid, gid).map_err(|e| {
+        anyhow::anyhow!("chown {} (socket_owner/socket_group): {e}", path.display())
+    })?;
+    Ok(())
+}
+
 /// Switch to `run_as` for good: supplementary groups, group, then user (the order that
 /// leaves no way back). Without `run_as`, warn when running as root. Call after the
 /// listening socket is bound and before serving; applies to every thread.

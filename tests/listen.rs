@@ -123,3 +123,67 @@ fn config_listen_and_flag_precedence() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no listening socket"));
 }
+
+/// `socket_owner`/`socket_group` give the socket we create to the web server's user.
+#[test]
+fn socket_owner_and_group_are_set_on_the_socket() {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        eprintln!("skipped: giving a socket away needs the tests to run as root");
+        return;
+    }
+    let id = |args: &[&str]| -> u32 {
+        let out = Command::new("id").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let (nobody, nogroup) = (id(&["-u", "nobody"]), id(&["-g", "nobody"]));
+    let dir = TempDir::new("socket-owner");
+    let sock = dir.path("w.sock");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[server]\nlisten = \"unix:{}\"\nsocket_owner = \"nobody\"\nsocket_group = \"nogroup\"\n",
+            sock.display()
+        ),
+    );
+    let log = dir.path("log");
+    let p = Proc {
+        child: Command::new(BIN)
+            .process_group(0)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        stderr: log,
+        is_nginx: false,
+    };
+    wait_for_log(&p, "wechat-fcgi serving");
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (nobody, nogroup));
+}
+
+/// The shipped files agree on one default address: the nginx site, the systemd socket,
+/// the example config and the spawn-fcgi lines.
+#[test]
+fn the_shipped_conf_files_use_one_address() {
+    let conf = |name: &str| {
+        std::fs::read_to_string(format!("{}/conf/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let address = "/run/wechat-fcgi/wechat-fcgi.sock";
+    let active = |text: &str| -> String {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(active(&conf("nginx-site.conf")).contains(&format!("server unix:{address};")));
+    assert!(active(&conf("wechat-fcgi.socket")).contains(&format!("ListenStream={address}")));
+    assert!(active(&conf("wechat-fcgi.toml")).contains(&format!("listen = \"unix:{address}\"")));
+    assert!(active(&conf("spawn-fcgi.txt")).contains(&format!("spawn-fcgi -s {address}")));
+}

@@ -58,6 +58,8 @@ pub(super) struct RawServer {
     pub(super) allowed_clients: Option<Vec<String>>,
     pub(super) user: Option<String>,
     pub(super) group: Option<String>,
+    pub(super) socket_owner: Option<String>,
+    pub(super) socket_group: Option<String>,
 }
 
 /// `[account]`.

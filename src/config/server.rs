@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub user: Option<String>,
     /// `group`: the group to run as; the user's primary group when not given.
     pub group: Option<String>,
+    /// `socket_owner` and `socket_group`: who owns a Unix socket we create.
+    pub socket_owner: Option<String>,
+    /// See `socket_owner`.
+    pub socket_group: Option<String>,
 }
 
 /// Explicit limits; see README "Limits" for what each protects against.
@@ -153,6 +157,8 @@ impl RawServer {
             problems.push("server.group: only goes with server.user".to_owned());
         }
         ServerConfig {
+            socket_owner: self.socket_owner,
+            socket_group: self.socket_group,
             user: self.user,
             group: self.group,
             listen,
