@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need when missing (nginx, libfcgi-bin's cgi-fcgi, redis-server;
+# Install what the tests need when missing (nginx, libfcgi-bin's cgi-fcgi, redis-server,
+# apache2 with mod_fcgid;
 # the tests start their own on free loopback ports), then run the
 # gates and every test: rustfmt, clippy (warnings are errors), the fuzz targets build,
 # cargo test. Usage: scripts/test.sh [extra cargo test args]
@@ -10,6 +11,8 @@ need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v cgi-fcgi >/dev/null 2>&1 || need+=(libfcgi-bin)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -x /usr/sbin/apache2 ] || need+=(apache2)
+[ -f /usr/lib/apache2/modules/mod_fcgid.so ] || need+=(libapache2-mod-fcgid)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing ${need[*]}"
     sudo_cmd=""
@@ -17,8 +20,8 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-# The Debian package may start a system nginx on port 80; the tests start their own on
-# a free loopback port and do not need it.
+# The Debian packages may start a system nginx, Apache or Redis on their usual ports; the
+# tests start their own on free loopback ports and do not need them.
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

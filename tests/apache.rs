@@ -1,0 +1,157 @@
+//! Apache httpd in front, from Debian's packages, started on a free loopback port:
+//! mod_proxy_fcgi to a running server (conf/apache.conf's recipe).
+
+mod common;
+use common::*;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MODULES: &str = "/usr/lib/apache2/modules";
+
+/// Start apache2 in the foreground with these extra directives; returns it and its port.
+fn start_apache(dir: &TempDir, directives: &str) -> (Proc, u16) {
+    let port = free_port();
+    let root = dir.0.display();
+    let conf = format!(
+        r#"LoadModule mpm_event_module {MODULES}/mod_mpm_event.so
+LoadModule authz_core_module {MODULES}/mod_authz_core.so
+LoadModule proxy_module {MODULES}/mod_proxy.so
+LoadModule proxy_fcgi_module {MODULES}/mod_proxy_fcgi.so
+ServerName localhost
+ServerRoot {root}
+PidFile {root}/apache.pid
+ErrorLog {root}/apache-error.log
+LogLevel warn
+Listen 127.0.0.1:{port}
+User nobody
+Group nogroup
+StartServers 1
+ServerLimit 1
+ThreadsPerChild 25
+MaxRequestWorkers 25
+{directives}
+"#
+    );
+    let conf_path = dir.path("apache.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let stderr = dir.path("apache.stderr");
+    let child = Command::new("/usr/sbin/apache2")
+        .process_group(0)
+        .arg("-f")
+        .arg(&conf_path)
+        .arg("-DFOREGROUND")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("apache2 (scripts/test.sh installs it)");
+    let apache = Proc {
+        child,
+        stderr,
+        is_nginx: false,
+    };
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "apache did not start: {}\n{}",
+            apache.log(),
+            std::fs::read_to_string(dir.path("apache-error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (apache, port)
+}
+
+/// What every front-end recipe must get right: the handshake, a bad signature refused,
+/// a keyword reply, an oversized body refused with 413 (not a 500 from a connection
+/// closed under the web server), and a small burst.
+fn front_end_checks(port: u16, path: &str) {
+    let handshake = format!("{path}?{}&echostr=apache-ok", signed("1"));
+    let (status, body) = http(port, "GET", &handshake, b"");
+    assert_eq!((status, body.as_slice()), (200, b"apache-ok".as_slice()));
+    let bad = format!("{path}?{}", signed("2")).replace("signature=", "signature=0");
+    let hi = || wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", unix_now());
+    let (status, _) = http(port, "POST", &bad, hi().as_bytes());
+    assert_eq!(status, 403);
+    let (status, body) = http(
+        port,
+        "POST",
+        &format!("{path}?{}", signed("3")),
+        hi().as_bytes(),
+    );
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("Hello!"));
+    let big = vec![b'x'; 600_000];
+    let (status, body) = http(port, "POST", &format!("{path}?{}", signed("4")), &big);
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let burst: Vec<_> = (0..20u64)
+        .map(|i| {
+            let target = format!("{path}?{}", signed("5"));
+            std::thread::spawn(move || {
+                let body = wechat_fcgi::sample::text_with_id(
+                    "gh",
+                    &format!("o{i}"),
+                    unix_now(),
+                    "hi",
+                    7000 + i,
+                );
+                http(port, "POST", &target, body.as_bytes())
+            })
+        })
+        .collect();
+    for h in burst {
+        let (status, body) = h.join().unwrap();
+        assert_eq!(status, 200);
+        assert!(String::from_utf8_lossy(&body).contains("Hello!"));
+    }
+}
+
+#[test]
+fn apache_mod_proxy_fcgi() {
+    let dir = TempDir::new("apache-proxy-fcgi");
+    let config = write_config(&dir, &format!("[server]\nmax_body_bytes = 300000\n{RULES}"));
+    let (server, fcgi) = start_server(&dir, &config);
+    // enablereuse=on keeps the FastCGI connection, as nginx's keepalive does.
+    let (_apache, port) = start_apache(
+        &dir,
+        &format!(r#"ProxyPass "/wechat" "fcgi://{fcgi}/" enablereuse=on"#),
+    );
+    front_end_checks(port, "/wechat");
+    wait_for_log(&server, "body_too_large");
+}
+
+#[test]
+fn apache_mod_fcgid_starts_the_binary() {
+    let dir = TempDir::new("apache-fcgid");
+    let config = write_config(&dir, &format!("[server]\nmax_body_bytes = 300000\n{RULES}"));
+    // mod_fcgid's process manager (Apache's user) binds its sockets in this folder.
+    std::fs::create_dir_all(dir.path("fcgid")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path("fcgid"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = dir.0.display();
+    let (apache, port) = start_apache(
+        &dir,
+        &format!(
+            r#"LoadModule alias_module {MODULES}/mod_alias.so
+LoadModule fcgid_module {MODULES}/mod_fcgid.so
+FcgidIPCDir {root}/fcgid
+FcgidProcessTableFile {root}/fcgid/shm
+FcgidInitialEnv WECHAT_FCGI_CONFIG {config}
+FcgidInitialEnv WECHAT_FCGI_LOG warn
+FcgidMaxRequestLen 1048576
+Alias /wechat {BIN}
+<Location /wechat>
+    SetHandler fcgid-script
+    Options +ExecCGI
+    Require all granted
+</Location>"#,
+            config = config.display()
+        ),
+    );
+    front_end_checks(port, "/wechat");
+    drop(apache);
+}
