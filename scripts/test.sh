@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need when missing (nginx, libfcgi-bin's cgi-fcgi, redis-server,
-# apache2 with mod_fcgid;
+# apache2 with mod_fcgid, lighttpd;
 # the tests start their own on free loopback ports), then run the
 # gates and every test: rustfmt, clippy (warnings are errors), the fuzz targets build,
 # cargo test. Usage: scripts/test.sh [extra cargo test args]
@@ -13,6 +13,7 @@ command -v cgi-fcgi >/dev/null 2>&1 || need+=(libfcgi-bin)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/apache2 ] || need+=(apache2)
 [ -f /usr/lib/apache2/modules/mod_fcgid.so ] || need+=(libapache2-mod-fcgid)
+[ -x /usr/sbin/lighttpd ] || need+=(lighttpd)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing ${need[*]}"
     sudo_cmd=""

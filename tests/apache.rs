@@ -65,50 +65,6 @@ MaxRequestWorkers 25
     (apache, port)
 }
 
-/// What every front-end recipe must get right: the handshake, a bad signature refused,
-/// a keyword reply, an oversized body refused with 413 (not a 500 from a connection
-/// closed under the web server), and a small burst.
-fn front_end_checks(port: u16, path: &str) {
-    let handshake = format!("{path}?{}&echostr=apache-ok", signed("1"));
-    let (status, body) = http(port, "GET", &handshake, b"");
-    assert_eq!((status, body.as_slice()), (200, b"apache-ok".as_slice()));
-    let bad = format!("{path}?{}", signed("2")).replace("signature=", "signature=0");
-    let hi = || wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", unix_now());
-    let (status, _) = http(port, "POST", &bad, hi().as_bytes());
-    assert_eq!(status, 403);
-    let (status, body) = http(
-        port,
-        "POST",
-        &format!("{path}?{}", signed("3")),
-        hi().as_bytes(),
-    );
-    assert_eq!(status, 200);
-    assert!(String::from_utf8_lossy(&body).contains("Hello!"));
-    let big = vec![b'x'; 600_000];
-    let (status, body) = http(port, "POST", &format!("{path}?{}", signed("4")), &big);
-    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
-    let burst: Vec<_> = (0..20u64)
-        .map(|i| {
-            let target = format!("{path}?{}", signed("5"));
-            std::thread::spawn(move || {
-                let body = wechat_fcgi::sample::text_with_id(
-                    "gh",
-                    &format!("o{i}"),
-                    unix_now(),
-                    "hi",
-                    7000 + i,
-                );
-                http(port, "POST", &target, body.as_bytes())
-            })
-        })
-        .collect();
-    for h in burst {
-        let (status, body) = h.join().unwrap();
-        assert_eq!(status, 200);
-        assert!(String::from_utf8_lossy(&body).contains("Hello!"));
-    }
-}
-
 #[test]
 fn apache_mod_proxy_fcgi() {
     let dir = TempDir::new("apache-proxy-fcgi");
