@@ -11,7 +11,8 @@
 //!   `docs/protocol.md`.
 //! - [`engine`]: the async answer path both shells share: settles each message's
 //!   answer once through a store ([`engine::store`]: claims as leases, stored answers,
-//!   waiting; in memory today), runs reply programs ([`engine::program`]: once, killed
+//!   query bindings, waiting; in memory, in a SQLite file shared by the machine's
+//!   processes, or in Redis shared by every machine), runs reply programs ([`engine::program`]: once, killed
 //!   with their process group on timeout, capped), keeps the reply budget. Time is
 //!   tokio's clock, so tests pause and advance it.
 //! - [`config`]: the TOML config. `Config::load` does the IO (the file, its
@@ -22,13 +23,15 @@
 //!   ([`fcgi::conn`], sans-IO, table-tested) and the tokio server ([`fcgi::server`]:
 //!   connection cap, timeouts, allowed clients, SIGTERM drain).
 //! - [`listen`]: where the listening socket comes from (flag, systemd, fd 0, config).
-//! - [`privileges`]: `[server] user`/`group`: root is given up after binding.
-//! - [`archive`]: every accepted message as a JSON line, synced (group commit) before
-//!   its reply leaves.
+//! - [`privileges`]: `[server] user`/`group`: root is given up after binding; the
+//!   socket's owner and group.
+//! - [`archive`]: every accepted message as a JSON record (a file, a SQLite table or a
+//!   Redis stream), stored with group commit before its reply leaves.
 //! - [`cgi`]: the CGI adapter: environment and stdin in, headers and body out; the
 //!   config only from `WECHAT_FCGI_CONFIG`, never from argv.
-//! - [`log`]: stderr logging: `tracing` filtered by `WECHAT_FCGI_LOG`, INFO lines
-//!   batched in the server, the per-request line, values from outside escaped.
+//! - [`log`]: stderr logging: `tracing` filtered by `WECHAT_FCGI_LOG`, a writer thread
+//!   with a bounded buffer in the server (never blocks it), the per-request line, every
+//!   line one line.
 //! - [`sample`]: messages and signed (or encrypted) requests as WeChat sends them, for
 //!   `sign`, the tests and the benchmarks.
 //! - [`cli`]: the command line (`serve`, `check-config`, `sign`), SIGHUP reload.
