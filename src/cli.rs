@@ -97,13 +97,16 @@ enum Command {
 pub fn run() -> anyhow::Result<ExitCode> {
     crate::listen::close_inherited_on_exec();
     if crate::cgi::is_cgi() {
-        crate::log::init(false);
+        crate::log::init(false, "warn");
         return crate::cgi::main();
     }
     let cli = Cli::parse();
     // With no command, a listening socket on fd 0 (spawn-fcgi, mod_fcgid) means serve.
     let fd0_listens = cli.command.is_none() && listen::stdin_is_listening_socket();
-    crate::log::init(fd0_listens || matches!(cli.command, Some(Command::Serve { .. })));
+    crate::log::init(
+        fd0_listens || matches!(cli.command, Some(Command::Serve { .. })),
+        "info",
+    );
     match cli.command {
         Some(Command::Serve { config, listen }) => serve(Some(&config), listen.as_ref()),
         None if fd0_listens => serve(cli.config.as_deref(), None),

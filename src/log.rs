@@ -63,10 +63,12 @@ static UNREPORTED: AtomicU64 = AtomicU64::new(0);
 
 /// Install the subscriber. `buffered`: lines go through the writer thread (the server);
 /// otherwise every line is written as it is logged (CGI, the CLI's other commands).
-pub fn init(buffered: bool) {
+/// `default`: the level when `WECHAT_FCGI_LOG` is not set (`info` for the server; `warn`
+/// in CGI mode, where every line lands in the web server's error log).
+pub fn init(buffered: bool, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
-        EnvFilter::try_from_env("WECHAT_FCGI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_from_env("WECHAT_FCGI_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     if buffered
         && std::thread::Builder::new()
             .name("log-writer".into())

@@ -3,6 +3,8 @@
 mod common;
 use common::*;
 
+use std::process::Command;
+
 #[test]
 fn cgi_requests() {
     let dir = TempDir::new("cgi");
@@ -247,4 +249,45 @@ fn cgi_runs_reply_programs_and_safe_mode() {
         stdout.contains("<Encrypt><![CDATA[") && stdout.contains("<MsgSignature>"),
         "{stdout}"
     );
+}
+
+/// In CGI mode every line lands in the web server's error log (Apache marks each one
+/// `[cgi:error]`): by default only warnings and errors are written.
+#[test]
+fn cgi_mode_logs_warnings_only_by_default() {
+    let dir = TempDir::new("cgi-quiet");
+    let config = write_config(&dir, RULES);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let query = signed("1");
+    let hi = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", 1);
+    let run = |extra: &[(&str, &str)]| {
+        let mut child = Command::new(BIN)
+            .env_clear()
+            .envs([
+                ("GATEWAY_INTERFACE", "CGI/1.1"),
+                ("WECHAT_FCGI_CONFIG", config.to_str().unwrap()),
+                ("REQUEST_METHOD", "POST"),
+                ("QUERY_STRING", query.as_str()),
+                ("CONTENT_LENGTH", &hi.len().to_string()),
+            ])
+            .envs(extra.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(hi.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Hello!"));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert_eq!(run(&[]), "", "nothing logged for an answered request");
+    assert!(run(&[("WECHAT_FCGI_LOG", "info")]).contains("outcome=reply"));
 }

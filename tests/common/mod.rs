@@ -127,9 +127,11 @@ pub fn send_signal(pid: u32, sig: i32) {
 /// Run the binary as a CGI program; returns (exit ok, stdout, stderr).
 pub fn run_cgi(args: &[&str], vars: &[(&str, &str)], body: &[u8]) -> (bool, String, String) {
     let mut cmd = Command::new(BIN);
+    // The request lines are INFO (CGI mode's default is WARN): the tests read them.
     cmd.env_clear()
         .args(args)
-        .env("GATEWAY_INTERFACE", "CGI/1.1");
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .env("WECHAT_FCGI_LOG", "info");
     for (k, v) in vars {
         cmd.env(k, v);
     }
