@@ -4,9 +4,7 @@
 mod common;
 use common::*;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 const MODULES: &str = "/usr/lib/apache2/modules";
 
@@ -36,32 +34,9 @@ MaxRequestWorkers 25
     );
     let conf_path = dir.path("apache.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let stderr = dir.path("apache.stderr");
-    let child = Command::new("/usr/sbin/apache2")
-        .process_group(0)
-        .arg("-f")
-        .arg(&conf_path)
-        .arg("-DFOREGROUND")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("apache2 (scripts/test.sh installs it)");
-    let apache = Proc {
-        child,
-        stderr,
-        is_nginx: false,
-    };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "apache did not start: {}\n{}",
-            apache.log(),
-            std::fs::read_to_string(dir.path("apache-error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut cmd = Command::new("/usr/sbin/apache2");
+    cmd.arg("-f").arg(&conf_path).arg("-DFOREGROUND");
+    let apache = start_web_server(dir, cmd, port, "apache-error.log");
     (apache, port)
 }
 

@@ -4,8 +4,7 @@
 mod common;
 use common::*;
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn start_lighttpd(dir: &TempDir, fastcgi: &str) -> (Proc, u16) {
@@ -25,32 +24,9 @@ fastcgi.server = ( "/wechat" => ( ( {fastcgi}, "check-local" => "disable" ) ) )
     );
     let conf_path = dir.path("lighttpd.conf");
     std::fs::write(&conf_path, conf).unwrap();
-    let stderr = dir.path("lighttpd.stderr");
-    let child = Command::new("/usr/sbin/lighttpd")
-        .process_group(0)
-        .arg("-D")
-        .arg("-f")
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("lighttpd (scripts/test.sh installs it)");
-    let lighttpd = Proc {
-        child,
-        stderr,
-        is_nginx: false,
-    };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "lighttpd did not start: {}\n{}",
-            lighttpd.log(),
-            std::fs::read_to_string(dir.path("lighttpd-error.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut cmd = Command::new("/usr/sbin/lighttpd");
+    cmd.arg("-D").arg("-f").arg(&conf_path);
+    let lighttpd = start_web_server(dir, cmd, port, "lighttpd-error.log");
     (lighttpd, port)
 }
 

@@ -31,24 +31,25 @@ fn runs(dir: &TempDir) -> usize {
         .count()
 }
 
-#[test]
-fn two_serve_processes_on_one_sqlite_file_answer_once() {
-    let dir = TempDir::new("sqlite-two");
-    // Counts its runs, takes a moment, and names the run in its answer.
+/// Two `serve` processes on one shared store (`state` is the `[state]` table): WeChat's
+/// first attempt reaches one while its program runs, the retry the other; later
+/// retries to either get the stored answer; the program ran once; and a signed query is
+/// bound to its body across the processes.
+fn two_processes_answer_once(dir: &TempDir, state: &str, msg_id: u64) {
     write_executable(
-        &dir,
+        dir,
         "count.sh",
         "#!/bin/sh\ncat >/dev/null\necho run >> runs.log\nsleep 0.5\necho \"run $(wc -l < runs.log)\"\n",
     );
     let config = write_config(
-        &dir,
-        "[state]\nstore = \"sqlite:state.db\"\n\
-         [[rule]]\ntext = \"count\"\nrun = { command = [\"./count.sh\"] }\n",
+        dir,
+        &format!(
+            "[state]\n{state}\n[[rule]]\ntext = \"count\"\nrun = {{ command = [\"./count.sh\"] }}\n"
+        ),
     );
-    let (a, addr_a) = start_server(&dir, &config);
-    let (b, addr_b) = start_server(&dir, &config);
-    let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", 7);
-    // The first attempt to A; WeChat's retry reaches B while A's program runs.
+    let (_a, addr_a) = start_server(dir, &config);
+    let (b, addr_b) = start_server(dir, &config);
+    let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", msg_id);
     let first = {
         let message = message.clone();
         std::thread::spawn(move || ask(addr_a, &message))
@@ -61,12 +62,10 @@ fn two_serve_processes_on_one_sqlite_file_answer_once() {
         retry.contains("run 1"),
         "the retry waited for A's answer: {retry}"
     );
-    // A later retry, to either, is answered from the file.
     assert!(ask(addr_b, &message).contains("run 1"));
     assert!(ask(addr_a, &message).contains("run 1"));
-    assert_eq!(runs(&dir), 1, "the program ran once");
+    assert_eq!(runs(dir), 1, "the program ran once");
     wait_for_log(&b, "via=retry");
-    // A signed query is bound to its body across processes too.
     let query = signed("9");
     let send = |addr: std::net::SocketAddr, body: &str| {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -79,7 +78,12 @@ fn two_serve_processes_on_one_sqlite_file_answer_once() {
     assert!(send(addr_a, &text(20)).starts_with("Status: 200"));
     let forged = send(addr_b, &text(21));
     assert!(forged.starts_with("Status: 403"), "{forged}");
-    drop((a, b));
+}
+
+#[test]
+fn two_serve_processes_on_one_sqlite_file_answer_once() {
+    let dir = TempDir::new("sqlite-two");
+    two_processes_answer_once(&dir, "store = \"sqlite:state.db\"", 7);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.path("state.db"))
         .unwrap()
@@ -250,49 +254,11 @@ fn two_serve_processes_on_one_redis_answer_once() {
     let dir = TempDir::new("redis-two");
     let port = free_port();
     let _redis = start_redis(&dir, port);
-    write_executable(
+    two_processes_answer_once(
         &dir,
-        "count.sh",
-        "#!/bin/sh\ncat >/dev/null\necho run >> runs.log\nsleep 0.5\necho \"run $(wc -l < runs.log)\"\n",
+        &format!("store = \"redis://127.0.0.1:{port}/0\"\nkey_prefix = \"test:\""),
+        11,
     );
-    let config = write_config(
-        &dir,
-        &format!(
-            "[state]\nstore = \"redis://127.0.0.1:{port}/0\"\nkey_prefix = \"test:\"\n\
-             [[rule]]\ntext = \"count\"\nrun = {{ command = [\"./count.sh\"] }}\n"
-        ),
-    );
-    let (_a, addr_a) = start_server(&dir, &config);
-    let (b, addr_b) = start_server(&dir, &config);
-    let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", 11);
-    let first = {
-        let message = message.clone();
-        std::thread::spawn(move || ask(addr_a, &message))
-    };
-    std::thread::sleep(Duration::from_millis(150));
-    let retry = ask(addr_b, &message);
-    let first = first.join().unwrap();
-    assert!(first.contains("run 1"), "{first}");
-    assert!(
-        retry.contains("run 1"),
-        "the retry waited for A's answer: {retry}"
-    );
-    assert!(ask(addr_a, &message).contains("run 1"));
-    assert_eq!(runs(&dir), 1, "the program ran once");
-    wait_for_log(&b, "via=retry");
-    // A signed query is bound to its body across instances too.
-    let query = signed("9");
-    let send = |addr: std::net::SocketAddr, body: &str| {
-        let mut s = TcpStream::connect(addr).unwrap();
-        let mut out = Vec::new();
-        fcgi_request(&mut out, 1, true, "POST", &query, body.as_bytes());
-        s.write_all(&out).unwrap();
-        fcgi_response(&mut s).unwrap()
-    };
-    let hi = |id: u64| wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", id);
-    assert!(send(addr_a, &hi(20)).starts_with("Status: 200"));
-    let forged = send(addr_b, &hi(21));
-    assert!(forged.starts_with("Status: 403"), "{forged}");
     // Every key has a TTL, under the configured prefix.
     let keys = std::process::Command::new("redis-cli")
         .args(["-p", &port.to_string(), "--scan", "--pattern", "test:*"])

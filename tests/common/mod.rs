@@ -264,6 +264,37 @@ pub fn front_end_checks(port: u16, path: &str) {
     }
 }
 
+/// Start a web server (Apache, lighttpd) in the foreground, in its own process group,
+/// and wait until it accepts connections on `port`; its error log (`error_log`, in
+/// `dir`) is shown if it does not.
+pub fn start_web_server(dir: &TempDir, mut cmd: Command, port: u16, error_log: &str) -> Proc {
+    let stderr = dir.path("web-server.stderr");
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/test.sh installs it)"));
+    let server = Proc {
+        child,
+        stderr,
+        is_nginx: false,
+    };
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{program} did not start: {}\n{}",
+            server.log(),
+            std::fs::read_to_string(dir.path(error_log)).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
 /// Wait until the log contains `needle`.
 pub fn wait_for_log(p: &Proc, needle: &str) -> String {
     let start = Instant::now();

@@ -109,47 +109,13 @@ impl SqliteStore {
     /// See [`super::Store::claim`].
     pub async fn claim(&self, key: &str, lease: Duration) -> Claim {
         let key = key.to_owned();
-        let retention = ms(self.retention);
-        let lease = ms(lease);
+        let (retention, lease) = (ms(self.retention), ms(lease));
         let found = self
-            .run(move |conn| {
-                let now = unix_ms();
-                let tx = conn;
-                let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
-                    .prepare_cached(
-                        "SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2",
-                    )?
-                    .query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                let outcome = match row {
-                    Some((_, Some(answer))) => Found::Answered(answer),
-                    Some((Some(until), None)) if until > now => Found::Held(until - now),
-                    _ => {
-                        // New, expired, or a lease that ended unanswered: ours now.
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
-                             VALUES (?1, ?2, NULL, ?3)",
-                        )?
-                        .execute(params![
-                            key,
-                            now + lease,
-                            now + retention.max(lease)
-                        ])?;
-                        Found::Won
-                    }
-                };
-                Ok(outcome)
-            })
+            .run(move |conn| first_step(conn, &key, None, lease, retention))
             .await;
         match found {
-            Some(Found::Answered(bytes)) => match Answer::decode(&bytes) {
-                Some(answer) => Claim::Answered(answer),
-                None => Claim::Won, // unreadable (another version?): decide anew
-            },
-            Some(Found::Held(left)) => Claim::Held {
-                until: Instant::now() + Duration::from_millis(left.unsigned_abs()),
-            },
-            Some(Found::Won) | None => Claim::Won,
+            Some(found) => found.into_claim(),
+            None => Claim::Won,
         }
     }
 
@@ -190,47 +156,14 @@ impl SqliteStore {
                         .execute(params![query, digest, now + retention])?;
                     }
                 }
-                let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
-                    .prepare_cached(
-                        "SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2",
-                    )?
-                    .query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                let outcome = match row {
-                    Some((_, Some(answer))) => Found::Answered(answer),
-                    Some((Some(until), None)) if until > now => Found::Held(until - now),
-                    _ => {
-                        match &known {
-                            Some(answer) => tx
-                                .prepare_cached(
-                                    "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
-                                     VALUES (?1, NULL, ?2, ?3)",
-                                )?
-                                .execute(params![key, answer, now + retention])?,
-                            None => tx
-                                .prepare_cached(
-                                    "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
-                                     VALUES (?1, ?2, NULL, ?3)",
-                                )?
-                                .execute(params![key, now + lease, now + retention.max(lease)])?,
-                        };
-                        Found::Won
-                    }
-                };
+                let outcome = first_step(tx, &key, known.as_deref(), lease, retention)?;
                 Ok(Some(outcome))
             })
             .await;
         match found {
             Some(None) => Opened::QueryReused,
-            Some(Some(Found::Answered(bytes))) => match Answer::decode(&bytes) {
-                Some(answer) => Opened::Claim(Claim::Answered(answer)),
-                None => Opened::Claim(Claim::Won),
-            },
-            Some(Some(Found::Held(left))) => Opened::Claim(Claim::Held {
-                until: Instant::now() + Duration::from_millis(left.unsigned_abs()),
-            }),
             Some(Some(Found::Won)) if is_known => Opened::Stored,
-            Some(Some(Found::Won)) => Opened::Claim(Claim::Won),
+            Some(Some(found)) => Opened::Claim(found.into_claim()),
             // The store is unusable: decide here, without it.
             None if is_known => Opened::Stored,
             None => Opened::Claim(Claim::Won),
@@ -403,6 +336,52 @@ enum Found {
     Answered(Vec<u8>),
     /// Held for this many more milliseconds.
     Held(i64),
+}
+
+impl Found {
+    fn into_claim(self) -> Claim {
+        match self {
+            Found::Answered(bytes) => match Answer::decode(&bytes) {
+                Some(answer) => Claim::Answered(answer),
+                None => Claim::Won, // unreadable (another version?): decide anew
+            },
+            Found::Held(left) => Claim::Held {
+                until: Instant::now() + Duration::from_millis(left.unsigned_abs()),
+            },
+            Found::Won => Claim::Won,
+        }
+    }
+}
+
+/// A message's first step inside the caller's transaction: an answer stored before, or
+/// a lease still running, wins; otherwise (new, expired, or a lease that ended
+/// unanswered) store the `known` answer, or claim it for `lease` ms.
+fn first_step(
+    conn: &Connection,
+    key: &str,
+    known: Option<&[u8]>,
+    lease: i64,
+    retention: i64,
+) -> rusqlite::Result<Found> {
+    let now = unix_ms();
+    let row: Option<(Option<i64>, Option<Vec<u8>>)> = conn
+        .prepare_cached("SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2")?
+        .query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        Some((_, Some(answer))) => return Ok(Found::Answered(answer)),
+        Some((Some(until), None)) if until > now => return Ok(Found::Held(until - now)),
+        _ => {}
+    }
+    let (lease_until, expires) = match known {
+        Some(_) => (None, now + retention),
+        None => (Some(now + lease), now + retention.max(lease)),
+    };
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![key, lease_until, known, expires])?;
+    Ok(Found::Won)
 }
 
 fn unix_ms() -> i64 {
