@@ -63,6 +63,9 @@ fn apache_mod_fcgid_starts_the_binary() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path("fcgid"), std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Apache's user must reach the binary: the checkout may sit under a private folder.
+    let binary = dir.path("wechat-fcgi");
+    std::fs::copy(BIN, &binary).unwrap();
     let root = dir.0.display();
     let (apache, port) = start_apache(
         &dir,
@@ -74,13 +77,17 @@ FcgidProcessTableFile {root}/fcgid/shm
 FcgidInitialEnv WECHAT_FCGI_CONFIG {config}
 FcgidInitialEnv WECHAT_FCGI_LOG warn
 FcgidMaxRequestLen 1048576
-Alias /wechat {BIN}
+<Directory />
+    AllowOverride None
+</Directory>
+Alias /wechat {binary}
 <Location /wechat>
     SetHandler fcgid-script
     Options +ExecCGI
     Require all granted
 </Location>"#,
-            config = config.display()
+            config = config.display(),
+            binary = binary.display()
         ),
     );
     front_end_checks(port, "/wechat");
