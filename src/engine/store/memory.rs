@@ -42,6 +42,8 @@ pub struct MemoryStore {
     half_bytes: usize,
     retention: Duration,
     hashers: (RandomState, RandomState),
+    /// Counters, marks and lists ([`super::Store::incr`] and the rest).
+    values: super::values::Values,
 }
 
 struct Generations {
@@ -85,7 +87,13 @@ impl MemoryStore {
             half_bytes: (bytes / 2).max(1),
             retention,
             hashers: (RandomState::new(), RandomState::new()),
+            values: super::values::Values::new(capacity),
         }
+    }
+
+    /// The small values beside the answers.
+    pub(super) fn values(&self) -> &super::values::Values {
+        &self.values
     }
 
     /// Entries held now.

@@ -7,6 +7,7 @@
 //! passed in, so the rules are tested with a clock the test controls.
 
 mod memory;
+mod values;
 pub mod redis;
 pub mod sqlite;
 
@@ -97,6 +98,82 @@ impl Store {
                     First::Claim(lease) => Opened::Claim(m.claim(key, now, lease)),
                 }
             }
+        }
+    }
+}
+
+/// Small shared values beside the answers, in the same store (so every process sees
+/// them): WeChat's attempts of a message, late answers waiting for a follower, the API
+/// access token. Every value and list has a time to live. A store that cannot be
+/// reached reads as empty and writes nothing (its own WARN says so).
+impl Store {
+    /// Add one to the counter `name` (created at 1 with `ttl`); `None` when the store
+    /// is unreachable.
+    pub async fn incr(&self, name: &str, ttl: Duration) -> Option<u64> {
+        match self {
+            Store::Memory(m) => Some(m.values().incr(name, ttl, Instant::now())),
+            Store::Sqlite(s) => s.incr(name, ttl).await,
+            Store::Redis(r) => r.incr(name, ttl).await,
+        }
+    }
+
+    /// The value `name` holds, if it holds one that has not expired.
+    pub async fn get(&self, name: &str) -> Option<Vec<u8>> {
+        match self {
+            Store::Memory(m) => m.values().get(name, Instant::now()),
+            Store::Sqlite(s) => s.get(name).await,
+            Store::Redis(r) => r.get(name).await,
+        }
+    }
+
+    /// Set `name` to `value` for `ttl`, replacing what it held.
+    pub async fn set(&self, name: &str, value: &[u8], ttl: Duration) {
+        match self {
+            Store::Memory(m) => m.values().set(name, value, ttl, Instant::now()),
+            Store::Sqlite(s) => {
+                s.set(name, value, ttl, false).await;
+            }
+            Store::Redis(r) => {
+                r.set(name, value, ttl, false).await;
+            }
+        }
+    }
+
+    /// Set `name` to `value` for `ttl` only if it holds nothing: whether this call set
+    /// it (exactly one of several processes racing does).
+    pub async fn set_new(&self, name: &str, value: &[u8], ttl: Duration) -> bool {
+        match self {
+            Store::Memory(m) => m.values().set_new(name, value, ttl, Instant::now()),
+            Store::Sqlite(s) => s.set(name, value, ttl, true).await.unwrap_or(false),
+            Store::Redis(r) => r.set(name, value, ttl, true).await,
+        }
+    }
+
+    /// Append `item` to the list `list`, which then lives `ttl` from now.
+    pub async fn push(&self, list: &str, item: &str, ttl: Duration) {
+        match self {
+            Store::Memory(m) => m.values().push(list, item, ttl, Instant::now()),
+            Store::Sqlite(s) => s.push(list, item, ttl).await,
+            Store::Redis(r) => r.push(list, item, ttl).await,
+        }
+    }
+
+    /// The first `max` items of `list`, oldest first.
+    pub async fn items(&self, list: &str, max: usize) -> Vec<String> {
+        match self {
+            Store::Memory(m) => m.values().items(list, max, Instant::now()),
+            Store::Sqlite(s) => s.items(list, max).await,
+            Store::Redis(r) => r.items(list, max).await,
+        }
+    }
+
+    /// Remove `item` from `list`: whether this call removed it (exactly one of several
+    /// processes racing does).
+    pub async fn remove(&self, list: &str, item: &str) -> bool {
+        match self {
+            Store::Memory(m) => m.values().remove(list, item, Instant::now()),
+            Store::Sqlite(s) => s.remove(list, item).await,
+            Store::Redis(r) => r.remove(list, item).await,
         }
     }
 }

@@ -217,6 +217,92 @@ impl RedisStore {
         }
     }
 
+    /// See [`super::Store::incr`].
+    pub async fn incr(&self, name: &str, ttl: Duration) -> Option<u64> {
+        let key = self.value_key("k:", name);
+        let mut pipe = redis::pipe();
+        // Each count renews the TTL (as the other stores do not: a counter lives at
+        // least `ttl`, which is all its users need).
+        pipe.atomic()
+            .incr(&key, 1u64)
+            .pexpire(&key, ms(ttl).max(1) as i64)
+            .ignore();
+        let mut conn = self.conn.clone();
+        let counted: Option<(u64,)> = self
+            .call(async move { pipe.query_async(&mut conn).await })
+            .await;
+        counted.map(|(n,)| n)
+    }
+
+    /// See [`super::Store::get`].
+    pub async fn get(&self, name: &str) -> Option<Vec<u8>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.value_key("k:", name));
+        let mut conn = self.conn.clone();
+        self.call(async move { cmd.query_async::<Option<Vec<u8>>>(&mut conn).await })
+            .await
+            .flatten()
+    }
+
+    /// See [`super::Store::set`] and [`super::Store::set_new`] (`only_new`).
+    pub async fn set(&self, name: &str, value: &[u8], ttl: Duration, only_new: bool) -> bool {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.value_key("k:", name))
+            .arg(value)
+            .arg("PX")
+            .arg(ms(ttl).max(1));
+        if only_new {
+            cmd.arg("NX");
+        }
+        let mut conn = self.conn.clone();
+        let set: Option<Option<String>> = self
+            .call(async move { cmd.query_async(&mut conn).await })
+            .await;
+        matches!(set, Some(Some(_)))
+    }
+
+    /// See [`super::Store::push`].
+    pub async fn push(&self, list: &str, item: &str, ttl: Duration) {
+        let key = self.value_key("l:", list);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .rpush(&key, item)
+            .ignore()
+            .pexpire(&key, ms(ttl).max(1) as i64)
+            .ignore();
+        let mut conn = self.conn.clone();
+        let _: Option<()> = self
+            .call(async move { pipe.query_async(&mut conn).await })
+            .await;
+    }
+
+    /// See [`super::Store::items`].
+    pub async fn items(&self, list: &str, max: usize) -> Vec<String> {
+        let key = self.value_key("l:", list);
+        let last = isize::try_from(max).unwrap_or(isize::MAX) - 1;
+        let mut cmd = redis::cmd("LRANGE");
+        cmd.arg(key).arg(0).arg(last);
+        let mut conn = self.conn.clone();
+        self.call(async move { cmd.query_async::<Vec<String>>(&mut conn).await })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// See [`super::Store::remove`].
+    pub async fn remove(&self, list: &str, item: &str) -> bool {
+        let mut cmd = redis::cmd("LREM");
+        cmd.arg(self.value_key("l:", list)).arg(1).arg(item);
+        let mut conn = self.conn.clone();
+        let removed: Option<u64> = self
+            .call(async move { cmd.query_async(&mut conn).await })
+            .await;
+        removed == Some(1)
+    }
+
+    fn value_key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}{name}", self.prefix)
+    }
+
     fn answer_key(&self, key: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + 2 + key.len());
         k.push_str(&self.prefix);

@@ -34,7 +34,7 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The schema's version, kept in the file's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS answers (
@@ -47,6 +47,18 @@ const SCHEMA: &str = "
         query TEXT PRIMARY KEY,
         digest BLOB NOT NULL,
         expires INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS kv (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL,      -- bytes, or an integer for counters
+        expires INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS lists (
+        list TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        item TEXT NOT NULL,
+        expires INTEGER NOT NULL,
+        PRIMARY KEY (list, seq)
     ) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS answers_expires ON answers (expires);
     CREATE INDEX IF NOT EXISTS bindings_expires ON bindings (expires);
@@ -211,12 +223,124 @@ impl SqliteStore {
         }
     }
 
+    /// See [`super::Store::incr`].
+    pub async fn incr(&self, name: &str, ttl: Duration) -> Option<u64> {
+        let name = name.to_owned();
+        let ttl = ms(ttl);
+        self.run(move |conn| {
+            let now = unix_ms();
+            conn.prepare_cached(
+                "INSERT INTO kv (name, value, expires) VALUES (?1, 1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET
+                   value = CASE WHEN expires <= ?3 THEN 1 ELSE value + 1 END,
+                   expires = CASE WHEN expires <= ?3 THEN ?2 ELSE expires END
+                 RETURNING value",
+            )?
+            .query_row(params![name, now + ttl, now], |r| r.get::<_, i64>(0))
+            .map(|n| n.unsigned_abs())
+        })
+        .await
+    }
+
+    /// See [`super::Store::get`].
+    pub async fn get(&self, name: &str) -> Option<Vec<u8>> {
+        let name = name.to_owned();
+        self.run(move |conn| {
+            conn.prepare_cached("SELECT value FROM kv WHERE name = ?1 AND expires > ?2")?
+                .query_row(params![name, unix_ms()], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+        })
+        .await
+        .flatten()
+    }
+
+    /// See [`super::Store::set`] and [`super::Store::set_new`] (`only_new`): whether
+    /// it was set (`None`: the store failed).
+    pub async fn set(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Duration,
+        only_new: bool,
+    ) -> Option<bool> {
+        let (name, value, ttl) = (name.to_owned(), value.to_vec(), ms(ttl));
+        self.run(move |conn| {
+            let now = unix_ms();
+            if only_new {
+                conn.prepare_cached("DELETE FROM kv WHERE name = ?1 AND expires <= ?2")?
+                    .execute(params![name, now])?;
+                let added = conn
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO kv (name, value, expires) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![name, value, now + ttl])?;
+                return Ok(added == 1);
+            }
+            conn.prepare_cached("INSERT OR REPLACE INTO kv (name, value, expires) VALUES (?1, ?2, ?3)")?
+                .execute(params![name, value, now + ttl])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// See [`super::Store::push`].
+    pub async fn push(&self, list: &str, item: &str, ttl: Duration) {
+        let (list, item, ttl) = (list.to_owned(), item.to_owned(), ms(ttl));
+        self.run(move |conn| {
+            let expires = unix_ms() + ttl;
+            conn.prepare_cached(
+                "INSERT INTO lists (list, seq, item, expires) VALUES
+                 (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM lists WHERE list = ?1), ?2, ?3)",
+            )?
+            .execute(params![list, item, expires])?;
+            // The whole list lives `ttl` from its last push, as in Redis.
+            conn.prepare_cached("UPDATE lists SET expires = ?2 WHERE list = ?1")?
+                .execute(params![list, expires])?;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// See [`super::Store::items`].
+    pub async fn items(&self, list: &str, max: usize) -> Vec<String> {
+        let list = list.to_owned();
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.run(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT item FROM lists WHERE list = ?1 AND expires > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = statement.query_map(params![list, unix_ms(), max], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// See [`super::Store::remove`].
+    pub async fn remove(&self, list: &str, item: &str) -> bool {
+        let (list, item) = (list.to_owned(), item.to_owned());
+        self.run(move |conn| {
+            let removed = conn
+                .prepare_cached(
+                    "DELETE FROM lists WHERE list = ?1 AND seq =
+                     (SELECT seq FROM lists WHERE list = ?1 AND item = ?2 AND expires > ?3
+                      ORDER BY seq LIMIT 1)",
+                )?
+                .execute(params![list, item, unix_ms()])?;
+            Ok(removed == 1)
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Delete expired rows.
     pub async fn purge(&self) {
         self.run(|conn| {
             let now = unix_ms();
             conn.execute("DELETE FROM answers WHERE expires <= ?1", params![now])?;
             conn.execute("DELETE FROM bindings WHERE expires <= ?1", params![now])?;
+            conn.execute("DELETE FROM kv WHERE expires <= ?1", params![now])?;
+            conn.execute("DELETE FROM lists WHERE expires <= ?1", params![now])?;
             Ok(())
         })
         .await;
