@@ -41,6 +41,7 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
                 ..config.server.engine
             };
             let mut engine = Engine::open(config.responder.clone(), engine_config, &config.store)?;
+            engine.set_api(config.api.clone());
             if let Some(spec) = &config.archive {
                 engine = engine.with_archive(crate::archive::Archive::open(spec)?);
             }

@@ -324,6 +324,32 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 }
                 println!("archive: {archive} (writable)");
             }
+            let late = &config.responder.late;
+            println!(
+                "late answers: {}{}",
+                late.mode.label(),
+                match late.mode {
+                    crate::core::late::LateMode::Off =>
+                        " (a program slower than reply_budget_ms: its answer is dropped)".to_owned(),
+                    _ => format!(
+                        " (pick-up words: {:?}, kept {} s)",
+                        late.pickup, late.pickup_ttl_secs
+                    ),
+                }
+            );
+            if late.mode != crate::core::late::LateMode::Off
+                && matches!(config.store, crate::config::StoreSpec::Memory)
+            {
+                println!("note: late answers are kept in this process's memory: under CGI, mod_fcgid or several instances they need a shared [state] store");
+            }
+            if let Some(api) = &config.api {
+                // Reading the CA file now rather than at the first push.
+                if let Err(e) = crate::engine::http::client(api.ca_file.as_deref()) {
+                    eprintln!("{}: {e:#}", path.display());
+                    return Ok(ExitCode::from(1));
+                }
+                println!("API: {} (AppID {})", api.base, api.appid);
+            }
             println!(
                 "{}: ok ({} rules, default reply: {})",
                 path.display(),
@@ -405,6 +431,7 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         tracing::info!(listen = %source, rules = config.responder.rules.rules.len(), "wechat-fcgi serving");
         let mut engine =
             crate::engine::Engine::open(config.responder, config.server.engine, &config.store)?;
+        engine.set_api(config.api.clone());
         if let Some(spec) = &config.archive {
             engine = engine.with_archive(crate::archive::Archive::open(spec)?);
         }
@@ -465,6 +492,7 @@ fn reload(
             }
             let rules = config.responder.rules.rules.len();
             engine.reload(config.responder);
+            engine.set_api(config.api);
             tracing::info!(rules, "SIGHUP: config reloaded");
         }
         Err(e) => {

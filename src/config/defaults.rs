@@ -167,8 +167,22 @@ pub const SOCKET_MODE: u32 = 0o660;
 
 /// `run.timeout_ms` when not given.
 pub const PROGRAM_TIMEOUT_MS: u64 = 3_000;
-/// Largest `run.timeout_ms`: WeChat's three tries span 15 s.
-pub const MAX_PROGRAM_TIMEOUT_MS: u64 = 15_000;
+/// Largest `run.timeout_ms`: ten minutes (with `[late]` on, a slow answer is kept for
+/// a pick-up or pushed; WeChat's own three tries span 15 s).
+pub const MAX_PROGRAM_TIMEOUT_MS: u64 = 600_000;
+
+/// `[late] mode` when not given.
+pub const LATE_MODE: &str = "hold";
+/// `[late] pending` when not given.
+pub const LATE_PENDING: &str = "Still working on it. Send 1 to get the answer.";
+/// `[late] pickup` when not given.
+pub const LATE_PICKUP: &[&str] = &["1"];
+/// `[late] still_running` when not given.
+pub const LATE_STILL_RUNNING: &str = "Not ready yet, try again in a minute.";
+/// `[late] pickup_ttl_secs`: default and range (one second to a week).
+pub const PICKUP_TTL_SECS: (u64, u64, u64) = (86_400, 1, 604_800);
+/// `[account] api_base` when not given.
+pub const API_BASE: &str = "https://api.weixin.qq.com";
 
 /// Largest config file read: a config is a few KiB; this stops `/dev/zero` and friends.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;

@@ -7,6 +7,7 @@
 
 mod account;
 pub mod defaults;
+mod late;
 mod raw;
 mod rules;
 mod server;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use crate::core::rules::{Action, Rules};
 use crate::core::Responder;
+pub use late::ApiSpec;
 use raw::RawConfig;
 pub use server::{Limits, ServerConfig};
 
@@ -32,6 +34,8 @@ pub struct Config {
     pub archive: Option<crate::archive::ArchiveSpec>,
     /// The account and its rules, ready to answer.
     pub responder: Responder,
+    /// WeChat's API (customer-service pushes), when `account.appsecret` is given.
+    pub api: Option<ApiSpec>,
     /// Things that work but are probably not what the owner meant.
     pub warnings: Vec<String>,
 }
@@ -136,7 +140,15 @@ impl Config {
                 }
             },
         };
-        let account = raw.account.validate(&mut problems);
+        let mut raw_account = raw.account;
+        let raw_api = late::RawApi {
+            appid: raw_account.appid.clone(),
+            appsecret: raw_account.appsecret.take(),
+            api_base: raw_account.api_base.take(),
+            api_ca_file: raw_account.api_ca_file.take(),
+        };
+        let account = raw_account.validate(&mut problems);
+        let api = raw_api.validate(base, &mut problems);
         let mut check = rules::Check {
             problems: &mut problems,
             warnings: &mut warnings,
@@ -151,6 +163,7 @@ impl Config {
         let default = raw
             .default
             .and_then(|d| rules::validate_default(d, &mut check));
+        let late = raw.late.validate(api.is_some(), &mut check);
         match account {
             Some(account) if problems.is_empty() => Ok(Config {
                 responder: Responder {
@@ -158,7 +171,9 @@ impl Config {
                     rules: Rules { rules, default },
                     timestamp_window: server.timestamp_window_secs,
                     keep_json: archive.is_some(),
+                    late,
                 },
+                api,
                 server,
                 store,
                 archive,

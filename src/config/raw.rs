@@ -18,6 +18,19 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) state: RawState,
     pub(super) archive: Option<RawArchive>,
+    #[serde(default)]
+    pub(super) late: RawLate,
+}
+
+/// `[late]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLate {
+    pub(super) mode: Option<String>,
+    pub(super) pending: Option<Reply>,
+    pub(super) pickup: Option<Vec<String>>,
+    pub(super) pickup_ttl_secs: Option<u64>,
+    pub(super) still_running: Option<Reply>,
 }
 
 /// `[archive]`.
@@ -71,6 +84,9 @@ pub(super) struct RawAccount {
     pub(super) mode: Option<String>,
     pub(super) encoding_aes_key: Option<String>,
     pub(super) previous_encoding_aes_key: Option<String>,
+    pub(super) appsecret: Option<String>,
+    pub(super) api_base: Option<String>,
+    pub(super) api_ca_file: Option<String>,
 }
 
 /// One `[[rule]]`: what it matches (one of the matcher keys) and what it does.
@@ -102,11 +118,12 @@ pub(super) struct RawAction {
     pub(super) fallback: Option<Reply>,
 }
 
-/// `run = { command = [..], timeout_ms = .. }`.
+/// `run = { command = [..], timeout_ms = .. }` or `run = { url = "..", timeout_ms = .. }`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRun {
-    pub(super) command: Vec<String>,
+    pub(super) command: Option<Vec<String>>,
+    pub(super) url: Option<String>,
     pub(super) timeout_ms: Option<u64>,
     #[serde(default)]
     pub(super) env: std::collections::BTreeMap<String, String>,

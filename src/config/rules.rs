@@ -262,10 +262,25 @@ impl RawAction {
                     defaults::MAX_PROGRAM_TIMEOUT_MS
                 ));
             }
-            if run.command.is_empty() {
-                check.problems.push(format!(
-                    "{label}.run.command: is empty; give the program and its arguments"
-                ));
+            let command = run.command.unwrap_or_default();
+            match (&run.url, command.is_empty()) {
+                (Some(_), false) => check.problems.push(format!(
+                    "{label}.run: give `command` (a program) or `url` (an HTTP hook), not both"
+                )),
+                (None, true) => check.problems.push(format!(
+                    "{label}.run.command: is empty; give the program and its arguments (or `url` for an HTTP hook)"
+                )),
+                (Some(url), true) => {
+                    if let Err(e) = check_hook_url(url) {
+                        check.problems.push(format!("{label}.run.url: {e}"));
+                    }
+                    if !run.env.is_empty() {
+                        check.problems.push(format!(
+                            "{label}.run.env: only goes with `command` (a hook gets no environment)"
+                        ));
+                    }
+                }
+                (None, false) => {}
             }
             for (name, value) in &run.env {
                 let bad_name = name.is_empty()
@@ -278,7 +293,8 @@ impl RawAction {
             }
             Action::Run {
                 program: Arc::new(Program {
-                    command: run.command,
+                    command,
+                    url: run.url,
                     dir: check.base.to_path_buf(),
                     timeout_ms,
                     env: run.env.into_iter().collect(),
@@ -288,6 +304,30 @@ impl RawAction {
         };
         (check.problems.len() == before).then_some(action)
     }
+}
+
+/// An HTTP hook's URL: `http://` or `https://`, a host, no user or password in it.
+pub(super) fn check_hook_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} does not start with http:// or https://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if authority.contains('@') {
+        return Err("has a user or password in it: not supported".into());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("has spaces or control characters".into());
+    }
+    Ok(())
+}
+
+/// Check a reply and parse the template of its text.
+pub(super) fn template_plain(reply: Reply, key: &str, check: &mut Check<'_>) -> TemplateReply {
+    template(reply, key, &TemplateVars::default(), check)
 }
 
 /// Check a reply and parse the template of its text.

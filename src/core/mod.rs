@@ -3,6 +3,7 @@
 
 pub mod crypto;
 pub mod error;
+pub mod late;
 pub mod message;
 pub mod query;
 pub mod reply;
@@ -75,6 +76,8 @@ pub struct Responder {
     pub timestamp_window: u64,
     /// Keep every message's JSON (for the archive), not only a program's.
     pub keep_json: bool,
+    /// What happens to answers not ready in time (`[late]`).
+    pub late: late::Late,
 }
 
 /// One HTTP request as the FastCGI server or the CGI adapter saw it.
@@ -217,6 +220,17 @@ pub enum Via {
     Retry,
     /// The reply budget ran out before the answer was ready: `success`.
     Deadline,
+    /// Hold: an earlier attempt left unanswered; or the last attempt's `pending`
+    /// reply, the answer kept for a pick-up.
+    LateHold,
+    /// A pick-up word delivered a waiting answer.
+    Pickup,
+    /// A pick-up word while the answer is still being made: `still_running`.
+    StillRunning,
+    /// Customer service: `success` at the budget, the answer pushed when ready.
+    CustomerService,
+    /// A retry of a message whose answer went (or goes) out late: `success`.
+    LateDone,
 }
 
 impl Via {
@@ -228,6 +242,11 @@ impl Via {
             Via::Fallback => "fallback",
             Via::Retry => "retry",
             Via::Deadline => "deadline",
+            Via::LateHold => "late_hold",
+            Via::Pickup => "pickup",
+            Via::StillRunning => "still_running",
+            Via::CustomerService => "customer_service",
+            Via::LateDone => "late_done",
         }
     }
 
@@ -239,6 +258,11 @@ impl Via {
             Via::Fallback,
             Via::Retry,
             Via::Deadline,
+            Via::LateHold,
+            Via::Pickup,
+            Via::StillRunning,
+            Via::CustomerService,
+            Via::LateDone,
         ]
         .into_iter()
         .find(|v| v.label() == label)
@@ -284,6 +308,9 @@ pub struct Pending {
     pub decision: Decision,
     /// The message as a JSON object (WeChat's field names), for a reply program.
     pub json: Option<Vec<u8>>,
+    /// Its late-answer plan, when `[late]` is on and a program decides it or it is a
+    /// pick-up.
+    pub late: Option<late::LatePlan>,
 }
 
 /// What rendering a reply for this message needs, owned (the message is gone by then).
@@ -508,6 +535,7 @@ impl Responder {
         rng: &mut dyn RngCore,
     ) -> Pending {
         let decision = self.rules.decide(message, rng);
+        let late = self.late.plan(message, &decision);
         let json = (self.keep_json || matches!(decision, Decision::Run { .. }))
             .then(|| message::to_json(&message.fields));
         let (signature, timestamp, nonce) = query.signed_triple().unwrap_or_default();
@@ -527,6 +555,7 @@ impl Responder {
             },
             decision,
             json,
+            late,
         }
     }
 

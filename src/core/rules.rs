@@ -98,7 +98,10 @@ pub struct TemplateReply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Program {
     /// The program and its arguments; the first is an absolute path after `Config::load`.
+    /// Empty for an HTTP reply hook.
     pub command: Vec<String>,
+    /// An HTTP reply hook's URL: the message JSON is POSTed there instead.
+    pub url: Option<String>,
     /// Where it runs: the config file's folder.
     pub dir: std::path::PathBuf,
     /// How long it may take, from when it asks for a slot.

@@ -5,6 +5,9 @@
 //! Time on this path is tokio's clock ([`tokio::time::Instant`]): the tests pause and
 //! advance it. Unix time (the core's `now`) comes from [`unix_now`].
 
+pub mod api;
+pub mod http;
+mod late;
 pub mod program;
 mod rng;
 pub mod store;
@@ -68,6 +71,10 @@ pub struct Engine {
     /// The tasks running programs (finished ones are pruned as new ones start).
     program_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     config: EngineConfig,
+    /// WeChat's API credentials (customer-service pushes), if configured.
+    api: RwLock<Option<Arc<crate::config::ApiSpec>>>,
+    /// The HTTP client (hooks and the API), made on first use.
+    http: std::sync::OnceLock<Result<reqwest::Client, String>>,
 }
 
 impl Engine {
@@ -114,7 +121,30 @@ impl Engine {
             program_tasks: std::sync::Mutex::default(),
             archive: None,
             config,
+            api: RwLock::new(None),
+            http: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Use WeChat's API with these credentials (customer-service pushes); `None`: no
+    /// API. Also on reload.
+    pub fn set_api(&self, api: Option<crate::config::ApiSpec>) {
+        *self.api.write().unwrap_or_else(|p| p.into_inner()) = api.map(Arc::new);
+    }
+
+    fn api(&self) -> Option<Arc<crate::config::ApiSpec>> {
+        self.api.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The HTTP client, made on first use (with `api_ca_file` as it was then).
+    fn http(&self) -> Result<reqwest::Client, String> {
+        self.http
+            .get_or_init(|| {
+                let api = self.api();
+                let ca = api.as_ref().and_then(|a| a.ca_file.as_deref());
+                http::client(ca).map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
     /// Archive every message this engine decides (the winner of its claim) before its
@@ -185,8 +215,7 @@ impl Engine {
         started: Instant,
         body: &store::BodyDigest,
     ) -> Response {
-        let deadline = started + self.config.reply_budget;
-        let Some((answer, decided_here)) = self.settle(&pending, deadline, body).await else {
+        let Some((answer, decided_here)) = self.settle(&pending, started, body).await else {
             return Response::rejected(Rejection::QueryReused);
         };
         if decided_here {
@@ -214,19 +243,26 @@ impl Engine {
     }
 
     /// The message's answer, decided once across retries: stored at once when a rule
-    /// gives it, else claimed and worked out (a program), or waited for when another
-    /// request holds the claim. `None` when `deadline` passes first.
-    /// ... and whether this request decided it (won the claim), which makes it the one
-    /// that archives the message.
-    /// `None` when the request's signed query came before with another body.
+    /// gives it, else claimed and worked out (a program, a hook, a pick-up), or waited
+    /// for when another request holds the claim. With `[late]` on, an answer not ready
+    /// in time is held for WeChat's next attempt, or goes late (see [`late`]).
+    ///
+    /// Returns the answer (`None`: the budget ran out, answer `success`) and whether
+    /// this request decided it (won the claim), which makes it the one that archives
+    /// the message; `None` when the request's signed query came before with another
+    /// body.
     async fn settle(
         &self,
         pending: &Pending,
-        deadline: Instant,
+        started: Instant,
         body: &store::BodyDigest,
     ) -> Option<(Option<Answer>, bool)> {
         let key = pending.key.as_str();
-        let known = Answer::from_decision(&pending.decision);
+        let plan = pending.late.as_ref();
+        let pickup = plan.is_some_and(|p| p.pickup);
+        // A pick-up claims its message like a program does, so that it happens once
+        // however often WeChat retries it.
+        let known = Answer::from_decision(&pending.decision).filter(|_| !pickup);
         let lease = match &pending.decision {
             Decision::Run { program, .. } => {
                 Duration::from_millis(program.timeout_ms) + LEASE_MARGIN
@@ -246,11 +282,25 @@ impl Engine {
             store::Opened::Stored => return Some((known, true)),
             store::Opened::Claim(claim) => claim,
         };
+        let mut deadline = started + self.config.reply_budget;
         let mut won = false;
+        let mut counted = false;
         loop {
             match claim {
-                Claim::Answered(answer) if won => return Some((Some(answer), true)),
                 Claim::Answered(answer) => {
+                    // An answer that went (or goes) out late is delivered once, never
+                    // again to a retry or to an attempt that was held meanwhile.
+                    if plan.is_some() && (counted || !won) && self.went_late(key).await {
+                        let done = Answer {
+                            reply: None,
+                            via: Via::LateDone,
+                            ..answer
+                        };
+                        return Some((Some(done), won));
+                    }
+                    if won {
+                        return Some((Some(answer), true));
+                    }
                     let retry = Answer {
                         via: Via::Retry,
                         ..answer
@@ -259,10 +309,16 @@ impl Engine {
                 }
                 Claim::Won => {
                     won = true;
-                    match (&known, &pending.decision) {
+                    if let Some(plan) = plan.filter(|p| p.pickup) {
+                        if let Some(answer) = self.pick_up(pending, plan).await {
+                            self.store.finish(key, answer.clone(), Instant::now()).await;
+                            return Some((Some(answer), true));
+                        }
+                    }
+                    match (Answer::from_decision(&pending.decision), &pending.decision) {
                         (Some(answer), _) => {
                             self.store.finish(key, answer.clone(), Instant::now()).await;
-                            return Some((known, true));
+                            return Some((Some(answer), true));
                         }
                         (
                             None,
@@ -289,11 +345,10 @@ impl Engine {
                                 return Some((Some(answer), true));
                             };
                             self.spawn_program(
-                                pending.key.clone(),
+                                pending,
                                 rule.clone(),
                                 program.clone(),
                                 fallback.clone(),
-                                pending.json.clone().unwrap_or_default(),
                                 slot,
                             )
                         }
@@ -301,8 +356,19 @@ impl Engine {
                     }
                 }
                 Claim::Held { until } => {
+                    if let (Some(plan), false) = (plan, counted) {
+                        counted = true;
+                        if let Some(hold) = self.hold_until(key, plan, started, lease).await {
+                            deadline = hold;
+                        }
+                    }
                     if Instant::now() >= deadline {
-                        return Some((None, won));
+                        return match plan {
+                            Some(plan) if !plan.pickup => {
+                                Some((Some(self.go_late(pending, plan).await), won))
+                            }
+                            _ => Some((None, won)),
+                        };
                     }
                     self.store.wait(key, until.min(deadline)).await;
                 }
@@ -311,29 +377,54 @@ impl Engine {
         }
     }
 
-    /// Run a program in the background; its answer goes to the store, where the
-    /// request (and any retry) waits for it. It keeps running past the request's budget
-    /// up to its own timeout, so a slow answer still serves WeChat's retry.
+    /// Run a program (or call a hook) in the background; its answer goes to the store,
+    /// where the request (and any retry) waits for it. It keeps running past the
+    /// request's budget up to its own timeout, so a slow answer still serves WeChat's
+    /// retry, or goes late.
     fn spawn_program(
         &self,
-        key: String,
+        pending: &Pending,
         rule: Arc<str>,
         program: Arc<Program>,
         fallback: Option<Arc<Reply>>,
-        input: Vec<u8>,
         slot: SenderSlot,
     ) {
+        let key = pending.key.clone();
+        let input = pending.json.clone().unwrap_or_default();
+        let late_ttl = pending
+            .late
+            .as_ref()
+            .map(|p| Duration::from_secs(p.pickup_ttl_secs));
         let store = self.store.clone();
         let permits = self.programs.clone();
+        let client = program.url.as_ref().map(|_| self.http());
         let task = tokio::spawn(async move {
             let _slot = slot;
             let started = Instant::now();
-            let command = program.command.first().map_or("", String::as_str);
-            let answer = match program::run(&program, &rule, &input, &permits).await {
+            let (what, result) = match (&program.url, client) {
+                (Some(url), Some(client)) => {
+                    let result = match client {
+                        Ok(client) => hook(&client, url, &rule, input, &program, &permits).await,
+                        Err(e) => Err(format!("no HTTP client: {e}")),
+                    };
+                    ("hook", result)
+                }
+                _ => (
+                    "program",
+                    program::run(&program, &rule, &input, &permits).await,
+                ),
+            };
+            let target = match &program.url {
+                Some(url) => crate::log::Escaped(late::url_origin(url)).to_string(),
+                None => crate::log::Escaped(program.command.first().map_or("", String::as_str))
+                    .to_string(),
+            };
+            let answer = match result {
                 Ok(reply) => {
                     tracing::info!(
                         %rule,
-                        program = %crate::log::Escaped(command),
+                        %what,
+                        %target,
                         ms = started.elapsed().as_millis() as u64,
                         "program answered"
                     );
@@ -346,7 +437,8 @@ impl Engine {
                 Err(cause) => {
                     tracing::warn!(
                         %rule,
-                        program = %crate::log::Escaped(command),
+                        %what,
+                        %target,
                         cause = %crate::log::Escaped(&cause),
                         "program failed: answering with the fallback"
                     );
@@ -357,7 +449,10 @@ impl Engine {
                     }
                 }
             };
-            store.finish(&key, answer, Instant::now()).await;
+            store.finish(&key, answer.clone(), Instant::now()).await;
+            if let Some(ttl) = late_ttl {
+                late::keep_if_late(&store, &key, &answer, ttl).await;
+            }
         });
         let mut tasks = self.program_tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.retain(|t| !t.is_finished());
@@ -413,6 +508,31 @@ impl Drop for SenderSlot {
             }
         }
     }
+}
+
+/// Call a reply hook within its timeout, counted against `max_programs` like a
+/// program.
+async fn hook(
+    client: &reqwest::Client,
+    url: &str,
+    rule: &str,
+    input: Vec<u8>,
+    program: &Program,
+    permits: &Semaphore,
+) -> Result<Option<Reply>, String> {
+    let timeout = Duration::from_millis(program.timeout_ms);
+    let deadline = Instant::now() + timeout;
+    let _permit = tokio::time::timeout_at(deadline, permits.acquire())
+        .await
+        .map_err(|_| {
+            format!(
+                "no program slot free within {} ms (max_programs)",
+                program.timeout_ms
+            )
+        })?
+        .map_err(|_| "program slots closed".to_owned())?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    http::call_hook(client, url, rule, input, left).await
 }
 
 /// One archive line: when, who, the message as programs get it, the answer and how it

@@ -7,9 +7,9 @@
 //! passed in, so the rules are tested with a clock the test controls.
 
 mod memory;
-mod values;
 pub mod redis;
 pub mod sqlite;
+mod values;
 
 use std::time::Duration;
 
@@ -146,6 +146,15 @@ impl Store {
             Store::Memory(m) => m.values().set_new(name, value, ttl, Instant::now()),
             Store::Sqlite(s) => s.set(name, value, ttl, true).await.unwrap_or(false),
             Store::Redis(r) => r.set(name, value, ttl, true).await,
+        }
+    }
+
+    /// Forget the value `name`.
+    pub async fn delete(&self, name: &str) {
+        match self {
+            Store::Memory(m) => m.values().delete(name),
+            Store::Sqlite(s) => s.delete(name).await,
+            Store::Redis(r) => r.delete(name).await,
         }
     }
 

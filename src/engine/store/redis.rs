@@ -261,6 +261,16 @@ impl RedisStore {
         matches!(set, Some(Some(_)))
     }
 
+    /// See [`super::Store::delete`].
+    pub async fn delete(&self, name: &str) {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.value_key("k:", name));
+        let mut conn = self.conn.clone();
+        let _: Option<u64> = self
+            .call(async move { cmd.query_async(&mut conn).await })
+            .await;
+    }
+
     /// See [`super::Store::push`].
     pub async fn push(&self, list: &str, item: &str, ttl: Duration) {
         let key = self.value_key("l:", list);

@@ -276,11 +276,24 @@ impl SqliteStore {
                     .execute(params![name, value, now + ttl])?;
                 return Ok(added == 1);
             }
-            conn.prepare_cached("INSERT OR REPLACE INTO kv (name, value, expires) VALUES (?1, ?2, ?3)")?
-                .execute(params![name, value, now + ttl])?;
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO kv (name, value, expires) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![name, value, now + ttl])?;
             Ok(true)
         })
         .await
+    }
+
+    /// See [`super::Store::delete`].
+    pub async fn delete(&self, name: &str) {
+        let name = name.to_owned();
+        self.run(move |conn| {
+            conn.prepare_cached("DELETE FROM kv WHERE name = ?1")?
+                .execute(params![name])?;
+            Ok(())
+        })
+        .await;
     }
 
     /// See [`super::Store::push`].

@@ -103,6 +103,11 @@ impl Values {
         true
     }
 
+    /// See [`super::Store::delete`].
+    pub(super) fn delete(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
     /// See [`super::Store::push`].
     pub(super) fn push(&self, list: &str, item: &str, ttl: Duration, now: Instant) {
         let mut map = self.lock();

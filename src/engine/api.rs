@@ -1,0 +1,189 @@
+//! WeChat's API, as much as late answers need: the access token from
+//! `cgi-bin/stable_token` (which does not invalidate other holders' tokens), cached in
+//! the shared store so that all processes share one and one refreshes it; and the
+//! customer-service push (`cgi-bin/message/custom/send`). docs/protocol.md §7.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::ApiSpec;
+use crate::core::late::{api_outcome, custom_message, ApiOutcome};
+use crate::core::reply::Reply;
+
+use super::http::fetch;
+use super::store::Store;
+
+/// A token is refreshed this long before WeChat says it expires.
+pub const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+/// One process refreshes the token; the others wait this long for it, then fetch
+/// their own.
+pub const TOKEN_LOCK: Duration = Duration::from_secs(5);
+/// How often a process waiting for another's refresh looks.
+const TOKEN_POLL: Duration = Duration::from_millis(50);
+/// Tries of a push when the API cannot be reached, and the first pause between them
+/// (doubled each time).
+pub const PUSH_TRIES: u32 = 3;
+/// See [`PUSH_TRIES`].
+pub const PUSH_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Why a push did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushError {
+    /// WeChat refused it: its `errcode` and `errmsg`.
+    Refused(i64, String),
+    /// The API could not be reached, or answered something else.
+    Unreachable(String),
+    /// The reply cannot be pushed (a transfer to customer service).
+    NotPushable,
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Refused(code, msg) => write!(f, "WeChat refused it: errcode {code} {msg}"),
+            PushError::Unreachable(why) => write!(f, "API unreachable: {why}"),
+            PushError::NotPushable => f.write_str("this reply type cannot be pushed"),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn token_name(api: &ApiSpec) -> String {
+    format!("token:{}", api.appid)
+}
+
+/// The cached token (`expires_ms token`) if it is still good for [`TOKEN_MARGIN`].
+fn good_token(value: Option<Vec<u8>>) -> Option<String> {
+    let value = String::from_utf8(value?).ok()?;
+    let (expires, token) = value.split_once(' ')?;
+    let expires: u64 = expires.parse().ok()?;
+    (expires > unix_ms() + TOKEN_MARGIN.as_millis() as u64 && !token.is_empty())
+        .then(|| token.to_owned())
+}
+
+/// The access token: from the store, or fetched (by one process at a time) and stored.
+/// `stale` is a token WeChat just refused: a cached token equal to it is not used, and
+/// the fetch forces a new one.
+pub async fn access_token(
+    client: &reqwest::Client,
+    api: &ApiSpec,
+    store: &Store,
+    stale: Option<&str>,
+) -> Result<String, PushError> {
+    let name = token_name(api);
+    let usable = |t: Option<String>| t.filter(|t| Some(t.as_str()) != stale);
+    if let Some(token) = usable(good_token(store.get(&name).await)) {
+        return Ok(token);
+    }
+    let lock = format!("{name}:refresh");
+    if !store.set_new(&lock, b"1", TOKEN_LOCK).await {
+        // Another process is refreshing: wait for its token.
+        let until = tokio::time::Instant::now() + TOKEN_LOCK;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(TOKEN_POLL).await;
+            if let Some(token) = usable(good_token(store.get(&name).await)) {
+                return Ok(token);
+            }
+        }
+    }
+    let body = serde_json::json!({
+        "grant_type": "client_credential",
+        "appid": api.appid,
+        "secret": api.appsecret,
+        "force_refresh": stale.is_some(),
+    });
+    let request = client
+        .post(format!("{}/cgi-bin/stable_token", api.base))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .timeout(Duration::from_secs(10));
+    let answer = fetch(request).await.map_err(PushError::Unreachable)?;
+    #[derive(serde::Deserialize)]
+    struct Token {
+        access_token: String,
+        expires_in: u64,
+    }
+    let token: Token = match api_outcome(&answer) {
+        ApiOutcome::Ok => serde_json::from_slice(&answer)
+            .map_err(|_| PushError::Unreachable("stable_token answered without a token".into()))?,
+        ApiOutcome::Refused(code, msg) => return Err(PushError::Refused(code, msg)),
+        ApiOutcome::BadToken(code) => return Err(PushError::Refused(code, String::new())),
+        ApiOutcome::Unreadable => {
+            return Err(PushError::Unreachable(
+                "stable_token answered something else".into(),
+            ))
+        }
+    };
+    let lifetime = Duration::from_secs(token.expires_in.clamp(60, 7 * 86_400));
+    let value = format!(
+        "{} {}",
+        unix_ms() + lifetime.as_millis() as u64,
+        token.access_token
+    );
+    store.set(&name, value.as_bytes(), lifetime).await;
+    store.delete(&lock).await;
+    tracing::info!(appid = %api.appid, expires_in = token.expires_in, "access token refreshed");
+    Ok(token.access_token)
+}
+
+/// Push `reply` to `follower` with the customer-service API: a token error refreshes
+/// the token and tries once more; an unreachable API is tried [`PUSH_TRIES`] times
+/// with backoff.
+pub async fn push(
+    client: &reqwest::Client,
+    api: &ApiSpec,
+    store: &Store,
+    follower: &str,
+    reply: &Reply,
+) -> Result<(), PushError> {
+    let message = custom_message(follower, reply).ok_or(PushError::NotPushable)?;
+    let mut stale: Option<String> = None;
+    let mut refreshed = false;
+    let mut tries = 0;
+    let mut pause = PUSH_BACKOFF;
+    loop {
+        tries += 1;
+        let outcome = async {
+            let token = access_token(client, api, store, stale.as_deref()).await?;
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("access_token", &token)
+                .finish();
+            let request = client
+                .post(format!("{}/cgi-bin/message/custom/send?{query}", api.base))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(message.to_string())
+                .timeout(Duration::from_secs(10));
+            let answer = fetch(request).await.map_err(PushError::Unreachable)?;
+            Ok::<_, PushError>((token, api_outcome(&answer)))
+        }
+        .await;
+        match outcome {
+            Ok((_, ApiOutcome::Ok)) => return Ok(()),
+            Ok((token, ApiOutcome::BadToken(code))) => {
+                if refreshed {
+                    return Err(PushError::Refused(code, "access token refused".into()));
+                }
+                tracing::info!(errcode = code, "access token refused: refreshing it once");
+                refreshed = true;
+                stale = Some(token);
+            }
+            Ok((_, ApiOutcome::Refused(code, msg))) => return Err(PushError::Refused(code, msg)),
+            Ok((_, ApiOutcome::Unreadable)) | Err(PushError::Unreachable(_))
+                if tries < PUSH_TRIES =>
+            {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Ok((_, ApiOutcome::Unreadable)) => {
+                return Err(PushError::Unreachable(
+                    "the API answered something else".into(),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
