@@ -73,7 +73,7 @@ fn bad_configs_name_the_key() {
         ),
         (
             rule("text = \"a\"\nrun = { command = [\"/bin/cat\"], timeout_ms = 0 }"),
-            "rule[0] (r).run.timeout_ms: must be 1 to 15000",
+            "rule[0] (r).run.timeout_ms: must be 1 to 600000",
         ),
         (
             rule("text = \"a\"\nreply = { text = \"x\" }\nreplies = [ { text = \"y\" } ]"),

@@ -25,6 +25,10 @@ fn rules(dir: &TempDir, keyword_reply: &str) -> String {
         r#"
 [server]
 reply_budget_ms = 500
+# Late answers off: a slow answer is `success` at the budget (tests/late.rs covers the
+# other modes).
+[late]
+mode = "off"
 [[rule]]
 name = "keyword"
 text = "hi"

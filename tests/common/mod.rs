@@ -174,7 +174,14 @@ pub fn start_server_with_env(
 ) -> (Proc, std::net::SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let stderr = dir.path("server.log");
+    // server.log; a second instance in the same folder gets server-2.log, and so on.
+    let stderr = (1..)
+        .map(|n| match n {
+            1 => dir.path("server.log"),
+            n => dir.path(&format!("server-{n}.log")),
+        })
+        .find(|p| !p.exists())
+        .unwrap();
     let child = Command::new(BIN)
         .process_group(0)
         .args(["serve", "--config"])
