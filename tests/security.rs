@@ -480,7 +480,7 @@ fn sigterm_kills_running_programs_and_their_children() {
     );
     let config = write_config(
         &dir,
-        "[server]\nreply_budget_ms = 300\n\
+        "[server]\nreply_budget_ms = 300\n[late]\nmode = \"off\"\n\
          [[rule]]\ntext = \"linger\"\nrun = { command = [\"./lingers.sh\"], timeout_ms = 15000 }\n",
     );
     let (mut server, addr) = start_server(&dir, &config);
@@ -815,7 +815,7 @@ fn nothing_from_outside_can_forge_a_log_line_at_any_level() {
     );
     let config = write_config(
         &dir,
-        "[server]\nreply_budget_ms = 100\n\
+        "[server]\nreply_budget_ms = 100\n[late]\nmode = \"off\"\n\
          [[rule]]\ntext = \"slow\"\nrun = { command = [\"./slow.sh\"] }\n",
     );
     let forged = "\n2026-01-01T00:00:00.000000Z  INFO request forged=1\u{1b}[2J";

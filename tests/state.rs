@@ -199,7 +199,7 @@ fn a_slow_program_in_cgi_mode_answers_the_retry() {
     );
     let config = write_config(
         &dir,
-        "[server]\nreply_budget_ms = 300\n[state]\nstore = \"sqlite:state.db\"\n\
+        "[server]\nreply_budget_ms = 300\n[late]\nmode = \"off\"\n[state]\nstore = \"sqlite:state.db\"\n\
          [[rule]]\ntext = \"slow\"\nrun = { command = [\"./slow.sh\"] }\n",
     );
     let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "slow", 10);
@@ -380,4 +380,57 @@ fn two_instances_behind_one_nginx_upstream_share_redis() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(a.log().contains(" outcome=reply") && b.log().contains(" outcome=reply"));
+}
+
+/// The small shared values late answers and the API token live in, the same over
+/// SQLite and Redis: counters, set-once marks, values with a TTL, lists whose items are
+/// removed exactly once.
+#[test]
+fn shared_values_behave_the_same_in_sqlite_and_redis() {
+    use wechat_fcgi::engine::store::{RedisStore, SqliteStore, Store};
+    let dir = TempDir::new("values");
+    let port = free_port();
+    let _redis = start_redis(&dir, port);
+    let retention = Duration::from_secs(60);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_runtime = runtime.enter();
+    let stores = [
+        Store::Sqlite(SqliteStore::open(&dir.path("values.db"), retention).unwrap()),
+        Store::Redis(
+            RedisStore::open(&format!("redis://127.0.0.1:{port}/0"), "t:", retention).unwrap(),
+        ),
+    ];
+    for store in &stores {
+        runtime.block_on(async {
+            let ttl = Duration::from_secs(30);
+            let short = Duration::from_millis(200);
+            assert_eq!(store.incr("n", ttl).await, Some(1));
+            assert_eq!(store.incr("n", ttl).await, Some(2));
+            assert!(store.set_new("mark", b"W", ttl).await);
+            assert!(!store.set_new("mark", b"X", ttl).await, "set once");
+            assert_eq!(store.get("mark").await.as_deref(), Some(&b"W"[..]));
+            store.set("mark", b"A answer", ttl).await;
+            assert_eq!(store.get("mark").await.as_deref(), Some(&b"A answer"[..]));
+            store.delete("mark").await;
+            assert_eq!(store.get("mark").await, None);
+            store.set("brief", b"x", short).await;
+            assert!(store.set_new("brief-lock", b"1", short).await);
+            for item in ["a", "b", "c"] {
+                store.push("list", item, ttl).await;
+            }
+            assert_eq!(store.items("list", 2).await, ["a", "b"]);
+            assert!(store.remove("list", "b").await);
+            assert!(!store.remove("list", "b").await, "removed exactly once");
+            assert_eq!(store.items("list", 10).await, ["a", "c"]);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(store.get("brief").await, None, "expired");
+            assert!(
+                store.set_new("brief-lock", b"1", short).await,
+                "an expired mark is new"
+            );
+        });
+    }
 }
