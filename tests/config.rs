@@ -111,6 +111,54 @@ fn bad_configs_name_the_key() {
             format!("[server]\nmax_programs = 0\n{OK_ACCOUNT}"),
             "server.max_programs: 0 is out of range: must be 1 to 1024",
         ),
+        (
+            format!("{OK_ACCOUNT}[late]\nmode = \"later\"\n"),
+            "late.mode: \"later\" is not one of \"hold\", \"customer_service\", \"off\"",
+        ),
+        (
+            format!("{OK_ACCOUNT}[late]\nmode = \"customer_service\"\n"),
+            "late.mode: customer_service needs account.appid and account.appsecret",
+        ),
+        (
+            format!("{OK_ACCOUNT}[late]\npickup_ttl_secs = 0\n"),
+            "late.pickup_ttl_secs: 0 is out of range: must be 1 to 604800",
+        ),
+        (
+            format!("{OK_ACCOUNT}[late]\npickup = [\" \"]\n"),
+            "late.pickup: a pick-up word is empty",
+        ),
+        (
+            format!("{OK_ACCOUNT}[late]\npending = {{ image = {{}} }}\n"),
+            "missing field `media_id`",
+        ),
+        (
+            format!("{OK_ACCOUNT}appsecret = \"abc\"\n"),
+            "account.appid: required with appsecret",
+        ),
+        (
+            format!("{OK_ACCOUNT}appid = \"wx1\"\nappsecret = \"a b\"\n"),
+            "account.appsecret: is not an AppSecret",
+        ),
+        (
+            format!("{OK_ACCOUNT}api_base = \"ftp://x\"\n"),
+            "account.api_base: \"ftp://x\" does not start with http:// or https://",
+        ),
+        (
+            rule("text = \"a\"\nrun = { url = \"localhost:5000\" }"),
+            "rule[0] (r).run.url: \"localhost:5000\" does not start with http:// or https://",
+        ),
+        (
+            rule("text = \"a\"\nrun = { url = \"http://u:p@h/\" }"),
+            "rule[0] (r).run.url: has a user or password in it",
+        ),
+        (
+            rule("text = \"a\"\nrun = { url = \"http://h/\", command = [\"/bin/cat\"] }"),
+            "rule[0] (r).run: give `command` (a program) or `url` (an HTTP hook), not both",
+        ),
+        (
+            rule("text = \"a\"\nrun = { url = \"http://h/\", env = { A = \"1\" } }"),
+            "rule[0] (r).run.env: only goes with `command`",
+        ),
     ];
     let dir = TempDir::new("bad-configs");
     let path = dir.path("c.toml");
@@ -280,6 +328,47 @@ fn check_config_exit_codes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "a bad config stops start-up");
     assert!(String::from_utf8_lossy(&out.stderr).contains("account.token"));
+}
+
+/// `check-config` says what happens to slow answers, and checks the API's CA file.
+#[test]
+fn check_config_reports_late_answers_and_reads_the_api_ca_file() {
+    let dir = TempDir::new("check-late");
+    let good = write_config(&dir, "[late]\npickup = [\"1\", \"more\"]\n");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("late answers: hold (pick-up words: [\"1\", \"more\"], kept 86400 s)"),
+        "{stdout}"
+    );
+    let off = write_config(&dir, "[late]\nmode = \"off\"\n");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&off)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("late answers: off (a program slower"));
+    std::fs::write(dir.path("ca.pem"), "not a certificate").unwrap();
+    let bad_ca = write_config(
+        &dir,
+        "appid = \"wx1234567890abcdef\"\nappsecret = \"s3cret\"\napi_ca_file = \"ca.pem\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad_ca)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("account.api_ca_file"), "{err}");
+    assert!(
+        !err.contains("s3cret"),
+        "the AppSecret is not echoed: {err}"
+    );
 }
 
 #[test]
