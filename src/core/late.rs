@@ -197,6 +197,8 @@ pub enum ApiOutcome {
     /// WeChat refuses this push for good (45015: outside the 48 h window; 45047: quota;
     /// 48001: no permission; any other code).
     Refused(i64, String),
+    /// WeChat is busy (-1): try again later.
+    Busy,
     /// Not an API answer at all.
     Unreadable,
 }
@@ -213,6 +215,7 @@ pub fn api_outcome(body: &[u8]) -> ApiOutcome {
     match serde_json::from_slice::<Error>(body) {
         Err(_) => ApiOutcome::Unreadable,
         Ok(e) if e.errcode == 0 => ApiOutcome::Ok,
+        Ok(e) if e.errcode == -1 => ApiOutcome::Busy,
         Ok(e) if matches!(e.errcode, 40001 | 40014 | 42001) => ApiOutcome::BadToken(e.errcode),
         Ok(e) => ApiOutcome::Refused(e.errcode, e.errmsg.chars().take(200).collect()),
     }
@@ -353,6 +356,7 @@ mod tests {
                 br#"{"errcode":48001}"#,
                 ApiOutcome::Refused(48001, String::new()),
             ),
+            (br#"{"errcode":-1,"errmsg":"system error"}"#, ApiOutcome::Busy),
             (b"<html>502</html>", ApiOutcome::Unreadable),
         ];
         for (body, expected) in table {

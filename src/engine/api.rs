@@ -112,7 +112,7 @@ pub async fn access_token(
             .map_err(|_| PushError::Unreachable("stable_token answered without a token".into()))?,
         ApiOutcome::Refused(code, msg) => return Err(PushError::Refused(code, msg)),
         ApiOutcome::BadToken(code) => return Err(PushError::Refused(code, String::new())),
-        ApiOutcome::Unreadable => {
+        ApiOutcome::Unreadable | ApiOutcome::Busy => {
             return Err(PushError::Unreachable(
                 "stable_token answered something else".into(),
             ))
@@ -172,7 +172,8 @@ pub async fn push(
                 stale = Some(token);
             }
             Ok((_, ApiOutcome::Refused(code, msg))) => return Err(PushError::Refused(code, msg)),
-            Ok((_, ApiOutcome::Unreadable)) | Err(PushError::Unreachable(_))
+            Ok((_, ApiOutcome::Unreadable | ApiOutcome::Busy))
+            | Err(PushError::Unreachable(_))
                 if tries < PUSH_TRIES =>
             {
                 tokio::time::sleep(pause).await;
