@@ -356,7 +356,10 @@ mod tests {
                 br#"{"errcode":48001}"#,
                 ApiOutcome::Refused(48001, String::new()),
             ),
-            (br#"{"errcode":-1,"errmsg":"system error"}"#, ApiOutcome::Busy),
+            (
+                br#"{"errcode":-1,"errmsg":"system error"}"#,
+                ApiOutcome::Busy,
+            ),
             (b"<html>502</html>", ApiOutcome::Unreadable),
         ];
         for (body, expected) in table {

@@ -172,8 +172,7 @@ pub async fn push(
                 stale = Some(token);
             }
             Ok((_, ApiOutcome::Refused(code, msg))) => return Err(PushError::Refused(code, msg)),
-            Ok((_, ApiOutcome::Unreadable | ApiOutcome::Busy))
-            | Err(PushError::Unreachable(_))
+            Ok((_, ApiOutcome::Unreadable | ApiOutcome::Busy)) | Err(PushError::Unreachable(_))
                 if tries < PUSH_TRIES =>
             {
                 tokio::time::sleep(pause).await;
@@ -182,6 +181,11 @@ pub async fn push(
             Ok((_, ApiOutcome::Unreadable)) => {
                 return Err(PushError::Unreachable(
                     "the API answered something else".into(),
+                ))
+            }
+            Ok((_, ApiOutcome::Busy)) => {
+                return Err(PushError::Unreachable(
+                    "the API stayed busy (errcode -1)".into(),
                 ))
             }
             Err(e) => return Err(e),
