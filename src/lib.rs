@@ -7,14 +7,19 @@
 //!   ([`core::message`]) and lets the rules decide ([`core::rules`]);
 //!   `Responder::complete(..) -> Response` renders ([`core::reply`]) and seals the
 //!   answer; `Response::write_cgi` is the one response writer. [`core::error`] is the
-//!   one place that maps a refusal to a status. The WeChat facts it relies on are in
-//!   `docs/protocol.md`.
+//!   one place that maps a refusal to a status. [`core::late`] is the late-answer
+//!   policy (pick-up words, the `pending` reply, WeChat's custom-message JSON and API
+//!   errcodes). The WeChat facts it relies on are in `docs/protocol.md`.
 //! - [`engine`]: the async answer path both shells share: settles each message's
 //!   answer once through a store ([`engine::store`]: claims as leases, stored answers,
 //!   query bindings, waiting; in memory, in a SQLite file shared by the machine's
-//!   processes, or in Redis shared by every machine), runs reply programs ([`engine::program`]: once, killed
-//!   with their process group on timeout, capped), keeps the reply budget. Time is
-//!   tokio's clock, so tests pause and advance it.
+//!   processes, or in Redis shared by every machine; plus small shared values: counters,
+//!   marks, lists), runs reply programs ([`engine::program`]: once, killed with their
+//!   process group on timeout, capped) and HTTP reply hooks ([`engine::http`]), keeps
+//!   the reply budget, and carries out late answers (`engine/late.rs`: holding
+//!   WeChat's early attempts, pick-ups, customer-service pushes through
+//!   [`engine::api`] with one access token shared in the store). Time is tokio's
+//!   clock, so tests pause and advance it.
 //! - [`config`]: the TOML config. `Config::load` does the IO (the file, its
 //!   permissions, program paths); parsing and validation are pure
 //!   ([`config::defaults`] holds every default and range). Errors name the key.
@@ -42,8 +47,9 @@
 //!   (limits, timeouts, a config that cannot load) through `core::Response::rejected`.
 //! - `core` reads no clock, socket, file, environment or randomness: `now` and `rng`
 //!   are arguments, so every case is testable in process.
-//! - Secrets (`Token`, `AesKey`) are compared in constant time and never logged
-//!   (`Debug` redacts; config errors never quote the file).
+//! - Secrets (`Token`, `AesKey`, the AppSecret, the access token) are compared in
+//!   constant time where compared and never logged (`Debug` redacts; config errors
+//!   never quote the file; HTTP errors are logged without their URL).
 //! - Nothing that came from the network or a file is `unwrap`ped.
 //! - A message's answer is decided once: retries and replays get it from the engine's
 //!   store; the store's interface assumes nothing about processes (leases, not

@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -581,4 +582,55 @@ fn customer_service_token_is_fetched_once_across_two_processes() {
     assert_eq!(api.wait_pushes(2).len(), 2);
     assert_eq!(runs(&dir), 2);
     assert_eq!(api.tokens.load(Ordering::SeqCst), 1, "one token for both");
+}
+
+/// The examples in scripts/examples answer as the README says: the slow program held
+/// and picked up, the hook server inline.
+#[test]
+fn the_slow_bot_and_hook_server_examples_work() {
+    let dir = TempDir::new("late-examples");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/examples");
+    let hook_port = free_port();
+    let hook_log = dir.path("hook.log");
+    // Stopped (TERM, then its group) when dropped, also when the test fails.
+    let _hook = Proc {
+        child: std::process::Command::new("python3")
+            .arg(format!("{examples}/hook-server.py"))
+            .arg(hook_port.to_string())
+            .env("HOOK_DELAY", "0")
+            .process_group(0)
+            .stderr(std::fs::File::create(&hook_log).unwrap())
+            .spawn()
+            .expect("python3 (scripts/test.sh installs it)"),
+        stderr: hook_log,
+        is_nginx: false,
+    };
+    let rules = format!(
+        "[[rule]]\nprefix = \"think\"\n\
+         run = {{ command = [\"{examples}/slow-bot.sh\"], timeout_ms = 20000, env = {{ SLOW_BOT_SECONDS = \"2.5\" }} }}\n\
+         [[rule]]\nprefix = \"ask \"\nrun = {{ url = \"http://127.0.0.1:{hook_port}/wechat-reply\", timeout_ms = 5000 }}\n"
+    );
+    let config = write_config(&dir, &late_rules(&dir, "mode = \"hold\"", &rules));
+    let (_server, fcgi) = start_server(&dir, &config);
+    let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", hook_port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "hook-server.py did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        say(port, "ask what time is it", 1),
+        "You asked: what time is it"
+    );
+    assert_eq!(
+        deliver(port, &message("think hard", 2)),
+        Some((3, "pending".into()))
+    );
+    assert_eq!(
+        pick_up(port, 3),
+        "You said: think hard (thought about it for 2.5 s)"
+    );
 }
