@@ -492,7 +492,11 @@ fn customer_service_config(dir: &TempDir, api_port: u16, extra: &str) -> std::pa
 fn customer_service_pushes_refreshes_a_refused_token_and_falls_back_to_pickup() {
     let dir = TempDir::new("late-cs");
     let api = Api::start(&dir.path("ca.pem"));
-    let config = customer_service_config(&dir, api.server.port, "");
+    let config = customer_service_config(
+        &dir,
+        api.server.port,
+        "[archive]\nto = \"jsonl:archive.jsonl\"\n",
+    );
     let (server, fcgi) = start_server(&dir, &config);
     let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
 
@@ -530,6 +534,25 @@ fn customer_service_pushes_refreshes_a_refused_token_and_falls_back_to_pickup() 
     wait_for_log(&server, "errcode 45015");
     assert_eq!(say(port, "1", 50), "late answer");
     assert_eq!(say(port, "1", 51), "default", "picked up once");
+    // The archive has each message (answered `success` for a push) and each push.
+    let archive = std::fs::read_to_string(dir.path("archive.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = archive
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let pushes: Vec<_> = records
+        .iter()
+        .filter(|r| r.get("pushed").is_some())
+        .collect();
+    assert_eq!(pushes.len(), 3, "{archive}");
+    assert_eq!(pushes[0]["pushed"], true);
+    assert_eq!(pushes[0]["reply"]["text"], "late answer");
+    assert_eq!(pushes[2]["pushed"], false);
+    assert!(pushes[2]["error"].as_str().unwrap().contains("45015"));
+    assert!(records
+        .iter()
+        .any(|r| r["via"] == "customer_service" && r["message"]["MsgId"] == "1"));
+    assert!(records.iter().any(|r| r["via"] == "pickup"));
     let log = server.log();
     assert!(log.contains("via=customer_service"), "{log}");
     assert!(

@@ -206,6 +206,7 @@ impl Engine {
         let store = self.store.clone();
         let api = self.api();
         let client = self.http();
+        let archive = self.archive.clone();
         let task = tokio::spawn(async move {
             let answer = loop {
                 match peek(&store, &key).await {
@@ -233,6 +234,20 @@ impl Engine {
                 )),
                 (_, Err(e)) => Err(super::api::PushError::Unreachable(e.clone())),
             };
+            if let Some(archive) = &archive {
+                // The push's outcome, beside the message's own record.
+                let record = serde_json::json!({
+                    "received_ms": super::unix_ms(),
+                    "from": follower,
+                    "key": key,
+                    "via": "customer_service",
+                    "rule": &*answer.rule,
+                    "reply": serde_json::to_value(&*reply).unwrap_or_default(),
+                    "pushed": pushed.is_ok(),
+                    "error": pushed.as_ref().err().map(ToString::to_string),
+                });
+                archive.record(record.to_string().into_bytes()).await;
+            }
             match pushed {
                 Ok(()) => {
                     store.set(&late_name(&key), b"D", ttl).await;

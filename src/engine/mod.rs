@@ -538,10 +538,7 @@ async fn hook(
 /// One archive line: when, who, the message as programs get it, the answer and how it
 /// came about.
 fn archive_record(pending: &Pending, answer: Option<&Answer>, latency: Duration) -> Vec<u8> {
-    let received_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-        .saturating_sub(latency.as_millis() as u64);
+    let received_ms = unix_ms().saturating_sub(latency.as_millis() as u64);
     let (via, rule, reply) = match answer {
         Some(a) => (a.via, &*a.rule, a.reply.as_deref()),
         None => (Via::Deadline, "-", None),
@@ -568,6 +565,13 @@ fn archive_record(pending: &Pending, answer: Option<&Answer>, latency: Duration)
         line.push(b'}');
     }
     line
+}
+
+/// The Unix time in milliseconds.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The Unix time in seconds (0 if the clock is before 1970).
