@@ -40,7 +40,14 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
                 cache_entries: 2,
                 ..config.server.engine
             };
-            let mut engine = Engine::open(config.responder.clone(), engine_config, &config.store)?;
+            let mut responder = config.responder.clone();
+            if !config.store.is_shared() {
+                // Nothing outlives this process in memory: WeChat's attempts cannot be
+                // counted nor an answer kept for a pick-up, and holding every attempt
+                // would answer none. `check-config` says so.
+                responder.late.mode = crate::core::late::LateMode::Off;
+            }
+            let mut engine = Engine::open(responder, engine_config, &config.store)?;
             engine.set_api(config.api.clone());
             if let Some(spec) = &config.archive {
                 engine = engine.with_archive(crate::archive::Archive::open(spec)?);

@@ -340,7 +340,7 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
             if late.mode != crate::core::late::LateMode::Off
                 && matches!(config.store, crate::config::StoreSpec::Memory)
             {
-                println!("note: late answers are kept in this process's memory: under CGI, mod_fcgid or several instances they need a shared [state] store");
+                println!("note: late answers are kept in this process's memory: under mod_fcgid or several instances they need a shared [state] store, and in CGI mode they are off (each request is a new process) unless the store is sqlite: or redis://");
             }
             if let Some(api) = &config.api {
                 // Reading the CA file now rather than at the first push.

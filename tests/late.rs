@@ -678,3 +678,86 @@ fn the_slow_bot_and_hook_server_examples_work() {
         "You said: think hard (thought about it for 2.5 s)"
     );
 }
+
+/// One CGI request (as Apache's mod_cgi runs it): returns the reply's content once the
+/// process closed its stdout (it may stay alive to finish a program).
+fn cgi(config: &std::path::Path, body: &str) -> (String, std::process::Child) {
+    let mut child = std::process::Command::new(BIN)
+        .env_clear()
+        .envs([
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("WECHAT_FCGI_CONFIG", config.to_str().unwrap()),
+            ("REQUEST_METHOD", "POST"),
+            ("QUERY_STRING", &signed("cgi")),
+            ("CONTENT_LENGTH", &body.len().to_string()),
+            ("PATH", "/usr/bin:/bin"),
+        ])
+        .process_group(0)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (content(body), child)
+}
+
+/// CGI mode over a SQLite file: each attempt is its own process, held or answered
+/// `pending` as in a server; the pick-up is one more process. With the memory store,
+/// late answers are off in CGI mode (`success` at the budget).
+#[test]
+fn hold_in_cgi_mode_over_sqlite_and_off_with_memory() {
+    let dir = TempDir::new("late-cgi");
+    let rules = late_rules(&dir, "mode = \"hold\"", "");
+    let config = write_config(
+        &dir,
+        &format!("[state]\nstore = \"sqlite:state.db\"\n{rules}"),
+    );
+    let attempt = |n: u64| {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(PATIENCE * (n as u32 - 1));
+            let started = Instant::now();
+            let (reply, mut child) = cgi(&config, &message("late", 5));
+            let waited = started.elapsed();
+            child.wait().unwrap();
+            (reply, waited)
+        })
+    };
+    let attempts: Vec<_> = (1..=3).map(attempt).collect();
+    let replies: Vec<(String, Duration)> =
+        attempts.into_iter().map(|a| a.join().unwrap()).collect();
+    assert_eq!(replies[2].0, "pending", "{replies:?}");
+    assert!(replies[2].1 < Duration::from_millis(1000), "{replies:?}");
+    for (reply, waited) in &replies[..2] {
+        assert_eq!(reply, "success", "held, then late: {replies:?}");
+        assert!(
+            *waited > PATIENCE,
+            "held past WeChat's patience: {replies:?}"
+        );
+    }
+    let (picked, mut child) = cgi(&config, &message("1", 6));
+    child.wait().unwrap();
+    assert_eq!(picked, "late answer");
+    assert_eq!(runs(&dir), 1, "one program for the three processes");
+
+    let memory = write_config(&dir, &late_rules(&dir, "mode = \"hold\"", ""));
+    let started = Instant::now();
+    let (reply, mut child) = cgi(&memory, &message("late", 7));
+    assert_eq!(reply, "success");
+    assert!(started.elapsed() < Duration::from_millis(1500), "not held");
+    child.wait().unwrap();
+}

@@ -230,6 +230,11 @@ pub enum StoreSpec {
 }
 
 impl StoreSpec {
+    /// Whether other processes see what the store holds (not `memory`).
+    pub fn is_shared(&self) -> bool {
+        !matches!(self, StoreSpec::Memory)
+    }
+
     /// Parse `memory` or `sqlite:PATH` (pure: the path is only joined to `base`).
     pub fn parse(text: &str, base: &Path) -> Result<StoreSpec, String> {
         if text == "memory" {
