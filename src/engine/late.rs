@@ -456,7 +456,7 @@ mod tests {
     async fn waiting_answers_go_out_in_order_and_expire_after_pickup_ttl() {
         let engine = engine("hold");
         let t0 = Instant::now();
-        for id in [10, 11] {
+        for id in [10, 11, 12] {
             let key = hold(&engine, id).await;
             let tasks: Vec<_> = (1..=3).map(|n| attempt(&engine, t0, n, id)).collect();
             tokio::time::sleep_until(t0 + Duration::from_secs(11)).await;
@@ -467,12 +467,14 @@ mod tests {
         }
         let first = post(&engine, "1", 200).await;
         assert!(text(&first).contains("answer 10"), "{}", text(&first));
+        let second = post(&engine, "1", 201).await;
+        assert!(text(&second).contains("answer 11"), "{}", text(&second));
         tokio::time::sleep(Duration::from_secs(61)).await;
-        let expired = post(&engine, "1", 201).await;
+        let expired = post(&engine, "1", 202).await;
         assert_eq!(
             via(&expired),
             Via::Rule,
-            "answer 11 expired after pickup_ttl_secs"
+            "answer 12 expired after pickup_ttl_secs"
         );
     }
 
