@@ -455,15 +455,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waiting_answers_go_out_in_order_and_expire_after_pickup_ttl() {
         let engine = engine("hold");
-        let t0 = Instant::now();
         for id in [10, 11, 12] {
+            let t0 = Instant::now();
             let key = hold(&engine, id).await;
             let tasks: Vec<_> = (1..=3).map(|n| attempt(&engine, t0, n, id)).collect();
             tokio::time::sleep_until(t0 + Duration::from_secs(11)).await;
             finish(&engine, &key, &format!("answer {id}")).await;
+            let mut vias = Vec::new();
             for t in tasks {
-                t.await.unwrap();
+                vias.push(via(&t.await.unwrap().0));
             }
+            assert_eq!(vias, [Via::LateDone, Via::LateDone, Via::LateHold]);
         }
         let first = post(&engine, "1", 200).await;
         assert!(text(&first).contains("answer 10"), "{}", text(&first));
