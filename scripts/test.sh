@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need when missing (nginx, libfcgi-bin's cgi-fcgi, redis-server,
-# apache2 with mod_fcgid, lighttpd, python3 for the hook example;
+# apache2 with mod_fcgid, lighttpd, spawn-fcgi, python3 for the hook example;
 # the tests start their own on free loopback ports), then run the
 # gates and every test: rustfmt, clippy (warnings are errors), the fuzz targets build,
 # cargo test. Usage: scripts/test.sh [extra cargo test args]
@@ -15,6 +15,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -f /usr/lib/apache2/modules/mod_fcgid.so ] || need+=(libapache2-mod-fcgid)
 [ -x /usr/sbin/lighttpd ] || need+=(lighttpd)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v spawn-fcgi >/dev/null 2>&1 || need+=(spawn-fcgi)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing ${need[*]}"
     sudo_cmd=""

@@ -40,6 +40,8 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
                 cache_entries: 2,
                 ..config.server.engine
             };
+            crate::log::configure(config.log.file.as_deref(), config.log.json)
+                .map_err(|e| anyhow::anyhow!("log.file: {e}"))?;
             let mut responder = config.responder.clone();
             if !config.store.is_shared() {
                 // Nothing outlives this process in memory: WeChat's attempts cannot be

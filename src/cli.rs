@@ -324,6 +324,21 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 }
                 println!("archive: {archive} (writable)");
             }
+            if let Some(file) = &config.log.file {
+                if let Err(e) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)
+                {
+                    eprintln!("{}: log.file: {}: {e}", path.display(), file.display());
+                    return Ok(ExitCode::from(1));
+                }
+                println!(
+                    "log: {} ({})",
+                    file.display(),
+                    if config.log.json { "json" } else { "text" }
+                );
+            }
             let late = &config.responder.late;
             println!(
                 "late answers: {}{}",
@@ -369,8 +384,29 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Reopen the log file (`[log] file`) and the archive, for logrotate.
+fn reopen_files(archive: Option<&crate::archive::Archive>) {
+    if let Err(e) = crate::log::reopen() {
+        tracing::error!(error = %e, "log file: cannot reopen it: still writing to the old one");
+    }
+    if let Some(archive) = archive {
+        archive.reopen();
+    }
+}
+
 fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
+    if let Err(e) = crate::log::configure(config.log.file.as_deref(), config.log.json) {
+        anyhow::bail!(
+            "log.file {}: {e}",
+            config
+                .log
+                .file
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display()
+        );
+    }
     let config_path = config_path.map(Path::to_path_buf);
     let (listener, source) = listen::acquire(
         flag,
@@ -436,14 +472,16 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
             engine = engine.with_archive(crate::archive::Archive::open(spec)?);
         }
         let engine = Arc::new(engine);
-        if let Some(archive) = engine.archive().cloned() {
-            // logrotate: either signal reopens the file (SIGHUP also reloads the config).
+        {
+            // logrotate: SIGUSR1 reopens the log file and the archive (SIGHUP does too,
+            // and also reloads the config).
+            let archive = engine.archive().cloned();
             let mut usr1 =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
             tokio::spawn(async move {
                 while usr1.recv().await.is_some() {
-                    archive.reopen();
-                    tracing::info!("SIGUSR1: archive reopened");
+                    reopen_files(archive.as_ref());
+                    tracing::info!("SIGUSR1: log file and archive reopened");
                 }
             });
         }
@@ -454,9 +492,7 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         let reloading = engine.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                if let Some(archive) = reloading.archive() {
-                    archive.reopen();
-                }
+                reopen_files(reloading.archive());
                 reload(&reloading, config_path.as_deref(), &server_settings);
             }
         });

@@ -80,9 +80,155 @@ pub fn init(buffered: bool, default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(Stderr)
-        .with_target(false)
-        .with_ansi(false)
+        .event_format(LineFormat)
         .try_init();
+}
+
+/// Where lines go instead of stderr (`[log] file`), and the path to reopen.
+static FILE: Mutex<Option<(std::path::PathBuf, std::fs::File)>> = Mutex::new(None);
+/// `[log] format = "json"`: one JSON object per line.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Apply `[log]`: write to `file` (created with mode 0640, appended to) instead of
+/// stderr, and in `json` or text format. Lines already logged stay where they went.
+pub fn configure(file: Option<&std::path::Path>, json: bool) -> std::io::Result<()> {
+    // Lines logged before this (config warnings) go out where and as they were made.
+    flush();
+    if let Some(path) = file {
+        let opened = open_log(path)?;
+        *FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some((path.to_path_buf(), opened));
+    }
+    JSON.store(json, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Reopen `[log] file` (logrotate moved it away): SIGUSR1. A failure keeps the old
+/// file open and says why.
+pub fn reopen() -> std::io::Result<()> {
+    let mut file = FILE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((path, current)) = file.as_mut() {
+        *current = open_log(path)?;
+    }
+    Ok(())
+}
+
+/// Whether lines go to a file (`[log] file`).
+pub fn to_file() -> bool {
+    FILE.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+}
+
+fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// Write finished lines to the log file, or to stderr.
+fn write_out(data: &[u8]) {
+    let mut file = FILE.lock().unwrap_or_else(|e| e.into_inner());
+    // Nowhere to report a failed log write; dropping the lines is all we can do.
+    match file.as_mut() {
+        Some((_, f)) => {
+            let _ = f.write_all(data);
+        }
+        None => {
+            let _ = std::io::stderr().lock().write_all(data);
+        }
+    }
+}
+
+/// The line format: text (`<time>  INFO message k=v ..`, as `tracing`'s default
+/// formatter writes it) or one JSON object (`{"time":..,"level":..,"message":..,k:v}`).
+struct LineFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for LineFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let level = *event.metadata().level();
+        let mut line = Vec::with_capacity(160);
+        if JSON.load(Ordering::Relaxed) {
+            let mut object = serde_json::Map::new();
+            object.insert("time".into(), timestamp_string().into());
+            object.insert("level".into(), level.as_str().into());
+            object.insert("message".into(), fields.message.into());
+            for (key, value) in fields.pairs {
+                object.insert(key.into(), value);
+            }
+            line = serde_json::to_vec(&object).unwrap_or_default();
+        } else {
+            timestamp(&mut line);
+            let _ = write!(line, " {:>5} {}", level.as_str(), fields.message);
+            for (key, value) in fields.pairs {
+                match value {
+                    serde_json::Value::String(text) => {
+                        let _ = write!(line, " {key}={text}");
+                    }
+                    other => {
+                        let _ = write!(line, " {key}={other}");
+                    }
+                }
+            }
+        }
+        line.push(b'\n');
+        writer.write_str(&String::from_utf8_lossy(&line))
+    }
+}
+
+/// An event's message and fields.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    pairs: Vec<(&'static str, serde_json::Value)>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.message = text;
+        } else {
+            self.pairs.push((field.name(), text.into()));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_owned();
+        } else {
+            // Quoted in text, as `tracing`'s formatter does; a plain string in JSON.
+            let shown = if JSON.load(Ordering::Relaxed) {
+                value.to_owned()
+            } else {
+                format!("{value:?}")
+            };
+            self.pairs.push((field.name(), shown.into()));
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.pairs.push((field.name(), value.into()));
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.pairs.push((field.name(), value.into()));
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.pairs.push((field.name(), value.into()));
+    }
 }
 
 /// Lines dropped since start because stderr did not take them.
@@ -146,18 +292,27 @@ fn writer() {
             std::mem::swap(&mut shared.buf, &mut out);
         }
         let lost = UNREPORTED.swap(0, Ordering::Relaxed);
-        let mut stderr = std::io::stderr().lock();
         if lost > 0 {
             let mut note = Vec::with_capacity(120);
-            timestamp(&mut note);
-            note.extend_from_slice(b"  WARN log lines dropped: stderr did not take them dropped=");
-            note.extend_from_slice(itoa::Buffer::new().format(lost).as_bytes());
+            if JSON.load(Ordering::Relaxed) {
+                let object = serde_json::json!({
+                    "time": timestamp_string(),
+                    "level": "WARN",
+                    "message": "log lines dropped: the log did not take them",
+                    "dropped": lost,
+                });
+                note = serde_json::to_vec(&object).unwrap_or_default();
+            } else {
+                timestamp(&mut note);
+                note.extend_from_slice(
+                    b"  WARN log lines dropped: the log did not take them dropped=",
+                );
+                note.extend_from_slice(itoa::Buffer::new().format(lost).as_bytes());
+            }
             note.push(b'\n');
-            let _ = stderr.write_all(&note);
+            write_out(&note);
         }
-        // Nowhere to report a failed log write; dropping the batch is all we can do.
-        let _ = stderr.write_all(&out);
-        drop(stderr);
+        write_out(&out);
         out.clear();
         if out.capacity() > 4 * FLUSH_AT {
             out.shrink_to(FLUSH_AT);
@@ -209,7 +364,7 @@ impl Write for LineWriter {
             }
         }
         if !self.buffered {
-            let _ = std::io::stderr().lock().write_all(data);
+            write_out(data);
             return Ok(data.len());
         }
         let mut shared = lock();
@@ -266,6 +421,28 @@ pub fn request_line(fields: &[(&str, Value<'_>)]) {
         return;
     }
     let mut line = Vec::with_capacity(160);
+    if JSON.load(Ordering::Relaxed) {
+        let mut object = serde_json::Map::new();
+        object.insert("time".into(), timestamp_string().into());
+        object.insert("level".into(), "INFO".into());
+        object.insert("message".into(), "request".into());
+        for (key, value) in fields {
+            let value: serde_json::Value = match value {
+                Value::Str(v) => (*v).into(),
+                Value::Num(n) => (*n).into(),
+            };
+            object.insert((*key).into(), value);
+        }
+        line = serde_json::to_vec(&object).unwrap_or_default();
+        line.push(b'\n');
+        let mut out = LineWriter {
+            buffered: BUFFERED.load(Ordering::Relaxed),
+            urgent: false,
+            sanitize: false,
+        };
+        let _ = out.write_all(&line);
+        return;
+    }
     timestamp(&mut line);
     line.extend_from_slice(b"  INFO request");
     for (key, value) in fields {
@@ -373,6 +550,13 @@ pub enum Value<'a> {
 thread_local! {
     /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
     static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// [`timestamp`] as a string.
+fn timestamp_string() -> String {
+    let mut out = Vec::with_capacity(27);
+    timestamp(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `2026-11-25T21:47:09.411359Z` (UTC, microseconds), as `tracing`'s formatter writes it.

@@ -36,6 +36,8 @@ pub struct Config {
     pub responder: Responder,
     /// WeChat's API (customer-service pushes), when `account.appsecret` is given.
     pub api: Option<ApiSpec>,
+    /// `[log]`: where the log goes and in which format.
+    pub log: LogSpec,
     /// Things that work but are probably not what the owner meant.
     pub warnings: Vec<String>,
 }
@@ -164,6 +166,19 @@ impl Config {
             .default
             .and_then(|d| rules::validate_default(d, &mut check));
         let late = raw.late.validate(api.is_some(), &mut check);
+        let log = LogSpec {
+            file: raw.log.file.map(|f| base.join(f)),
+            json: match raw.log.format.as_deref().unwrap_or("text") {
+                "text" => false,
+                "json" => true,
+                other => {
+                    problems.push(format!(
+                        "log.format: {other:?} is not one of \"text\", \"json\""
+                    ));
+                    false
+                }
+            },
+        };
         match account {
             Some(account) if problems.is_empty() => Ok(Config {
                 responder: Responder {
@@ -174,6 +189,7 @@ impl Config {
                     late,
                 },
                 api,
+                log,
                 server,
                 store,
                 archive,
@@ -206,6 +222,15 @@ impl Config {
             }
         }
     }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSpec {
+    /// Write the log to this file (reopened on SIGUSR1 and SIGHUP) instead of stderr.
+    pub file: Option<PathBuf>,
+    /// One JSON object per line instead of text.
+    pub json: bool,
 }
 
 /// `[state] key_prefix` when not given.

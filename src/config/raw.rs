@@ -20,6 +20,16 @@ pub(super) struct RawConfig {
     pub(super) archive: Option<RawArchive>,
     #[serde(default)]
     pub(super) late: RawLate,
+    #[serde(default)]
+    pub(super) log: RawLog,
+}
+
+/// `[log]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) file: Option<String>,
+    pub(super) format: Option<String>,
 }
 
 /// `[late]`.
