@@ -471,7 +471,13 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         if let Some(spec) = &config.archive {
             engine = engine.with_archive(crate::archive::Archive::open(spec)?);
         }
-        let engine = Arc::new(engine);
+        if config.server.status.is_some() {
+            crate::metrics::METRICS.enable(
+                config.server.engine.reply_budget,
+                config.server.limits.max_connections,
+            );
+        }
+        let engine = Arc::new(engine.with_status(config.server.status.clone()));
         {
             // logrotate: SIGUSR1 reopens the log file and the archive (SIGHUP does too,
             // and also reloads the config).
@@ -529,9 +535,11 @@ fn reload(
             let rules = config.responder.rules.rules.len();
             engine.reload(config.responder);
             engine.set_api(config.api);
+            crate::metrics::METRICS.reload(true);
             tracing::info!(rules, "SIGHUP: config reloaded");
         }
         Err(e) => {
+            crate::metrics::METRICS.reload(false);
             tracing::error!("SIGHUP: config not reloaded, the previous one stays in force: {e:#}")
         }
     }

@@ -64,5 +64,6 @@ pub mod engine;
 pub mod fcgi;
 pub mod listen;
 pub mod log;
+pub mod metrics;
 pub mod privileges;
 pub mod sample;

@@ -21,7 +21,7 @@ use crate::core::rules::{Action, Rules};
 use crate::core::Responder;
 pub use late::ApiSpec;
 use raw::RawConfig;
-pub use server::{Limits, ServerConfig};
+pub use server::{Limits, ServerConfig, StatusConfig};
 
 /// A loaded, validated config.
 #[derive(Debug, Clone)]

@@ -83,6 +83,9 @@ pub(super) struct RawServer {
     pub(super) group: Option<String>,
     pub(super) socket_owner: Option<String>,
     pub(super) socket_group: Option<String>,
+    pub(super) status_path: Option<String>,
+    pub(super) ping_path: Option<String>,
+    pub(super) status_allowed: Option<Vec<String>>,
 }
 
 /// `[account]`.

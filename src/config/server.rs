@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub timestamp_window_secs: u64,
     /// TCP peers allowed to connect (PHP-FPM's listen.allowed_clients); None: any.
     pub allowed_clients: Option<Vec<std::net::IpAddr>>,
+    /// The status and ping paths, when either is set.
+    pub status: Option<StatusConfig>,
     /// `user` (and `group`): who to run as after binding. The names are resolved when
     /// serving starts (a lookup in the system's user database is IO).
     pub user: Option<String>,
@@ -34,6 +36,17 @@ pub struct ServerConfig {
     pub socket_owner: Option<String>,
     /// See `socket_owner`.
     pub socket_group: Option<String>,
+}
+
+/// `[server] status_path`, `ping_path`, `status_allowed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusConfig {
+    /// `status_path`: answers the status (JSON, or Prometheus' text format).
+    pub status_path: Option<String>,
+    /// `ping_path`: answers `pong`.
+    pub ping_path: Option<String>,
+    /// `status_allowed`: the `REMOTE_ADDR`s that may read them.
+    pub allowed: Vec<std::net::IpAddr>,
 }
 
 /// Explicit limits; see README "Limits" for what each protects against.
@@ -141,18 +154,40 @@ impl RawServer {
                         .to_owned(),
                 );
             }
-            list.iter()
-                .filter_map(|a| match a.trim().parse::<std::net::IpAddr>() {
-                    Ok(ip) => Some(ip.to_canonical()),
-                    Err(_) => {
-                        problems.push(format!(
-                            "server.allowed_clients: {a:?} is not an IPv4 or IPv6 address"
-                        ));
-                        None
-                    }
-                })
-                .collect()
+            addresses("server.allowed_clients", &list, problems)
         });
+        let status = match (self.status_path, self.ping_path) {
+            (None, None) => {
+                if self.status_allowed.is_some() {
+                    problems.push(
+                        "server.status_allowed: only goes with status_path or ping_path".to_owned(),
+                    );
+                }
+                None
+            }
+            (status_path, ping_path) => {
+                for (key, path) in [("status_path", &status_path), ("ping_path", &ping_path)] {
+                    if let Some(p) = path {
+                        if !p.starts_with('/') || p.contains(char::is_whitespace) {
+                            problems.push(format!(
+                                "server.{key}: {p:?} is not a path (like \"/wechat-status\")"
+                            ));
+                        }
+                    }
+                }
+                if status_path.is_some() && status_path == ping_path {
+                    problems.push("server.ping_path: the same as status_path".to_owned());
+                }
+                let allowed = self
+                    .status_allowed
+                    .unwrap_or_else(|| vec!["127.0.0.1".into(), "::1".into()]);
+                Some(StatusConfig {
+                    status_path,
+                    ping_path,
+                    allowed: addresses("server.status_allowed", &allowed, problems),
+                })
+            }
+        };
         if self.group.is_some() && self.user.is_none() {
             problems.push("server.group: only goes with server.user".to_owned());
         }
@@ -168,8 +203,22 @@ impl RawServer {
             engine,
             timestamp_window_secs,
             allowed_clients,
+            status,
         }
     }
+}
+
+/// Parse IP addresses, each problem naming `key`.
+fn addresses(key: &str, list: &[String], problems: &mut Vec<String>) -> Vec<std::net::IpAddr> {
+    list.iter()
+        .filter_map(|a| match a.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(ip.to_canonical()),
+            Err(_) => {
+                problems.push(format!("{key}: {a:?} is not an IPv4 or IPv6 address"));
+                None
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

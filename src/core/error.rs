@@ -76,6 +76,8 @@ pub enum Rejection {
     /// the body, so whoever saw a signed query (in an access log, say) could otherwise
     /// send any message with it while its timestamp is fresh.
     QueryReused,
+    /// The status or ping path asked from an address not in `status_allowed`.
+    StatusForbidden,
 }
 
 impl Rejection {
@@ -96,6 +98,7 @@ impl Rejection {
             Rejection::Misconfigured => 503,
             Rejection::AfterMsgSignature(_) => 400,
             Rejection::QueryReused => 403,
+            Rejection::StatusForbidden => 403,
             Rejection::BadParams
             | Rejection::BadContentLength
             | Rejection::BodyLength { .. }
@@ -118,6 +121,7 @@ impl Rejection {
             Rejection::BadContentLength => "malformed Content-Length",
             Rejection::AfterMsgSignature(_) => "encrypted message refused",
             Rejection::QueryReused => "signed query already used",
+            Rejection::StatusForbidden => "status not allowed from this address",
             Rejection::Misconfigured => "server misconfigured",
             Rejection::BodyLength { .. } => "body length does not match Content-Length",
             Rejection::ReadTimeout => "request timed out",
@@ -148,6 +152,7 @@ impl Rejection {
             Rejection::BadContentLength => "bad_content_length",
             Rejection::AfterMsgSignature(_) => "sealed_message_refused",
             Rejection::QueryReused => "query_reused",
+            Rejection::StatusForbidden => "status_forbidden",
             Rejection::Misconfigured => "misconfigured",
             Rejection::BodyLength { .. } => "body_length",
             Rejection::ReadTimeout => "read_timeout",
@@ -199,6 +204,9 @@ impl fmt::Display for Rejection {
                 f.write_str("request did not arrive within read_timeout_secs")
             }
             Rejection::Crypto(e) => write!(f, "encrypted message: {e}"),
+            Rejection::StatusForbidden => f.write_str(
+                "the status or ping path from an address not in server.status_allowed",
+            ),
             Rejection::QueryReused => f.write_str(
                 "this signed query came before with a different body: a replayed query with a forged message",
             ),

@@ -129,6 +129,8 @@ pub enum Outcome {
     },
     /// Refused; the cause is logged, the client sees its short reason.
     Rejected(Rejection),
+    /// The status page or the ping answer (`[server] status_path`, `ping_path`).
+    Status,
 }
 
 impl Outcome {
@@ -139,6 +141,7 @@ impl Outcome {
             Outcome::Reply { .. } => "reply",
             Outcome::Success { .. } => "success",
             Outcome::Rejected(r) => r.code(),
+            Outcome::Status => "status",
         }
     }
 
@@ -179,6 +182,16 @@ impl Response {
         out.extend_from_slice(digits.format(self.body.len()).as_bytes());
         out.extend_from_slice(b"\r\n\r\n");
         out.extend_from_slice(&self.body);
+    }
+
+    /// The status page or the ping answer.
+    pub fn status_page(content_type: &'static str, body: Vec<u8>) -> Response {
+        Response {
+            status: 200,
+            content_type,
+            body,
+            outcome: Outcome::Status,
+        }
     }
 
     /// `success`: the message was received and gets no reply.

@@ -234,6 +234,7 @@ impl Engine {
                 )),
                 (_, Err(e)) => Err(super::api::PushError::Unreachable(e.clone())),
             };
+            crate::metrics::METRICS.push(pushed.is_ok());
             if let Some(archive) = &archive {
                 // The push's outcome, beside the message's own record.
                 let record = serde_json::json!({

@@ -55,6 +55,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// The account's name in metrics (one account per config).
+const ACCOUNT: &str = "default";
+
 /// How long a program's claim on a message lasts past its timeout: the program is
 /// killed at its timeout, so an unanswered lease means its process died.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(1);
@@ -75,6 +78,8 @@ pub struct Engine {
     api: RwLock<Option<Arc<crate::config::ApiSpec>>>,
     /// The HTTP client (hooks and the API), made on first use.
     http: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    /// The status and ping paths, if configured.
+    status: Option<crate::config::StatusConfig>,
 }
 
 impl Engine {
@@ -123,7 +128,63 @@ impl Engine {
             config,
             api: RwLock::new(None),
             http: std::sync::OnceLock::new(),
+            status: None,
         }
+    }
+
+    /// Answer the status and ping paths (and count requests for the status).
+    /// Counting for the status page starts with [`crate::metrics::Metrics::enable`].
+    pub fn with_status(mut self, status: Option<crate::config::StatusConfig>) -> Engine {
+        self.status = status;
+        self
+    }
+
+    /// The status page or the ping answer, when `path` is one of theirs: JSON, or
+    /// Prometheus' text format when the query says `format=prometheus` or the client
+    /// accepts `text/plain; version=0.0.4`. 403 from an address not allowed.
+    pub fn status_page(
+        &self,
+        path: &str,
+        query: &str,
+        remote_addr: &str,
+        accept: &str,
+    ) -> Option<Response> {
+        let status = self.status.as_ref()?;
+        let is = |p: &Option<String>| p.as_deref() == Some(path);
+        let (is_status, is_ping) = (is(&status.status_path), is(&status.ping_path));
+        if !is_status && !is_ping {
+            return None;
+        }
+        let allowed = remote_addr
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| status.allowed.contains(&ip.to_canonical()));
+        if !allowed {
+            return Some(Response::rejected(Rejection::StatusForbidden));
+        }
+        if is_ping {
+            return Some(Response::status_page(
+                "text/plain; charset=utf-8",
+                b"pong\n".to_vec(),
+            ));
+        }
+        let others = crate::metrics::Others {
+            archive: self.archive.as_ref().map(|a| (a.written(), a.lost())),
+            log_dropped: crate::log::dropped(),
+        };
+        let prometheus = form_urlencoded::parse(query.as_bytes())
+            .any(|(k, v)| k == "format" && v == "prometheus")
+            || (accept.contains("text/plain") && accept.contains("0.0.4"));
+        Some(if prometheus {
+            Response::status_page(
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::prometheus(ACCOUNT, others),
+            )
+        } else {
+            Response::status_page(
+                "application/json",
+                crate::metrics::json(ACCOUNT, others, unix_now()),
+            )
+        })
     }
 
     /// Use WeChat's API with these credentials (customer-service pushes); `None`: no
@@ -419,6 +480,13 @@ impl Engine {
                 None => crate::log::Escaped(program.command.first().map_or("", String::as_str))
                     .to_string(),
             };
+            crate::metrics::METRICS.program(match &result {
+                Ok(_) => crate::metrics::ProgramEnd::Answered,
+                Err(cause) if cause.starts_with("timed out") => {
+                    crate::metrics::ProgramEnd::TimedOut
+                }
+                Err(_) => crate::metrics::ProgramEnd::Failed,
+            });
             let answer = match result {
                 Ok(reply) => {
                     tracing::info!(

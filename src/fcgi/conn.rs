@@ -38,6 +38,12 @@ pub struct HttpParams {
     pub query: String,
     /// `CONTENT_LENGTH`, when given and a number.
     pub content_length: Option<usize>,
+    /// `DOCUMENT_URI` (nginx), else `SCRIPT_NAME`: which path was asked for.
+    pub path: String,
+    /// `REMOTE_ADDR`.
+    pub remote_addr: String,
+    /// `HTTP_ACCEPT`.
+    pub accept: String,
 }
 
 /// What one record did to the connection.
@@ -247,6 +253,10 @@ impl Connection {
             match name {
                 b"REQUEST_METHOD" => http.method = text(),
                 b"QUERY_STRING" => http.query = text(),
+                b"DOCUMENT_URI" => http.path = text(),
+                b"SCRIPT_NAME" if http.path.is_empty() => http.path = text(),
+                b"REMOTE_ADDR" => http.remote_addr = text(),
+                b"HTTP_ACCEPT" => http.accept = text(),
                 b"CONTENT_LENGTH" => match parse_content_length(value) {
                     Ok(len) => http.content_length = len,
                     Err(rejection) => refusal = Some(rejection),

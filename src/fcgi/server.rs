@@ -53,10 +53,18 @@ pub async fn serve(
         };
         let engine = engine.clone();
         let shutdown = shutdown.clone();
+        let metrics = &crate::metrics::METRICS;
+        let counted = metrics.enabled();
+        if counted {
+            metrics.connection_opened();
+        }
         tokio::spawn(async move {
             match stream {
                 Stream::Tcp(s) => serve_connection(s, &engine, limits, shutdown).await,
                 Stream::Unix(s) => serve_connection(s, &engine, limits, shutdown).await,
+            }
+            if counted {
+                metrics.connection_closed();
             }
             drop(permit);
         });
@@ -333,10 +341,25 @@ fn answer<'a>(
     out: &'a mut Vec<u8>,
 ) -> std::pin::Pin<Box<impl std::future::Future<Output = ()> + 'a>> {
     Box::pin(async move {
-        let body = ready.body.as_deref().map_err(Clone::clone);
-        let response = engine
-            .answer(&ready.params.method, &ready.params.query, body, started)
-            .await;
+        let metrics = &crate::metrics::METRICS;
+        let counted = metrics.enabled();
+        if counted {
+            metrics.in_flight(true);
+        }
+        let p = &ready.params;
+        let response = match engine.status_page(&p.path, &p.query, &p.remote_addr, &p.accept) {
+            Some(page) => {
+                crate::log::request(&p.method, &page, started.elapsed());
+                page
+            }
+            None => {
+                let body = ready.body.as_deref().map_err(Clone::clone);
+                engine.answer(&p.method, &p.query, body, started).await
+            }
+        };
+        if counted {
+            metrics.in_flight(false);
+        }
         let mut stdout = Vec::with_capacity(128 + response.body.len());
         response.write_cgi(&mut stdout);
         record::write_stream(out, record::STDOUT, ready.request_id, &stdout);

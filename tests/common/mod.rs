@@ -367,7 +367,8 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
-        location = /wechat {{
+        # The callback, and the status and ping paths when a test configures them.
+        location ~ ^/wechat(-status|-ping)?$ {{
             fastcgi_pass wechat_fcgi;
             fastcgi_keep_conn on;
             fastcgi_param REQUEST_METHOD $request_method;
@@ -375,6 +376,7 @@ http {{
             fastcgi_param CONTENT_TYPE $content_type;
             fastcgi_param CONTENT_LENGTH $content_length;
             fastcgi_param REQUEST_URI $request_uri;
+            fastcgi_param DOCUMENT_URI $document_uri;
             fastcgi_param REMOTE_ADDR $remote_addr;
             fastcgi_param SERVER_PROTOCOL $server_protocol;
             client_max_body_size 1m;

@@ -342,6 +342,7 @@ impl RedisStore {
             Err(_) => format!("no answer within {} ms", TIMEOUT.as_millis()),
         };
         self.failures.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS.store_error();
         *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + BACKOFF);
         let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
         if warned.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {

@@ -388,6 +388,7 @@ impl SqliteStore {
                 }
             }
         };
+        crate::metrics::METRICS.store_error();
         let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
         if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
             tracing::warn!(
