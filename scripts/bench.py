@@ -4,7 +4,8 @@ bytes by itself (`return 200`), in the same run. See README "Performance".
 
 Usage: scripts/bench.sh [--quick] [--only=plain,safe:1024,plain@sqlite,plain@redis]
 (DURATION=seconds ROUNDS=n override; @STORE picks the [state] store: memory, sqlite, redis;
-@archive: the memory store with [archive] on)
+@archive: the memory store with [archive] on; @metrics: the memory store with the
+status page on, every request counted)
 """
 import os
 import re
@@ -118,13 +119,15 @@ class Stack:
             state = '[state]\nstore = "redis://127.0.0.1:%d/0"\n' % redis_port
         elif store == "archive":  # the memory store, and every message archived (synced)
             state = '[archive]\nto = "jsonl:%s"\n' % os.path.join(self.dir, "messages.jsonl")
+        # @metrics: the memory store with the status page on (every request counted).
+        status = 'status_path = "/wechat-status"\n' if store == "metrics" else ""
         cfg = os.path.join(self.dir, "wechat-fcgi.toml")
         # Large bodies: a smaller cache, so that the bodies wrk holds stay in memory.
         cache = DEFAULT_CACHE if content_bytes <= 1024 else 4096
         with open(cfg, "w") as f:
             # A long soak outlives the default 300 s window of the signed timestamp.
             f.write('[server]\nmax_connections = 4096\nmax_body_bytes = 1048576\ntimestamp_window_secs = 7200\n'
-                    'retry_cache_entries = %d\n[account]\ntoken = "%s"\n' % (cache, TOKEN))
+                    'retry_cache_entries = %d\n%s[account]\ntoken = "%s"\n' % (cache, status, TOKEN))
             if mode == "safe":
                 f.write('appid = "%s"\nmode = "safe"\nencoding_aes_key = "%s"\n' % (APPID, KEY))
             f.write('[[rule]]\ntext = "hi"\nreply = { text = "Hello! Thanks for your message." }\n')
@@ -134,7 +137,7 @@ class Stack:
         # and evicts the oldest), never a retry served from the cache.
         # A shared store (SQLite, Redis) evicts nothing within the retention: enough
         # distinct messages for the whole run, so that none comes back as a retry.
-        n = cache * 5 // 4 if store in ("memory", "archive") else int(os.environ.get("BENCH_MESSAGES", "250000"))
+        n = cache * 5 // 4 if store in ("memory", "archive", "metrics") else int(os.environ.get("BENCH_MESSAGES", "250000"))
         subprocess.run([BODIES, mode, str(n), str(content_bytes), self.dir], check=True)
         self.fcgi_port = free_port()
         self.log = open(os.path.join(self.dir, "wechat-fcgi.log"), "w")
@@ -377,6 +380,7 @@ def main():
         return
     compare("plain")
     compare("safe")
+    compare("plain", store="metrics")
     compare("plain", store="archive")
     compare("plain", store="sqlite")
     compare("plain", store="redis")
