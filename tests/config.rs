@@ -657,3 +657,38 @@ fn sign_with_a_config_encrypts_and_decrypts_in_safe_mode() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("wechat-fcgi "));
 }
+
+#[test]
+fn status_keys_are_checked() {
+    let rows = [
+        (
+            "[server]\nstatus_path = \"wechat-status\"\n",
+            "server.status_path: \"wechat-status\" is not a path",
+        ),
+        (
+            "[server]\nstatus_path = \"/s\"\nping_path = \"/s\"\n",
+            "server.ping_path: the same as status_path",
+        ),
+        (
+            "[server]\nstatus_allowed = [\"127.0.0.1\"]\n",
+            "server.status_allowed: only goes with status_path or ping_path",
+        ),
+        (
+            "[server]\nping_path = \"/p\"\nstatus_allowed = [\"localhost\"]\n",
+            "server.status_allowed: \"localhost\" is not an IPv4 or IPv6 address",
+        ),
+        (
+            "[log]\nformat = \"xml\"\n",
+            "log.format: \"xml\" is not one of \"text\", \"json\"",
+        ),
+    ];
+    for (text, needle) in rows {
+        let text = format!("{text}{OK_ACCOUNT}");
+        let err = Config::parse(&text).expect_err(&text).to_string();
+        assert!(err.contains(needle), "{text}\n{err}\nexpected: {needle}");
+    }
+    let ok = Config::parse(&format!("[server]\nping_path = \"/p\"\n{OK_ACCOUNT}")).unwrap();
+    let status = ok.server.status.unwrap();
+    assert_eq!(status.ping_path.as_deref(), Some("/p"));
+    assert_eq!(status.allowed.len(), 2, "loopback by default");
+}
