@@ -93,3 +93,58 @@ Alias /wechat {binary}
     front_end_checks(port, "/wechat");
     drop(apache);
 }
+
+/// Shared hosting: mod_cgid runs the binary as a CGI program from a folder whose
+/// `.htaccess` enables it (conf/apache.conf, recipe 3), with the config named by
+/// `SetEnv` and the log quiet (WARN) in Apache's error log.
+#[test]
+fn apache_mod_cgi_with_htaccess() {
+    let dir = TempDir::new("apache-cgi");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = write_config(&dir, &format!("[server]\nmax_body_bytes = 300000\n{RULES}"));
+    let public = dir.path("public");
+    std::fs::create_dir_all(&public).unwrap();
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(BIN, public.join("wechat.cgi")).unwrap();
+    std::fs::write(
+        public.join(".htaccess"),
+        format!(
+            "Options +ExecCGI\nAddHandler cgi-script .cgi\nSetEnv WECHAT_FCGI_CONFIG {}\n",
+            config.display()
+        ),
+    )
+    .unwrap();
+    let root = dir.0.display();
+    let (apache, port) = start_apache(
+        &dir,
+        &format!(
+            r#"LoadModule cgid_module {MODULES}/mod_cgid.so
+LoadModule mime_module {MODULES}/mod_mime.so
+LoadModule env_module {MODULES}/mod_env.so
+TypesConfig /dev/null
+ScriptSock {root}/cgid.sock
+DocumentRoot {root}/public
+<Directory />
+    AllowOverride None
+</Directory>
+<Directory {root}/public>
+    AllowOverride FileInfo Options
+    Require all granted
+</Directory>"#
+        ),
+    );
+    front_end_checks(port, "/wechat.cgi");
+    // CGI mode logs WARN and up: refusals reach Apache's error log, request lines do not.
+    let start = std::time::Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(dir.path("apache-error.log")).unwrap_or_default();
+        if log.contains("request refused") || start.elapsed() > std::time::Duration::from_secs(10) {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(log.contains("request refused"), "{log}");
+    assert!(!log.contains("INFO request"), "{log}");
+    drop(apache);
+}
