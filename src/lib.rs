@@ -34,9 +34,11 @@
 //!   Redis stream), stored with group commit before its reply leaves.
 //! - [`cgi`]: the CGI adapter: environment and stdin in, headers and body out; the
 //!   config only from `WECHAT_FCGI_CONFIG`, never from argv.
-//! - [`log`]: stderr logging: `tracing` filtered by `WECHAT_FCGI_LOG`, a writer thread
-//!   with a bounded buffer in the server (never blocks it), the per-request line, every
-//!   line one line.
+//! - [`log`]: logging to stderr or `[log] file` (reopened for logrotate), text or JSON:
+//!   `tracing` filtered by `WECHAT_FCGI_LOG`, a writer thread with a bounded buffer in
+//!   the server (never blocks it), the per-request line, every line one line.
+//! - [`metrics`]: the per-process counters behind `[server] status_path` (JSON with
+//!   PHP-FPM's field names, or Prometheus text); off unless a status path is set.
 //! - [`sample`]: messages and signed (or encrypted) requests as WeChat sends them, for
 //!   `sign`, the tests and the benchmarks.
 //! - [`cli`]: the command line (`serve`, `check-config`, `sign`), SIGHUP reload.
