@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need when missing (nginx, libfcgi-bin's cgi-fcgi, redis-server,
-# apache2 with mod_fcgid, lighttpd, spawn-fcgi, python3 for the hook example and
+# apache2 with mod_fcgid, lighttpd, caddy, spawn-fcgi, python3 for the hook example and
 # python3-prometheus-client to parse the metrics;
 # the tests start their own on free loopback ports), then run the
 # gates and every test: rustfmt, clippy (warnings are errors), the fuzz targets build,
@@ -17,6 +17,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/lighttpd ] || need+=(lighttpd)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v spawn-fcgi >/dev/null 2>&1 || need+=(spawn-fcgi)
+command -v caddy >/dev/null 2>&1 || need+=(caddy)
 # Debian's python3 (a python3 earlier in PATH, like pyenv's, lacks Debian's modules).
 /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 if [ ${#need[@]} -gt 0 ]; then
