@@ -111,7 +111,11 @@ fn a_killed_server_loses_no_message_whose_reply_was_received() {
     // Mid-load: once some replies came back (however busy the machine is), kill -9.
     let start = std::time::Instant::now();
     while answered.lock().unwrap().len() < 50 {
-        assert!(start.elapsed() < Duration::from_secs(30), "no load: {}", server.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no load: {}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     server.child.kill().unwrap(); // kill -9, mid-load
