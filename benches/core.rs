@@ -19,7 +19,7 @@ fn config(mode: &str) -> wechat_fcgi::core::Responder {
          [[rule]]\nevent = \"subscribe\"\nreply = {{ text = \"Welcome!\" }}\n\
          [default]\nreply = {{ text = \"Sorry, I did not understand.\" }}\n"
     );
-    Config::parse(&text).unwrap().responder
+    Config::parse(&text).unwrap().into_responder()
 }
 
 fn message() -> String {

@@ -18,7 +18,7 @@ fn main() {
         "[account]\ntoken = \"{TOKEN}\"\nappid = \"{APPID}\"\nmode = \"compat\"\nencoding_aes_key = \"{KEY}\"\n\
          [[rule]]\ntext = [\"hi\", \"你好\"]\nreply = {{ text = \"Hello!\" }}\n"
     );
-    let responder = Config::parse(&text).expect("config").responder;
+    let responder = Config::parse(&text).expect("config").into_responder();
     let body = wechat_fcgi::sample::text(
         "gh_0123456789ab",
         "oFollower0000000000000000001",

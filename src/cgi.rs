@@ -42,15 +42,17 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
             };
             crate::log::configure(config.log.file.as_deref(), config.log.json)
                 .map_err(|e| anyhow::anyhow!("log.file: {e}"))?;
-            let mut responder = config.responder.clone();
+            let mut accounts = config.accounts.clone();
             if !config.store.is_shared() {
                 // Nothing outlives this process in memory: WeChat's attempts cannot be
                 // counted nor an answer kept for a pick-up, and holding every attempt
                 // would answer none. `check-config` says so.
-                responder.late.mode = crate::core::late::LateMode::Off;
+                for account in &mut accounts {
+                    account.responder.late.mode = crate::core::late::LateMode::Off;
+                }
             }
-            let mut engine = Engine::open(responder, engine_config, &config.store)?;
-            engine.set_api(config.api.clone());
+            let entries = accounts.iter().map(|a| a.entry()).collect();
+            let mut engine = Engine::open(entries, engine_config, &config.store)?;
             if let Some(spec) = &config.archive {
                 engine = engine.with_archive(crate::archive::Archive::open(spec)?);
             }
@@ -138,10 +140,15 @@ pub async fn respond(
     let started = Instant::now();
     let method = var("REQUEST_METHOD").unwrap_or_default();
     let query = var("QUERY_STRING").unwrap_or_default();
+    // Which account: DOCUMENT_URI when the server sets it, else SCRIPT_NAME.
+    let path = var("DOCUMENT_URI")
+        .or_else(|| var("SCRIPT_NAME"))
+        .unwrap_or_default();
     let body = read_body(var("CONTENT_LENGTH"), limits.max_body_bytes, stdin);
     let response = engine
         .answer(
             &method,
+            &path,
             &query,
             body.as_deref().map_err(Clone::clone),
             started,

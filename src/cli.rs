@@ -131,7 +131,13 @@ pub fn run() -> anyhow::Result<ExitCode> {
             decrypt,
         }) => {
             let account = match &config {
-                Some(path) => Some(Config::load(path)?.responder.account),
+                // The first account's token, mode and keys (the only one in the
+                // `[account]` form).
+                Some(path) => Config::load(path)?
+                    .accounts
+                    .into_iter()
+                    .next()
+                    .map(|a| a.responder.account),
                 None => None,
             };
             if decrypt {
@@ -339,42 +345,58 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                     if config.log.json { "json" } else { "text" }
                 );
             }
-            let late = &config.responder.late;
-            println!(
-                "late answers: {}{}",
-                late.mode.label(),
-                match late.mode {
-                    crate::core::late::LateMode::Off =>
-                        " (a program slower than reply_budget_ms: its answer is dropped)".to_owned(),
-                    _ => format!(
-                        " (pick-up words: {:?}, kept {} s)",
-                        late.pickup, late.pickup_ttl_secs
-                    ),
+            let several = config.accounts.len() > 1;
+            for account in &config.accounts {
+                let prefix = match (several, &account.path) {
+                    (true, Some(at)) => format!("account {} at {at}: ", account.name),
+                    _ => String::new(),
+                };
+                let late = &account.responder.late;
+                println!(
+                    "{prefix}late answers: {}{}",
+                    late.mode.label(),
+                    match late.mode {
+                        crate::core::late::LateMode::Off =>
+                            " (a program slower than reply_budget_ms: its answer is dropped)"
+                                .to_owned(),
+                        _ => format!(
+                            " (pick-up words: {:?}, kept {} s)",
+                            late.pickup, late.pickup_ttl_secs
+                        ),
+                    }
+                );
+                if late.mode != crate::core::late::LateMode::Off
+                    && matches!(config.store, crate::config::StoreSpec::Memory)
+                {
+                    println!("{prefix}note: late answers are kept in this process's memory: under mod_fcgid or several instances they need a shared [state] store, and in CGI mode they are off (each request is a new process) unless the store is sqlite: or redis://");
                 }
-            );
-            if late.mode != crate::core::late::LateMode::Off
-                && matches!(config.store, crate::config::StoreSpec::Memory)
-            {
-                println!("note: late answers are kept in this process's memory: under mod_fcgid or several instances they need a shared [state] store, and in CGI mode they are off (each request is a new process) unless the store is sqlite: or redis://");
-            }
-            if let Some(api) = &config.api {
-                // Reading the CA file now rather than at the first push.
-                if let Err(e) = crate::engine::http::client(api.ca_file.as_deref()) {
-                    eprintln!("{}: {e:#}", path.display());
-                    return Ok(ExitCode::from(1));
+                if let Some(api) = &account.api {
+                    // Reading the CA file now rather than at the first push.
+                    if let Err(e) = crate::engine::http::client(api.ca_file.as_deref()) {
+                        eprintln!("{}: {prefix}{e:#}", path.display());
+                        return Ok(ExitCode::from(1));
+                    }
+                    println!("{prefix}API: {} (AppID {})", api.base, api.appid);
                 }
-                println!("API: {} (AppID {})", api.base, api.appid);
-            }
-            println!(
-                "{}: ok ({} rules, default reply: {})",
-                path.display(),
-                config.responder.rules.rules.len(),
-                if config.responder.rules.default.is_some() {
-                    "yes"
+                let rules = &account.responder.rules;
+                let summary = format!(
+                    "{} rules, default reply: {}",
+                    rules.rules.len(),
+                    if rules.default.is_some() { "yes" } else { "no" }
+                );
+                if several {
+                    println!("{prefix}{summary}");
                 } else {
-                    "no"
+                    println!("{}: ok ({summary})", path.display());
                 }
-            );
+            }
+            if several {
+                println!(
+                    "{}: ok ({} accounts)",
+                    path.display(),
+                    config.accounts.len()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -464,10 +486,11 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
             }
             let _ = stop_tx.send(true);
         });
-        tracing::info!(listen = %source, rules = config.responder.rules.rules.len(), "wechat-fcgi serving");
+        let rules: usize = config.accounts.iter().map(|a| a.responder.rules.rules.len()).sum();
+        tracing::info!(listen = %source, accounts = config.accounts.len(), rules, "wechat-fcgi serving");
+        let entries = config.accounts.iter().map(|a| a.entry()).collect();
         let mut engine =
-            crate::engine::Engine::open(config.responder, config.server.engine, &config.store)?;
-        engine.set_api(config.api.clone());
+            crate::engine::Engine::open(entries, config.server.engine, &config.store)?;
         if let Some(spec) = &config.archive {
             engine = engine.with_archive(crate::archive::Archive::open(spec)?);
         }
@@ -532,9 +555,13 @@ fn reload(
                     "SIGHUP: [server] settings changed; they take effect after a restart"
                 );
             }
-            let rules = config.responder.rules.rules.len();
-            engine.reload(config.responder);
-            engine.set_api(config.api);
+            let rules: usize = config
+                .accounts
+                .iter()
+                .map(|a| a.responder.rules.rules.len())
+                .sum();
+            // Every account at once: requests see the old set or the new one.
+            engine.reload(config.accounts.iter().map(|a| a.entry()).collect());
             crate::metrics::METRICS.reload(true);
             tracing::info!(rules, "SIGHUP: config reloaded");
         }

@@ -473,11 +473,10 @@ pub fn request_line(fields: &[(&str, Value<'_>)]) {
     let _ = out.write_all(&line);
 }
 
-/// Log (and count, for the status page) one answered (or refused) request: an INFO line with method, outcome, status,
+/// Log one answered (or refused) request: an INFO line with method, outcome, status,
 /// message type, rule, reply type, `via` and latency; a refusal is a WARN line that
 /// also names its cause.
 pub fn request(method: &str, response: &Response, latency: Duration) {
-    crate::metrics::METRICS.request(response, latency);
     let latency_us = latency.as_micros() as u64;
     match &response.outcome {
         Outcome::Rejected(cause) => tracing::warn!(

@@ -39,8 +39,8 @@ const VIAS: [Via; 10] = [
     Via::LateDone,
 ];
 
-/// A requests series: status, outcome, message type.
-type Series = (u16, &'static str, String);
+/// A requests series: account, status, outcome, message type.
+type Series = (String, u16, &'static str, String);
 
 /// The process's counters.
 pub struct Metrics {
@@ -130,8 +130,8 @@ impl Metrics {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Count one answered (or refused) request.
-    pub fn request(&self, response: &Response, latency: Duration) {
+    /// Count one answered (or refused) request for `account` (`-`: none).
+    pub fn request(&self, account: &str, response: &Response, latency: Duration) {
         if !self.enabled() {
             return;
         }
@@ -155,17 +155,20 @@ impl Metrics {
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         let map = requests.get_or_insert_with(HashMap::new);
         let outcome = response.outcome.label();
-        if let Some(n) = map.get_mut(&(response.status, outcome, msg_type.to_owned())) {
+        let mut series = (
+            account.to_owned(),
+            response.status,
+            outcome,
+            msg_type.to_owned(),
+        );
+        if let Some(n) = map.get_mut(&series) {
             *n += 1;
             return;
         }
-        let msg_type = if map.len() < MAX_SERIES {
-            msg_type
-        } else {
-            "other"
-        };
-        *map.entry((response.status, outcome, msg_type.to_owned()))
-            .or_insert(0) += 1;
+        if map.len() >= MAX_SERIES {
+            series.3 = "other".to_owned();
+        }
+        *map.entry(series).or_insert(0) += 1;
     }
 
     /// Count a program's or hook's end.
@@ -224,7 +227,7 @@ impl Metrics {
             .map(|m| {
                 let mut list: Vec<_> = m
                     .iter()
-                    .map(|((s, o, t), n)| (*s, *o, t.clone(), *n))
+                    .map(|((a, s, o, t), n)| (a.clone(), *s, *o, t.clone(), *n))
                     .collect();
                 list.sort();
                 list
@@ -275,7 +278,7 @@ pub struct Others {
 
 struct Snapshot {
     start_unix: u64,
-    requests: Vec<(u16, &'static str, String, u64)>,
+    requests: Vec<(String, u16, &'static str, String, u64)>,
     answers: Vec<(&'static str, u64)>,
     latency: Vec<u64>,
     latency_sum_us: u64,
@@ -293,14 +296,14 @@ struct Snapshot {
 }
 
 /// The status as JSON: PHP-FPM's field names where they apply, then the rest.
-pub fn json(account: &str, others: Others, now_unix: u64) -> Vec<u8> {
+pub fn json(others: Others, now_unix: u64) -> Vec<u8> {
     let s = METRICS.snapshot();
-    let total: u64 = s.requests.iter().map(|r| r.3).sum();
+    let total: u64 = s.requests.iter().map(|r| r.4).sum();
     let requests: Vec<_> = s
         .requests
         .iter()
-        .map(|(status, outcome, msg_type, n)| {
-            serde_json::json!({"status": status, "outcome": outcome, "msg_type": msg_type, "count": n})
+        .map(|(account, status, outcome, msg_type, n)| {
+            serde_json::json!({"account": account, "status": status, "outcome": outcome, "msg_type": msg_type, "count": n})
         })
         .collect();
     let answers: serde_json::Map<String, serde_json::Value> = s
@@ -309,7 +312,6 @@ pub fn json(account: &str, others: Others, now_unix: u64) -> Vec<u8> {
         .map(|(v, n)| ((*v).to_owned(), (*n).into()))
         .collect();
     let value = serde_json::json!({
-        "pool": account,
         "pid": std::process::id(),
         "version": env!("CARGO_PKG_VERSION"),
         "start time": s.start_unix,
@@ -347,9 +349,8 @@ fn label(value: &str) -> String {
 }
 
 /// The status in Prometheus' text exposition format (version 0.0.4).
-pub fn prometheus(account: &str, others: Others) -> Vec<u8> {
+pub fn prometheus(others: Others) -> Vec<u8> {
     let s = METRICS.snapshot();
-    let a = label(account);
     let mut out = String::with_capacity(4096);
     let head = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP wechat_fcgi_{name} {help}");
@@ -380,10 +381,11 @@ pub fn prometheus(account: &str, others: Others) -> Vec<u8> {
         "counter",
         "Requests answered, by HTTP status, outcome and message type.",
     );
-    for (status, outcome, msg_type, n) in &s.requests {
+    for (account, status, outcome, msg_type, n) in &s.requests {
         let _ = writeln!(
             out,
-            "wechat_fcgi_requests_total{{account=\"{a}\",status=\"{status}\",outcome=\"{}\",msg_type=\"{}\"}} {n}",
+            "wechat_fcgi_requests_total{{account=\"{}\",status=\"{status}\",outcome=\"{}\",msg_type=\"{}\"}} {n}",
+            label(account),
             label(outcome),
             label(msg_type)
         );
@@ -395,10 +397,7 @@ pub fn prometheus(account: &str, others: Others) -> Vec<u8> {
         "Messages answered, by how the answer came about (rule, program, retry from the cache, late modes, ...).",
     );
     for (via, n) in &s.answers {
-        let _ = writeln!(
-            out,
-            "wechat_fcgi_answers_total{{account=\"{a}\",via=\"{via}\"}} {n}"
-        );
+        let _ = writeln!(out, "wechat_fcgi_answers_total{{via=\"{via}\"}} {n}");
     }
     head(
         &mut out,

@@ -201,10 +201,10 @@ fn program_paths_with_a_slash_are_relative_to_the_config_folder_bare_names_use_p
     };
     let folder = dir.0.canonicalize().unwrap();
     assert_eq!(
-        command(&config.responder.rules.rules[0].action)[0],
+        command(&config.accounts[0].responder.rules.rules[0].action)[0],
         folder.join("bin/answer.sh").to_string_lossy()
     );
-    let sh = &command(config.responder.rules.default.as_ref().unwrap())[0];
+    let sh = &command(config.accounts[0].responder.rules.default.as_ref().unwrap())[0];
     assert!(
         sh.ends_with("/sh") && sh.starts_with('/'),
         "found in PATH: {sh}"
@@ -296,8 +296,8 @@ fn the_shipped_example_config_needs_a_token_then_is_valid() {
         .replace("token = \"<your token>\"", "token = \"myRealToken42\"");
     let dir = std::path::Path::new(&path).parent().unwrap();
     let config = Config::parse_in(&text, dir).unwrap();
-    assert!(config.responder.rules.rules.len() >= 2);
-    assert!(config.responder.rules.default.is_some());
+    assert!(config.accounts[0].responder.rules.rules.len() >= 2);
+    assert!(config.accounts[0].responder.rules.default.is_some());
 }
 
 #[test]
@@ -400,7 +400,7 @@ fn sign_prints_a_query_the_server_accepts() {
     );
     let r = Config::parse(&format!("[account]\ntoken = \"{TOKEN}\"\n{RULES}"))
         .unwrap()
-        .responder;
+        .into_responder();
     let resp = r.handle(
         &wechat_fcgi::core::Request {
             method: "POST",
@@ -607,7 +607,7 @@ fn sign_with_a_config_encrypts_and_decrypts_in_safe_mode() {
         body.contains("<Encrypt>") && !body.contains("<Content>"),
         "{body}"
     );
-    let responder = Config::load(&config).unwrap().responder;
+    let responder = Config::load(&config).unwrap().into_responder();
     let reply = responder.handle(
         &wechat_fcgi::core::Request {
             method: "POST",

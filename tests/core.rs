@@ -458,7 +458,7 @@ fn responder(rules: &str) -> Responder {
     let text = format!("[account]\ntoken = \"{TOKEN}\"\n{rules}");
     Config::parse(&text)
         .unwrap_or_else(|e| panic!("{e}"))
-        .responder
+        .into_responder()
 }
 
 fn query(ts: &str, nonce: &str, extra: &str) -> String {

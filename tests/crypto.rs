@@ -267,7 +267,7 @@ fn responder(c: &Case, mode: &str, previous: Option<&str>) -> Responder {
     text.push_str(RULES);
     Config::parse(&text)
         .unwrap_or_else(|e| panic!("{e}"))
-        .responder
+        .into_responder()
 }
 
 /// POST an encrypted envelope with correct `signature` and `msg_signature` (unless
@@ -412,7 +412,7 @@ fn modes_table() {
     let signed =
         wechat_fcgi::sample::signed_query(&c.token, c.timestamp.parse().unwrap(), &c.nonce);
     let plain_cfg = format!("[account]\ntoken = \"{}\"\n{RULES}", c.token);
-    let plain_no_key = Config::parse(&plain_cfg).unwrap().responder;
+    let plain_no_key = Config::parse(&plain_cfg).unwrap().into_responder();
     // (what, responder, encrypted?, status, outcome label)
     let rows: Vec<(&str, Responder, bool, u16, &str)> = vec![
         (

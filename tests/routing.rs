@@ -54,7 +54,7 @@ fn responder(mode: &str) -> Responder {
     let text = format!(
         "[server]\ntimestamp_window_secs = 0\n[account]\ntoken = \"{TOKEN}\"\nappid = \"{APPID}\"\nmode = \"{mode}\"\nencoding_aes_key = \"{KEY}\"\n{RULES}"
     );
-    Config::parse(&text).unwrap().responder
+    Config::parse(&text).unwrap().into_responder()
 }
 
 /// The reply's Content, ToUserName and FromUserName.

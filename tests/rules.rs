@@ -60,7 +60,7 @@ reply = { text = "default" }
 fn responder() -> Responder {
     Config::parse(&format!("[account]\ntoken = \"abc123\"\n{RULES}"))
         .unwrap_or_else(|e| panic!("{e}"))
-        .responder
+        .into_responder()
 }
 
 fn text(content: &str) -> String {

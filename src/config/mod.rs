@@ -6,6 +6,7 @@
 //! - [`defaults`]: every default and range, in one place.
 
 mod account;
+mod accounts;
 pub mod defaults;
 mod late;
 mod raw;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::core::rules::{Action, Rules};
-use crate::core::Responder;
+pub use accounts::{AccountConfig, ReadFile};
 pub use late::ApiSpec;
 use raw::RawConfig;
 pub use server::{Limits, ServerConfig, StatusConfig};
@@ -32,10 +33,9 @@ pub struct Config {
     pub store: StoreSpec,
     /// `[archive] to`: where every accepted message is recorded, if anywhere.
     pub archive: Option<crate::archive::ArchiveSpec>,
-    /// The account and its rules, ready to answer.
-    pub responder: Responder,
-    /// WeChat's API (customer-service pushes), when `account.appsecret` is given.
-    pub api: Option<ApiSpec>,
+    /// The accounts and their rules, ready to answer: one for `[account]`, several for
+    /// `[[account]]`.
+    pub accounts: Vec<AccountConfig>,
     /// `[log]`: where the log goes and in which format.
     pub log: LogSpec,
     /// Things that work but are probably not what the owner meant.
@@ -80,7 +80,18 @@ impl Config {
                 mode & 0o777
             )]));
         }
-        let mut config = Config::parse_in(&text, &base).map_err(|e| fail(e.problems))?;
+        // A rules file gets the same checks as the config: it can run programs too.
+        let read = |file: &Path| -> Result<String, String> {
+            let (text, mode) = read_config(file).map_err(|e| e.to_string())?;
+            if mode & 0o002 != 0 {
+                return Err(format!(
+                    "writable by every user (mode {:o}): chmod o-w it",
+                    mode & 0o777
+                ));
+            }
+            Ok(text)
+        };
+        let mut config = Config::parse_with(&text, &base, &read).map_err(|e| fail(e.problems))?;
         let mut problems = Vec::new();
         config.resolve_programs(&mut problems);
         if !problems.is_empty() {
@@ -96,14 +107,34 @@ impl Config {
         Ok(config)
     }
 
+    /// The first account's responder: the only one in the `[account]` form.
+    pub fn into_responder(self) -> crate::core::Responder {
+        self.accounts
+            .into_iter()
+            .next()
+            .map(|a| a.responder)
+            .expect("a parsed config has at least one account")
+    }
+
     /// Parse config text (no IO): programs run in the current folder, and their paths
     /// are checked only by [`Config::load`].
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse_in(text, Path::new("."))
     }
 
-    /// Parse config text (no IO); programs run in `base`.
+    /// Parse config text (no IO); programs run in `base`; rules files are refused (only
+    /// [`Config::load`] reads them).
     pub fn parse_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, base, &|path: &Path| {
+            Err(format!(
+                "{}: rules files are read when the config is loaded from a file",
+                path.display()
+            ))
+        })
+    }
+
+    /// Parse config text; programs run in `base`; `read` reads rules files.
+    pub fn parse_with(text: &str, base: &Path, read: ReadFile<'_>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             problems: vec![toml_problem(text, &e)],
         })?;
@@ -142,30 +173,20 @@ impl Config {
                 }
             },
         };
-        let mut raw_account = raw.account;
-        let raw_api = late::RawApi {
-            appid: raw_account.appid.clone(),
-            appsecret: raw_account.appsecret.take(),
-            api_base: raw_account.api_base.take(),
-            api_ca_file: raw_account.api_ca_file.take(),
-        };
-        let account = raw_account.validate(&mut problems);
-        let api = raw_api.validate(base, &mut problems);
-        let mut check = rules::Check {
-            problems: &mut problems,
-            warnings: &mut warnings,
-            base,
-        };
-        let rules: Vec<_> = raw
-            .rule
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, rule)| rule.validate(i, &mut check))
-            .collect();
-        let default = raw
-            .default
-            .and_then(|d| rules::validate_default(d, &mut check));
-        let late = raw.late.validate(api.is_some(), &mut check);
+        let accounts = accounts::accounts(
+            raw.account,
+            accounts::Shared {
+                rule: raw.rule,
+                default: raw.default,
+                late: raw.late,
+                timestamp_window: server.timestamp_window_secs,
+                keep_json: archive.is_some(),
+                base,
+                read,
+            },
+            &mut problems,
+            &mut warnings,
+        );
         let log = LogSpec {
             file: raw.log.file.map(|f| base.join(f)),
             json: match raw.log.format.as_deref().unwrap_or("text") {
@@ -179,45 +200,45 @@ impl Config {
                 }
             },
         };
-        match account {
-            Some(account) if problems.is_empty() => Ok(Config {
-                responder: Responder {
-                    account,
-                    rules: Rules { rules, default },
-                    timestamp_window: server.timestamp_window_secs,
-                    keep_json: archive.is_some(),
-                    late,
-                },
-                api,
+        if problems.is_empty() && !accounts.is_empty() {
+            Ok(Config {
+                accounts,
                 log,
                 server,
                 store,
                 archive,
                 warnings,
-            }),
-            _ => Err(ConfigError { problems }),
+            })
+        } else {
+            Err(ConfigError { problems })
         }
     }
 
     /// Resolve every program's path (see [`Config::load`]) and check it is an
     /// executable file.
     fn resolve_programs(&mut self, problems: &mut Vec<String>) {
-        let rules = &mut self.responder.rules;
-        let actions = rules
-            .rules
-            .iter_mut()
-            .enumerate()
-            .map(|(i, r)| (rules::rule_label(i, Some(&r.name)), &mut r.action))
-            .chain(rules.default.as_mut().map(|d| ("default".to_owned(), d)));
-        for (label, action) in actions {
-            if let Action::Run { program, .. } = action {
-                let program = Arc::make_mut(program);
-                if let Some(first) = program.command.first_mut() {
-                    let key = format!("{label}.run.command");
-                    match resolve_program(first, &program.dir) {
-                        Ok(path) => *first = path.to_string_lossy().into_owned(),
-                        Err(problem) => problems.push(format!("{key}: {problem}")),
-                    }
+        for account in &mut self.accounts {
+            resolve_account_programs(&mut account.responder.rules, problems);
+        }
+    }
+}
+
+/// Resolve the program paths of one account's rules.
+fn resolve_account_programs(rules: &mut Rules, problems: &mut Vec<String>) {
+    let actions = rules
+        .rules
+        .iter_mut()
+        .enumerate()
+        .map(|(i, r)| (rules::rule_label(i, Some(&r.name)), &mut r.action))
+        .chain(rules.default.as_mut().map(|d| ("default".to_owned(), d)));
+    for (label, action) in actions {
+        if let Action::Run { program, .. } = action {
+            let program = Arc::make_mut(program);
+            if let Some(first) = program.command.first_mut() {
+                let key = format!("{label}.run.command");
+                match resolve_program(first, &program.dir) {
+                    Ok(path) => *first = path.to_string_lossy().into_owned(),
+                    Err(problem) => problems.push(format!("{key}: {problem}")),
                 }
             }
         }

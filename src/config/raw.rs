@@ -10,7 +10,8 @@ use crate::core::reply::Reply;
 pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) server: RawServer,
-    pub(super) account: RawAccount,
+    /// `[account]` (one) or `[[account]]` (several): read by `accounts.rs`.
+    pub(super) account: toml::Value,
     #[serde(default)]
     pub(super) rule: Vec<RawRule>,
     #[serde(default)]
@@ -32,8 +33,17 @@ pub(super) struct RawLog {
     pub(super) format: Option<String>,
 }
 
+/// A rules file (`rules = "FILE"` of an account): `[[rule]]`s and `[default]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRulesFile {
+    #[serde(default)]
+    pub(super) rule: Vec<RawRule>,
+    pub(super) default: Option<RawAction>,
+}
+
 /// `[late]`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLate {
     pub(super) mode: Option<String>,
@@ -88,10 +98,18 @@ pub(super) struct RawServer {
     pub(super) status_allowed: Option<Vec<String>>,
 }
 
-/// `[account]`.
+/// `[account]`, or one `[[account]]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAccount {
+    pub(super) name: Option<String>,
+    pub(super) path: Option<String>,
+    /// A file with this account's `[[rule]]`s and `[default]`.
+    pub(super) rules: Option<String>,
+    #[serde(default)]
+    pub(super) rule: Vec<RawRule>,
+    pub(super) default: Option<RawAction>,
+    pub(super) late: Option<RawLate>,
     pub(super) token: String,
     pub(super) appid: Option<String>,
     pub(super) mode: Option<String>,
@@ -103,7 +121,7 @@ pub(super) struct RawAccount {
 }
 
 /// One `[[rule]]`: what it matches (one of the matcher keys) and what it does.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
     pub(super) name: Option<String>,
@@ -122,7 +140,7 @@ pub(super) struct RawRule {
 }
 
 /// What a rule (or `[default]`) does: exactly one of `reply`, `replies`, `run`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAction {
     pub(super) reply: Option<Reply>,
@@ -132,7 +150,7 @@ pub(super) struct RawAction {
 }
 
 /// `run = { command = [..], timeout_ms = .. }` or `run = { url = "..", timeout_ms = .. }`.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRun {
     pub(super) command: Option<Vec<String>>,
@@ -143,7 +161,7 @@ pub(super) struct RawRun {
 }
 
 /// A string or a list of strings.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(untagged)]
 pub(super) enum OneOrMany {
     One(String),

@@ -78,6 +78,8 @@ pub enum Rejection {
     QueryReused,
     /// The status or ping path asked from an address not in `status_allowed`.
     StatusForbidden,
+    /// No account is configured at this request path (several `[[account]]`s).
+    NoAccount(String),
 }
 
 impl Rejection {
@@ -99,6 +101,7 @@ impl Rejection {
             Rejection::AfterMsgSignature(_) => 400,
             Rejection::QueryReused => 403,
             Rejection::StatusForbidden => 403,
+            Rejection::NoAccount(_) => 404,
             Rejection::BadParams
             | Rejection::BadContentLength
             | Rejection::BodyLength { .. }
@@ -122,6 +125,7 @@ impl Rejection {
             Rejection::AfterMsgSignature(_) => "encrypted message refused",
             Rejection::QueryReused => "signed query already used",
             Rejection::StatusForbidden => "status not allowed from this address",
+            Rejection::NoAccount(_) => "no account at this path",
             Rejection::Misconfigured => "server misconfigured",
             Rejection::BodyLength { .. } => "body length does not match Content-Length",
             Rejection::ReadTimeout => "request timed out",
@@ -153,6 +157,7 @@ impl Rejection {
             Rejection::AfterMsgSignature(_) => "sealed_message_refused",
             Rejection::QueryReused => "query_reused",
             Rejection::StatusForbidden => "status_forbidden",
+            Rejection::NoAccount(_) => "no_account",
             Rejection::Misconfigured => "misconfigured",
             Rejection::BodyLength { .. } => "body_length",
             Rejection::ReadTimeout => "read_timeout",
@@ -204,6 +209,11 @@ impl fmt::Display for Rejection {
                 f.write_str("request did not arrive within read_timeout_secs")
             }
             Rejection::Crypto(e) => write!(f, "encrypted message: {e}"),
+            Rejection::NoAccount(path) => write!(
+                f,
+                "no [[account]] has path = {:?} (the request's DOCUMENT_URI or SCRIPT_NAME)",
+                crate::log::Escaped(path).to_string()
+            ),
             Rejection::StatusForbidden => f.write_str(
                 "the status or ping path from an address not in server.status_allowed",
             ),

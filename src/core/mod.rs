@@ -215,6 +215,7 @@ fn reason_phrase(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
+        404 => "Not Found",
         503 => "Service Unavailable",
         _ => "Error",
     }

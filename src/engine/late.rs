@@ -99,7 +99,12 @@ impl Engine {
     /// The budget ran out on WeChat's last attempt: mark the message late and answer
     /// `pending` (hold), or `success` and push the answer when ready (customer
     /// service). A message already late gets `success`.
-    pub(super) async fn go_late(&self, pending: &Pending, plan: &LatePlan) -> Answer {
+    pub(super) async fn go_late(
+        &self,
+        account: &super::AccountEntry,
+        pending: &Pending,
+        plan: &LatePlan,
+    ) -> Answer {
         let key = pending.key.as_str();
         let rule = rule_of(pending);
         let ttl = Duration::from_secs(plan.pickup_ttl_secs);
@@ -138,7 +143,12 @@ impl Engine {
                 if !self.store.set_new(&late_name(key), b"C", ttl).await {
                     return done;
                 }
-                self.spawn_push(pending.key.clone(), pending.context.follower.clone(), ttl);
+                self.spawn_push(
+                    account,
+                    pending.key.clone(),
+                    pending.context.follower.clone(),
+                    ttl,
+                );
                 Answer {
                     reply: None,
                     rule,
@@ -202,10 +212,16 @@ impl Engine {
 
     /// Customer service: wait for the answer, push it; when the push fails, keep it
     /// for a pick-up. Runs with the programs (a CGI process waits for it).
-    fn spawn_push(&self, key: String, follower: String, ttl: Duration) {
+    fn spawn_push(
+        &self,
+        account: &super::AccountEntry,
+        key: String,
+        follower: String,
+        ttl: Duration,
+    ) {
         let store = self.store.clone();
-        let api = self.api();
-        let client = self.http();
+        let api = account.api.clone();
+        let client = account.http();
         let archive = self.archive.clone();
         let task = tokio::spawn(async move {
             let answer = loop {
@@ -311,7 +327,10 @@ mod tests {
              [default]\nreply = {{ text = \"default\" }}\n"
         );
         let config = Config::parse(&text).unwrap();
-        Arc::new(Engine::new(config.responder, config.server.engine))
+        Arc::new(Engine::new(
+            config.accounts[0].responder.clone(),
+            config.server.engine,
+        ))
     }
 
     async fn post(engine: &Engine, content: &str, msg_id: u64) -> Response {
@@ -320,7 +339,13 @@ mod tests {
         let nonce = format!("{}", rand_nonce());
         let query = crate::sample::signed_query(TOKEN, unix_now(), &nonce);
         engine
-            .answer("POST", &query, Ok(body.as_bytes()), Instant::now())
+            .answer(
+                "POST",
+                "/wechat",
+                &query,
+                Ok(body.as_bytes()),
+                Instant::now(),
+            )
             .await
     }
 

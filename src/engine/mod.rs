@@ -55,16 +55,59 @@ impl Default for EngineConfig {
     }
 }
 
-/// The account's name in metrics (one account per config).
-const ACCOUNT: &str = "default";
-
 /// How long a program's claim on a message lasts past its timeout: the program is
 /// killed at its timeout, so an unanswered lease means its process died.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
-/// The answer path: the current rules (swapped on reload), the store, the program cap.
+/// One account the engine answers for: its rules and keys, the path it is served at,
+/// its API credentials.
+pub struct AccountEntry {
+    /// The account's name (`default` for the single `[account]` form): in logs, keys,
+    /// the archive and metrics.
+    pub name: Arc<str>,
+    /// The request path (`DOCUMENT_URI` or `SCRIPT_NAME`) it answers; `None`: any path
+    /// (the single `[account]` form).
+    pub path: Option<String>,
+    /// Its token, mode, keys, rules and late-answer settings.
+    pub responder: Arc<Responder>,
+    /// WeChat's API credentials (customer-service pushes), if configured.
+    pub api: Option<Arc<crate::config::ApiSpec>>,
+    /// The HTTP client (hooks and the API), made on first use.
+    http: std::sync::OnceLock<Result<reqwest::Client, String>>,
+}
+
+impl AccountEntry {
+    /// An account answering at `path` (`None`: any path).
+    pub fn new(
+        name: &str,
+        path: Option<String>,
+        responder: Responder,
+        api: Option<crate::config::ApiSpec>,
+    ) -> AccountEntry {
+        AccountEntry {
+            name: Arc::from(name),
+            path,
+            responder: Arc::new(responder),
+            api: api.map(Arc::new),
+            http: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The HTTP client, made on first use (trusting this account's `api_ca_file`).
+    fn http(&self) -> Result<reqwest::Client, String> {
+        self.http
+            .get_or_init(|| {
+                let ca = self.api.as_ref().and_then(|a| a.ca_file.as_deref());
+                http::client(ca).map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+}
+
+/// The answer path: the accounts (swapped together on reload), the store, the program
+/// cap.
 pub struct Engine {
-    responder: RwLock<Arc<Responder>>,
+    accounts: RwLock<Arc<Vec<Arc<AccountEntry>>>>,
     store: Arc<Store>,
     programs: Arc<Semaphore>,
     /// Programs running per follower (only followers with one running are listed).
@@ -74,29 +117,27 @@ pub struct Engine {
     /// The tasks running programs (finished ones are pruned as new ones start).
     program_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     config: EngineConfig,
-    /// WeChat's API credentials (customer-service pushes), if configured.
-    api: RwLock<Option<Arc<crate::config::ApiSpec>>>,
-    /// The HTTP client (hooks and the API), made on first use.
-    http: std::sync::OnceLock<Result<reqwest::Client, String>>,
     /// The status and ping paths, if configured.
     status: Option<crate::config::StatusConfig>,
 }
 
 impl Engine {
-    /// An engine over an in-memory store sized by `config`.
+    /// An engine for one account (at any path) over an in-memory store sized by
+    /// `config`.
     pub fn new(responder: Responder, config: EngineConfig) -> Engine {
         let store = MemoryStore::new(
             config.cache_entries,
             config.cache_bytes,
             config.cache_retention,
         );
-        Engine::with_store(responder, config, Store::Memory(store))
+        let account = AccountEntry::new("default", None, responder, None);
+        Engine::with_store(vec![account], config, Store::Memory(store))
     }
 
     /// An engine over the store `spec` names (opening a SQLite file blocks: call at
     /// start-up).
     pub fn open(
-        responder: Responder,
+        accounts: Vec<AccountEntry>,
         config: EngineConfig,
         spec: &crate::config::StoreSpec,
     ) -> anyhow::Result<Engine> {
@@ -113,21 +154,19 @@ impl Engine {
                 store::RedisStore::open(url, prefix, config.cache_retention)?,
             ),
         };
-        Ok(Engine::with_store(responder, config, store))
+        Ok(Engine::with_store(accounts, config, store))
     }
 
     /// An engine over the given store.
-    pub fn with_store(responder: Responder, config: EngineConfig, store: Store) -> Engine {
+    pub fn with_store(accounts: Vec<AccountEntry>, config: EngineConfig, store: Store) -> Engine {
         Engine {
-            responder: RwLock::new(Arc::new(responder)),
+            accounts: RwLock::new(Arc::new(accounts.into_iter().map(Arc::new).collect())),
             store: Arc::new(store),
             programs: Arc::new(Semaphore::new(config.max_programs.max(1))),
             per_sender: Arc::default(),
             program_tasks: std::sync::Mutex::default(),
             archive: None,
             config,
-            api: RwLock::new(None),
-            http: std::sync::OnceLock::new(),
             status: None,
         }
     }
@@ -177,35 +216,11 @@ impl Engine {
         Some(if prometheus {
             Response::status_page(
                 "text/plain; version=0.0.4; charset=utf-8",
-                crate::metrics::prometheus(ACCOUNT, others),
+                crate::metrics::prometheus(others),
             )
         } else {
-            Response::status_page(
-                "application/json",
-                crate::metrics::json(ACCOUNT, others, unix_now()),
-            )
+            Response::status_page("application/json", crate::metrics::json(others, unix_now()))
         })
-    }
-
-    /// Use WeChat's API with these credentials (customer-service pushes); `None`: no
-    /// API. Also on reload.
-    pub fn set_api(&self, api: Option<crate::config::ApiSpec>) {
-        *self.api.write().unwrap_or_else(|p| p.into_inner()) = api.map(Arc::new);
-    }
-
-    fn api(&self) -> Option<Arc<crate::config::ApiSpec>> {
-        self.api.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The HTTP client, made on first use (with `api_ca_file` as it was then).
-    fn http(&self) -> Result<reqwest::Client, String> {
-        self.http
-            .get_or_init(|| {
-                let api = self.api();
-                let ca = api.as_ref().and_then(|a| a.ca_file.as_deref());
-                http::client(ca).map_err(|e| e.to_string())
-            })
-            .clone()
     }
 
     /// Archive every message this engine decides (the winner of its claim) before its
@@ -225,64 +240,97 @@ impl Engine {
         &self.store
     }
 
-    /// The rules in force now.
-    pub fn responder(&self) -> Arc<Responder> {
-        self.responder
+    /// The accounts in force now.
+    pub fn accounts(&self) -> Arc<Vec<Arc<AccountEntry>>> {
+        self.accounts
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Put new rules in force; requests already running finish with the old ones.
-    pub fn reload(&self, responder: Responder) {
-        *self.responder.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(responder);
+    /// Put new accounts (rules, keys) in force, all at once; requests already running
+    /// finish with the old ones.
+    pub fn reload(&self, accounts: Vec<AccountEntry>) {
+        let accounts = Arc::new(accounts.into_iter().map(Arc::new).collect());
+        *self.accounts.write().unwrap_or_else(|p| p.into_inner()) = accounts;
     }
 
-    /// Answer one request and log it. `body` is the request body, or why the shell
-    /// refused it; `started` is when its first byte arrived (the budget counts from it).
+    /// The account serving `path`: the one whose `path` it is, or the single account
+    /// that has none.
+    fn route(&self, path: &str) -> Option<Arc<AccountEntry>> {
+        let accounts = self.accounts();
+        accounts
+            .iter()
+            .find(|a| a.path.as_deref().is_none_or(|p| p == path))
+            .cloned()
+    }
+
+    /// Answer one request for the account at `path` and log it. `body` is the request
+    /// body, or why the shell refused it; `started` is when its first byte arrived (the
+    /// budget counts from it).
     pub async fn answer(
         &self,
         method: &str,
+        path: &str,
         query: &str,
         body: Result<&[u8], Rejection>,
         started: Instant,
     ) -> Response {
-        let response = match body {
-            Err(rejection) => Response::rejected(rejection),
-            Ok(body) => {
-                let responder = self.responder();
+        let account = self.route(path);
+        let response = match (body, &account) {
+            (Err(rejection), _) => Response::rejected(rejection),
+            (Ok(_), None) => {
+                Response::rejected(Rejection::NoAccount(path.chars().take(100).collect()))
+            }
+            (Ok(body), Some(account)) => {
                 let request = Request {
                     method,
                     query,
                     body,
                 };
-                match responder.prepare(&request, unix_now(), &mut ThreadRng) {
+                match account
+                    .responder
+                    .prepare(&request, unix_now(), &mut ThreadRng)
+                {
                     Step::Done(response) => response,
-                    Step::Message(pending) => {
+                    Step::Message(mut pending) => {
+                        if account.path.is_some() {
+                            // Several accounts share the store: their keys never meet.
+                            for key in [&mut pending.key, &mut pending.signed_query] {
+                                key.insert(0, '/');
+                                key.insert_str(0, &account.name);
+                            }
+                        }
                         let digest = store::body_digest(body);
-                        self.resolve(&responder, pending, started, &digest).await
+                        self.resolve(account, pending, started, &digest).await
                     }
                 }
             }
         };
-        crate::log::request(method, &response, started.elapsed());
+        let latency = started.elapsed();
+        let name = account.as_ref().map_or("-", |a| &a.name);
+        crate::metrics::METRICS.request(name, &response, latency);
+        crate::log::request(method, &response, latency);
         response
     }
 
     async fn resolve(
         &self,
-        responder: &Responder,
+        account: &Arc<AccountEntry>,
         pending: Pending,
         started: Instant,
         body: &store::BodyDigest,
     ) -> Response {
-        let Some((answer, decided_here)) = self.settle(&pending, started, body).await else {
+        let responder = &account.responder;
+        let Some((answer, decided_here)) = self.settle(account, &pending, started, body).await
+        else {
             return Response::rejected(Rejection::QueryReused);
         };
         if decided_here {
             if let Some(archive) = &self.archive {
                 // On disk before the reply leaves (retries are not archived again).
-                let line = archive_record(&pending, answer.as_ref(), started.elapsed());
+                let line =
+                    archive_record(&account.name, &pending, answer.as_ref(), started.elapsed());
                 archive.record(line).await;
             }
         }
@@ -314,6 +362,7 @@ impl Engine {
     /// body.
     async fn settle(
         &self,
+        account: &Arc<AccountEntry>,
         pending: &Pending,
         started: Instant,
         body: &store::BodyDigest,
@@ -406,6 +455,7 @@ impl Engine {
                                 return Some((Some(answer), true));
                             };
                             self.spawn_program(
+                                account,
                                 pending,
                                 rule.clone(),
                                 program.clone(),
@@ -426,7 +476,7 @@ impl Engine {
                     if Instant::now() >= deadline {
                         return match plan {
                             Some(plan) if !plan.pickup => {
-                                Some((Some(self.go_late(pending, plan).await), won))
+                                Some((Some(self.go_late(account, pending, plan).await), won))
                             }
                             _ => Some((None, won)),
                         };
@@ -444,6 +494,7 @@ impl Engine {
     /// retry, or goes late.
     fn spawn_program(
         &self,
+        account: &AccountEntry,
         pending: &Pending,
         rule: Arc<str>,
         program: Arc<Program>,
@@ -458,7 +509,7 @@ impl Engine {
             .map(|p| Duration::from_secs(p.pickup_ttl_secs));
         let store = self.store.clone();
         let permits = self.programs.clone();
-        let client = program.url.as_ref().map(|_| self.http());
+        let client = program.url.as_ref().map(|_| account.http());
         let task = tokio::spawn(async move {
             let _slot = slot;
             let started = Instant::now();
@@ -605,7 +656,12 @@ async fn hook(
 
 /// One archive line: when, who, the message as programs get it, the answer and how it
 /// came about.
-fn archive_record(pending: &Pending, answer: Option<&Answer>, latency: Duration) -> Vec<u8> {
+fn archive_record(
+    name: &str,
+    pending: &Pending,
+    answer: Option<&Answer>,
+    latency: Duration,
+) -> Vec<u8> {
     let received_ms = unix_ms().saturating_sub(latency.as_millis() as u64);
     let (via, rule, reply) = match answer {
         Some(a) => (a.via, &*a.rule, a.reply.as_deref()),
@@ -614,6 +670,7 @@ fn archive_record(pending: &Pending, answer: Option<&Answer>, latency: Duration)
     let head = serde_json::json!({
         "received_ms": received_ms,
         "account": pending.context.account,
+        "account_name": name,
         "from": pending.context.follower,
         "msg_type": &*pending.msg_type,
         "key": pending.key,
@@ -663,7 +720,7 @@ mod tests {
              [[rule]]\ntext = \"hi\"\nreply = {{ text = \"Hello!\" }}\n"
         );
         let config = Config::parse(&text).unwrap();
-        Engine::new(config.responder, config.server.engine)
+        Engine::new(config.accounts[0].responder.clone(), config.server.engine)
     }
 
     /// A text message "hi" with this MsgId, and its retry key.
@@ -675,7 +732,13 @@ mod tests {
     async fn post(engine: &Engine, body: &str) -> Response {
         let query = crate::sample::signed_query(TOKEN, unix_now(), "1");
         engine
-            .answer("POST", &query, Ok(body.as_bytes()), Instant::now())
+            .answer(
+                "POST",
+                "/wechat",
+                &query,
+                Ok(body.as_bytes()),
+                Instant::now(),
+            )
             .await
     }
 

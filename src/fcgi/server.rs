@@ -349,12 +349,16 @@ fn answer<'a>(
         let p = &ready.params;
         let response = match engine.status_page(&p.path, &p.query, &p.remote_addr, &p.accept) {
             Some(page) => {
-                crate::log::request(&p.method, &page, started.elapsed());
+                let latency = started.elapsed();
+                metrics.request("-", &page, latency);
+                crate::log::request(&p.method, &page, latency);
                 page
             }
             None => {
                 let body = ready.body.as_deref().map_err(Clone::clone);
-                engine.answer(&p.method, &p.query, body, started).await
+                engine
+                    .answer(&p.method, &p.path, &p.query, body, started)
+                    .await
             }
         };
         if counted {
