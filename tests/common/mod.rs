@@ -367,8 +367,8 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
-        # The callback, and the status and ping paths when a test configures them.
-        location ~ ^/wechat(-status|-ping)?$ {{
+        # The callback, other accounts' paths, and the status and ping paths.
+        location ~ ^/wechat {{
             fastcgi_pass wechat_fcgi;
             fastcgi_keep_conn on;
             fastcgi_param REQUEST_METHOD $request_method;
