@@ -20,8 +20,10 @@
 //!   WeChat's early attempts, pick-ups, customer-service pushes through
 //!   [`engine::api`] with one access token shared in the store). Time is tokio's
 //!   clock, so tests pause and advance it.
-//! - [`config`]: the TOML config. `Config::load` does the IO (the file, its
-//!   permissions, program paths); parsing and validation are pure
+//! - [`config`]: the TOML config: one `[account]` or several `[[account]]`s
+//!   (`config/accounts.rs`; the engine routes requests to them by path).
+//!   `Config::load` does the IO (the file, rules files, permissions, program paths);
+//!   parsing and validation are pure
 //!   ([`config::defaults`] holds every default and range). Errors name the key.
 //! - [`fcgi`]: our FastCGI protocol: the record codec and params decoder
 //!   ([`fcgi::record`], [`fcgi::params`]), the per-connection state machine
