@@ -39,14 +39,17 @@ const VIAS: [Via; 10] = [
     Via::LateDone,
 ];
 
-/// A requests series: account, status, outcome, message type.
-type Series = (String, u16, &'static str, String);
+/// Request counts: by account, then (status, outcome), then message type. Nested so
+/// that counting a series seen before allocates nothing.
+type Series = HashMap<String, HashMap<(u16, &'static str), HashMap<String, u64>>>;
 
 /// The process's counters.
 pub struct Metrics {
     enabled: AtomicBool,
     start_unix: AtomicU64,
-    requests: Mutex<Option<HashMap<Series, u64>>>,
+    requests: Mutex<Option<Series>>,
+    /// Series counted so far (bounded by [`MAX_SERIES`]).
+    series: AtomicU64,
     answers: [AtomicU64; VIAS.len()],
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
@@ -75,6 +78,7 @@ pub static METRICS: Metrics = Metrics {
     enabled: AtomicBool::new(false),
     start_unix: AtomicU64::new(0),
     requests: Mutex::new(None),
+    series: ZERO,
     answers: [ZERO; VIAS.len()],
     latency: [ZERO; LATENCY_BUCKETS.len() + 1],
     latency_sum_us: ZERO,
@@ -152,23 +156,34 @@ impl Metrics {
             }
         }
         let msg_type = response.outcome.msg_type();
+        let outcome = response.outcome.label();
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         let map = requests.get_or_insert_with(HashMap::new);
-        let outcome = response.outcome.label();
-        let mut series = (
-            account.to_owned(),
-            response.status,
-            outcome,
-            msg_type.to_owned(),
-        );
-        if let Some(n) = map.get_mut(&series) {
+        if let Some(n) = map
+            .get_mut(account)
+            .and_then(|m| m.get_mut(&(response.status, outcome)))
+            .and_then(|m| m.get_mut(msg_type))
+        {
             *n += 1;
             return;
         }
-        if map.len() >= MAX_SERIES {
-            series.3 = "other".to_owned();
-        }
-        *map.entry(series).or_insert(0) += 1;
+        // A new series; past the bound, new ones count as one `other` series.
+        let (account, msg_type) = if self.series.load(Ordering::Relaxed) < MAX_SERIES as u64 {
+            (account, msg_type)
+        } else {
+            ("other", "other")
+        };
+        let n = map
+            .entry(account.to_owned())
+            .or_default()
+            .entry((response.status, outcome))
+            .or_default()
+            .entry(msg_type.to_owned())
+            .or_insert_with(|| {
+                self.series.fetch_add(1, Ordering::Relaxed);
+                0
+            });
+        *n += 1;
     }
 
     /// Count a program's or hook's end.
@@ -225,10 +240,14 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|m| {
-                let mut list: Vec<_> = m
-                    .iter()
-                    .map(|((a, s, o, t), n)| (a.clone(), *s, *o, t.clone(), *n))
-                    .collect();
+                let mut list = Vec::new();
+                for (account, by_status) in m {
+                    for ((status, outcome), by_type) in by_status {
+                        for (msg_type, n) in by_type {
+                            list.push((account.clone(), *status, *outcome, msg_type.clone(), *n));
+                        }
+                    }
+                }
                 list.sort();
                 list
             })
