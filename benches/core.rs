@@ -126,5 +126,29 @@ fn bench_parts(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, bench_parts);
+/// What counting one request for the status page costs (`[server] status_path` set):
+/// the part of a request's CPU the counters take.
+fn bench_metrics(c: &mut Criterion) {
+    use wechat_fcgi::metrics::METRICS;
+    METRICS.enable(std::time::Duration::from_millis(4500), 1024);
+    let plain = config("plain");
+    let query = wechat_fcgi::sample::signed_query(TOKEN, 1_700_000_000, "1234567890");
+    let body = message();
+    let response = plain.handle(
+        &Request {
+            method: "POST",
+            query: &query,
+            body: body.as_bytes(),
+        },
+        1_700_000_001,
+        &mut wechat_fcgi::engine::ThreadRng,
+    );
+    assert_eq!(response.status, 200);
+    let latency = std::time::Duration::from_micros(900);
+    c.bench_function("count one request (status page on)", |b| {
+        b.iter(|| METRICS.request(black_box("default"), black_box(&response), latency))
+    });
+}
+
+criterion_group!(benches, bench, bench_parts, bench_metrics);
 criterion_main!(benches);
