@@ -21,23 +21,9 @@ pub const LATENCY_BUCKETS: [f64; 13] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// Distinct (status, outcome, message type) series kept; more are counted as
-/// `msg_type="other"`.
+/// Distinct (account, status, outcome, message type) series kept; new ones beyond are
+/// counted under account and message type `other`.
 const MAX_SERIES: usize = 512;
-
-/// Every `via` label, in a fixed order.
-const VIAS: [Via; 10] = [
-    Via::Rule,
-    Via::Program,
-    Via::Fallback,
-    Via::Retry,
-    Via::Deadline,
-    Via::LateHold,
-    Via::Pickup,
-    Via::StillRunning,
-    Via::CustomerService,
-    Via::LateDone,
-];
 
 /// Request counts: by account, then (status, outcome), then message type. Nested so
 /// that counting a series seen before allocates nothing.
@@ -50,7 +36,7 @@ pub struct Metrics {
     requests: Mutex<Option<Series>>,
     /// Series counted so far (bounded by [`MAX_SERIES`]).
     series: AtomicU64,
-    answers: [AtomicU64; VIAS.len()],
+    answers: [AtomicU64; Via::ALL.len()],
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
     slow_requests: AtomicU64,
@@ -79,7 +65,7 @@ pub static METRICS: Metrics = Metrics {
     start_unix: AtomicU64::new(0),
     requests: Mutex::new(None),
     series: ZERO,
-    answers: [ZERO; VIAS.len()],
+    answers: [ZERO; Via::ALL.len()],
     latency: [ZERO; LATENCY_BUCKETS.len() + 1],
     latency_sum_us: ZERO,
     slow_requests: ZERO,
@@ -151,7 +137,7 @@ impl Metrics {
             add(&self.slow_requests);
         }
         if let Outcome::Reply { via, .. } | Outcome::Success { via, .. } = &response.outcome {
-            if let Some(i) = VIAS.iter().position(|v| v == via) {
+            if let Some(i) = Via::ALL.iter().position(|v| v == via) {
                 add(&self.answers[i]);
             }
         }
@@ -257,7 +243,7 @@ impl Metrics {
         Snapshot {
             start_unix: get(&self.start_unix),
             requests,
-            answers: VIAS
+            answers: Via::ALL
                 .iter()
                 .zip(&self.answers)
                 .map(|(v, a)| (v.label(), get(a)))
@@ -367,63 +353,93 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One metric family: its HELP and TYPE lines, then each sample as `labels` (without
+/// braces; empty for none) and value.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
+    let _ = writeln!(out, "# HELP wechat_fcgi_{name} {help}");
+    let _ = writeln!(out, "# TYPE wechat_fcgi_{name} {kind}");
+    for (labels, value) in samples {
+        let _ = match labels.as_str() {
+            "" => writeln!(out, "wechat_fcgi_{name} {value}"),
+            l => writeln!(out, "wechat_fcgi_{name}{{{l}}} {value}"),
+        };
+    }
+}
+
+/// A sample without labels.
+fn one(value: impl std::fmt::Display) -> Vec<(String, String)> {
+    vec![(String::new(), value.to_string())]
+}
+
+/// Samples labelled `key="label"`.
+fn by<'a, V: std::fmt::Display + 'a>(
+    key: &str,
+    pairs: impl IntoIterator<Item = (&'a str, V)>,
+) -> Vec<(String, String)> {
+    pairs
+        .into_iter()
+        .map(|(l, v)| (format!("{key}=\"{}\"", label(l)), v.to_string()))
+        .collect()
+}
+
 /// The status in Prometheus' text exposition format (version 0.0.4).
 pub fn prometheus(others: Others) -> Vec<u8> {
     let s = METRICS.snapshot();
     let mut out = String::with_capacity(4096);
-    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP wechat_fcgi_{name} {help}");
-        let _ = writeln!(out, "# TYPE wechat_fcgi_{name} {kind}");
-    };
-    head(
+    let info = format!(
+        "version=\"{}\",pid=\"{}\"",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+    family(
         &mut out,
         "info",
         "gauge",
         "This process: its version and pid.",
+        &[(info, "1".into())],
     );
-    let _ = writeln!(
-        out,
-        "wechat_fcgi_info{{version=\"{}\",pid=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id()
-    );
-    head(
+    family(
         &mut out,
         "start_time_seconds",
         "gauge",
         "When this process started, in Unix seconds.",
+        &one(s.start_unix),
     );
-    let _ = writeln!(out, "wechat_fcgi_start_time_seconds {}", s.start_unix);
-    head(
+    let requests: Vec<_> = s
+        .requests
+        .iter()
+        .map(|(account, status, outcome, msg_type, n)| {
+            (
+                format!(
+                    "account=\"{}\",status=\"{status}\",outcome=\"{}\",msg_type=\"{}\"",
+                    label(account),
+                    label(outcome),
+                    label(msg_type)
+                ),
+                n.to_string(),
+            )
+        })
+        .collect();
+    family(
         &mut out,
         "requests_total",
         "counter",
         "Requests answered, by HTTP status, outcome and message type.",
+        &requests,
     );
-    for (account, status, outcome, msg_type, n) in &s.requests {
-        let _ = writeln!(
-            out,
-            "wechat_fcgi_requests_total{{account=\"{}\",status=\"{status}\",outcome=\"{}\",msg_type=\"{}\"}} {n}",
-            label(account),
-            label(outcome),
-            label(msg_type)
-        );
-    }
-    head(
+    family(
         &mut out,
         "answers_total",
         "counter",
         "Messages answered, by how the answer came about (rule, program, retry from the cache, late modes, ...).",
+        &by("via", s.answers.iter().map(|(v, n)| (*v, n))),
     );
-    for (via, n) in &s.answers {
-        let _ = writeln!(out, "wechat_fcgi_answers_total{{via=\"{via}\"}} {n}");
-    }
-    head(
-        &mut out,
-        "request_duration_seconds",
-        "histogram",
-        "Time from a request's first byte to its answer.",
+    // The histogram's samples carry their own suffixes.
+    let _ = writeln!(
+        out,
+        "# HELP wechat_fcgi_request_duration_seconds Time from a request's first byte to its answer."
     );
+    let _ = writeln!(out, "# TYPE wechat_fcgi_request_duration_seconds histogram");
     let mut cumulative = 0;
     for (i, n) in s.latency.iter().enumerate() {
         cumulative += n;
@@ -444,119 +460,84 @@ pub fn prometheus(others: Others) -> Vec<u8> {
         out,
         "wechat_fcgi_request_duration_seconds_count {cumulative}"
     );
-    head(
+    family(
         &mut out,
         "slow_requests_total",
         "counter",
         "Requests answered after reply_budget_ms (held for a slow answer, or late).",
+        &one(s.slow_requests),
     );
-    let _ = writeln!(out, "wechat_fcgi_slow_requests_total {}", s.slow_requests);
-    head(
+    family(
         &mut out,
         "program_runs_total",
         "counter",
         "Reply programs and hooks run, by how they ended.",
+        &by("result", s.programs),
     );
-    for (result, n) in s.programs {
-        let _ = writeln!(
-            out,
-            "wechat_fcgi_program_runs_total{{result=\"{result}\"}} {n}"
-        );
-    }
-    head(
+    family(
         &mut out,
         "late_pushes_total",
         "counter",
         "Customer-service pushes of late answers, by result.",
+        &by("result", s.pushes),
     );
-    for (result, n) in s.pushes {
-        let _ = writeln!(
-            out,
-            "wechat_fcgi_late_pushes_total{{result=\"{result}\"}} {n}"
-        );
-    }
-    head(
+    family(
         &mut out,
         "store_errors_total",
         "counter",
         "State store operations that failed (answered without the store).",
+        &one(s.store_errors),
     );
-    let _ = writeln!(out, "wechat_fcgi_store_errors_total {}", s.store_errors);
     if let Some((written, lost)) = others.archive {
-        head(
+        family(
             &mut out,
             "archive_records_total",
             "counter",
             "Archive records, by result.",
-        );
-        let _ = writeln!(
-            out,
-            "wechat_fcgi_archive_records_total{{result=\"written\"}} {written}"
-        );
-        let _ = writeln!(
-            out,
-            "wechat_fcgi_archive_records_total{{result=\"lost\"}} {lost}"
+            &by("result", [("written", written), ("lost", lost)]),
         );
     }
-    head(
+    family(
         &mut out,
         "log_lines_dropped_total",
         "counter",
         "Log lines dropped because the log did not take them.",
+        &one(others.log_dropped),
     );
-    let _ = writeln!(
-        out,
-        "wechat_fcgi_log_lines_dropped_total {}",
-        others.log_dropped
-    );
-    head(
+    family(
         &mut out,
         "connections_accepted_total",
         "counter",
         "FastCGI connections accepted (PHP-FPM: accepted conn).",
+        &one(s.accepted),
     );
-    let _ = writeln!(out, "wechat_fcgi_connections_accepted_total {}", s.accepted);
-    head(
+    family(
         &mut out,
         "connections",
         "gauge",
         "FastCGI connections open now, by state.",
+        &by("state", [("active", s.open - s.idle), ("idle", s.idle)]),
     );
-    let _ = writeln!(
-        out,
-        "wechat_fcgi_connections{{state=\"active\"}} {}",
-        s.open - s.idle
-    );
-    let _ = writeln!(out, "wechat_fcgi_connections{{state=\"idle\"}} {}", s.idle);
-    head(
+    family(
         &mut out,
         "connections_max_seen",
         "gauge",
         "The most connections open at once since start (PHP-FPM: max active processes).",
+        &one(s.max_open),
     );
-    let _ = writeln!(out, "wechat_fcgi_connections_max_seen {}", s.max_open);
-    head(
+    family(
         &mut out,
         "connections_limit",
         "gauge",
         "server.max_connections.",
+        &one(s.max_connections),
     );
-    let _ = writeln!(out, "wechat_fcgi_connections_limit {}", s.max_connections);
-    head(
+    family(
         &mut out,
         "config_reloads_total",
         "counter",
         "Config reloads (SIGHUP), by result.",
-    );
-    let _ = writeln!(
-        out,
-        "wechat_fcgi_config_reloads_total{{result=\"ok\"}} {}",
-        s.reloads
-    );
-    let _ = writeln!(
-        out,
-        "wechat_fcgi_config_reloads_total{{result=\"failed\"}} {}",
-        s.reload_failures
+        &by("result", [("ok", s.reloads), ("failed", s.reload_failures)]),
     );
     out.into_bytes()
 }

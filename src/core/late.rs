@@ -58,18 +58,6 @@ pub struct Late {
     pub still_running: TemplateReply,
 }
 
-impl Default for Late {
-    fn default() -> Late {
-        Late {
-            mode: LateMode::Off,
-            pending: TemplateReply::plain(Reply::Text(String::new())),
-            pickup: Vec::new(),
-            pickup_ttl_secs: 0,
-            still_running: TemplateReply::plain(Reply::Text(String::new())),
-        }
-    }
-}
-
 /// One message's late-answer plan, its replies filled in (the message is gone by the
 /// time they are needed).
 #[derive(Debug, Clone)]

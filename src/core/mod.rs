@@ -248,6 +248,20 @@ pub enum Via {
 }
 
 impl Via {
+    /// Every `Via`, in a fixed order (the status page lists them so).
+    pub const ALL: [Via; 10] = [
+        Via::Rule,
+        Via::Program,
+        Via::Fallback,
+        Via::Retry,
+        Via::Deadline,
+        Via::LateHold,
+        Via::Pickup,
+        Via::StillRunning,
+        Via::CustomerService,
+        Via::LateDone,
+    ];
+
     /// The label.
     pub fn label(self) -> &'static str {
         match self {
@@ -266,20 +280,7 @@ impl Via {
 
     /// The `Via` of a [`Via::label`].
     pub fn from_label(label: &str) -> Option<Via> {
-        [
-            Via::Rule,
-            Via::Program,
-            Via::Fallback,
-            Via::Retry,
-            Via::Deadline,
-            Via::LateHold,
-            Via::Pickup,
-            Via::StillRunning,
-            Via::CustomerService,
-            Via::LateDone,
-        ]
-        .into_iter()
-        .find(|v| v.label() == label)
+        Via::ALL.into_iter().find(|v| v.label() == label)
     }
 }
 

@@ -3,7 +3,9 @@
 //! the shared store so that all processes share one and one refreshes it; and the
 //! customer-service push (`cgi-bin/message/custom/send`). docs/protocol.md §7.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use super::unix_ms;
 
 use crate::config::ApiSpec;
 use crate::core::late::{api_outcome, custom_message, ApiOutcome};
@@ -44,12 +46,6 @@ impl std::fmt::Display for PushError {
             PushError::NotPushable => f.write_str("this reply type cannot be pushed"),
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn token_name(api: &ApiSpec) -> String {
@@ -96,12 +92,7 @@ pub async fn access_token(
         "secret": api.appsecret,
         "force_refresh": stale.is_some(),
     });
-    let request = client
-        .post(format!("{}/cgi-bin/stable_token", api.base))
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
-        .timeout(Duration::from_secs(10));
-    let answer = fetch(request).await.map_err(PushError::Unreachable)?;
+    let answer = call(client, &format!("{}/cgi-bin/stable_token", api.base), &body).await?;
     #[derive(serde::Deserialize)]
     struct Token {
         access_token: String,
@@ -130,6 +121,23 @@ pub async fn access_token(
     Ok(token.access_token)
 }
 
+/// How long one API call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// POST `body` as JSON to an API `url`; its answer's body.
+async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<Vec<u8>, PushError> {
+    let request = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .timeout(CALL_TIMEOUT);
+    fetch(request).await.map_err(PushError::Unreachable)
+}
+
 /// Push `reply` to `follower` with the customer-service API: a token error refreshes
 /// the token and tries once more; an unreachable API is tried [`PUSH_TRIES`] times
 /// with backoff.
@@ -152,12 +160,8 @@ pub async fn push(
             let query: String = form_urlencoded::Serializer::new(String::new())
                 .append_pair("access_token", &token)
                 .finish();
-            let request = client
-                .post(format!("{}/cgi-bin/message/custom/send?{query}", api.base))
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(message.to_string())
-                .timeout(Duration::from_secs(10));
-            let answer = fetch(request).await.map_err(PushError::Unreachable)?;
+            let url = format!("{}/cgi-bin/message/custom/send?{query}", api.base);
+            let answer = call(client, &url, &message).await?;
             Ok::<_, PushError>((token, api_outcome(&answer)))
         }
         .await;

@@ -639,17 +639,7 @@ async fn hook(
     program: &Program,
     permits: &Semaphore,
 ) -> Result<Option<Reply>, String> {
-    let timeout = Duration::from_millis(program.timeout_ms);
-    let deadline = Instant::now() + timeout;
-    let _permit = tokio::time::timeout_at(deadline, permits.acquire())
-        .await
-        .map_err(|_| {
-            format!(
-                "no program slot free within {} ms (max_programs)",
-                program.timeout_ms
-            )
-        })?
-        .map_err(|_| "program slots closed".to_owned())?;
+    let (_permit, deadline) = program::slot(program, permits).await?;
     let left = deadline.saturating_duration_since(Instant::now());
     http::call_hook(client, url, rule, input, left).await
 }
@@ -693,7 +683,7 @@ fn archive_record(
 }
 
 /// The Unix time in milliseconds.
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -31,17 +31,7 @@ pub async fn run(
     input: &[u8],
     permits: &Semaphore,
 ) -> Result<Option<Reply>, String> {
-    let timeout = Duration::from_millis(program.timeout_ms);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let _permit = tokio::time::timeout_at(deadline, permits.acquire())
-        .await
-        .map_err(|_| {
-            format!(
-                "no program slot free within {} ms (max_programs)",
-                program.timeout_ms
-            )
-        })?
-        .map_err(|_| "program slots closed".to_owned())?;
+    let (_permit, deadline) = slot(program, permits).await?;
     let (name, args) = program.command.split_first().ok_or("empty command")?;
     let mut command = tokio::process::Command::new(name);
     command.env_clear();
@@ -107,6 +97,25 @@ pub async fn run(
     group.kill();
     let _ = child.wait().await;
     outcome
+}
+
+/// One of `permits` (`max_programs`) for a program or hook, waited for within its
+/// timeout; and when that timeout ends, counted from now.
+pub async fn slot<'a>(
+    program: &Program,
+    permits: &'a Semaphore,
+) -> Result<(tokio::sync::SemaphorePermit<'a>, tokio::time::Instant), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(program.timeout_ms);
+    let permit = tokio::time::timeout_at(deadline, permits.acquire())
+        .await
+        .map_err(|_| {
+            format!(
+                "no program slot free within {} ms (max_programs)",
+                program.timeout_ms
+            )
+        })?
+        .map_err(|_| "program slots closed".to_owned())?;
+    Ok((permit, deadline))
 }
 
 /// Kills the process group led by the program when dropped, unless already killed.
