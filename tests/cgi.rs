@@ -3,8 +3,6 @@
 mod common;
 use common::*;
 
-use std::process::Command;
-
 #[test]
 fn cgi_requests() {
     let dir = TempDir::new("cgi");
@@ -262,28 +260,7 @@ fn cgi_mode_logs_warnings_only_by_default() {
     let query = signed("1");
     let hi = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", 1);
     let run = |extra: &[(&str, &str)]| {
-        let mut child = Command::new(BIN)
-            .env_clear()
-            .envs([
-                ("GATEWAY_INTERFACE", "CGI/1.1"),
-                ("WECHAT_FCGI_CONFIG", config.to_str().unwrap()),
-                ("REQUEST_METHOD", "POST"),
-                ("QUERY_STRING", query.as_str()),
-                ("CONTENT_LENGTH", &hi.len().to_string()),
-            ])
-            .envs(extra.iter().copied())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(hi.as_bytes())
-            .unwrap();
+        let child = spawn_cgi(&config, &query, hi.as_bytes(), extra);
         let out = child.wait_with_output().unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("Hello!"));
         String::from_utf8_lossy(&out.stderr).into_owned()

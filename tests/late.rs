@@ -17,13 +17,6 @@ use common::*;
 /// How long the simulated WeChat waits for one attempt.
 const PATIENCE: Duration = Duration::from_millis(600);
 
-fn write_executable(dir: &TempDir, name: &str, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.path(name);
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 fn runs(dir: &TempDir) -> usize {
     std::fs::read_to_string(dir.path("runs.log"))
         .unwrap_or_default()
@@ -682,28 +675,7 @@ fn the_slow_bot_and_hook_server_examples_work() {
 /// One CGI request (as Apache's mod_cgi runs it): returns the reply's content once the
 /// process closed its stdout (it may stay alive to finish a program).
 fn cgi(config: &std::path::Path, body: &str) -> (String, std::process::Child) {
-    let mut child = std::process::Command::new(BIN)
-        .env_clear()
-        .envs([
-            ("GATEWAY_INTERFACE", "CGI/1.1"),
-            ("WECHAT_FCGI_CONFIG", config.to_str().unwrap()),
-            ("REQUEST_METHOD", "POST"),
-            ("QUERY_STRING", &signed("cgi")),
-            ("CONTENT_LENGTH", &body.len().to_string()),
-            ("PATH", "/usr/bin:/bin"),
-        ])
-        .process_group(0)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
+    let mut child = spawn_cgi(config, &signed("cgi"), body.as_bytes(), &[]);
     let mut out = String::new();
     child
         .stdout

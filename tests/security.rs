@@ -247,13 +247,6 @@ const INHERITANCE_REPORT: &str = "#!/bin/sh\ncat >/dev/null\n\
     for fd in 3 4 5 6 7 8 9; do t=$(readlink /proc/$$/fd/$fd 2>/dev/null) && echo \"fd$fd=$t\"; done\n\
     env | sort\n";
 
-fn write_executable(dir: &TempDir, name: &str, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.path(name);
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 // Regression: under systemd socket activation, fd 3 (the listening socket) and
 // LISTEN_FDS/LISTEN_PID reached reply programs; one that kept a child answered
 // requests itself.

@@ -8,13 +8,6 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn write_executable(dir: &TempDir, name: &str, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.path(name);
-    std::fs::write(&path, text).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
 /// Send one FastCGI request on a fresh connection; returns the response text.
 fn ask(addr: std::net::SocketAddr, body: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -203,30 +196,7 @@ fn a_slow_program_in_cgi_mode_answers_the_retry() {
          [[rule]]\ntext = \"slow\"\nrun = { command = [\"./slow.sh\"] }\n",
     );
     let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "slow", 10);
-    let start = |query: &str| {
-        let mut child = std::process::Command::new(BIN)
-            .env_clear()
-            .envs([
-                ("GATEWAY_INTERFACE", "CGI/1.1"),
-                ("WECHAT_FCGI_CONFIG", config.to_str().unwrap()),
-                ("REQUEST_METHOD", "POST"),
-                ("QUERY_STRING", query),
-                ("CONTENT_LENGTH", &message.len().to_string()),
-                ("PATH", "/usr/bin:/bin"),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(message.as_bytes())
-            .unwrap();
-        child
-    };
+    let start = |query: &str| spawn_cgi(&config, query, message.as_bytes(), &[]);
     let mut first = start(&signed("1"));
     let mut reply = String::new();
     first

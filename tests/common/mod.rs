@@ -152,6 +152,40 @@ pub fn run_cgi(args: &[&str], vars: &[(&str, &str)], body: &[u8]) -> (bool, Stri
     )
 }
 
+/// Write an executable file (a reply program, a script) into `dir`.
+pub fn write_executable(dir: &TempDir, name: &str, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.path(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Start the binary as a CGI program for one POST, as a web server does: a clean
+/// environment (the config from `WECHAT_FCGI_CONFIG`, the request's variables, `PATH`,
+/// and `extra`), `body` on stdin (then closed); stdout and stderr piped.
+pub fn spawn_cgi(config: &Path, query: &str, body: &[u8], extra: &[(&str, &str)]) -> Child {
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .envs([
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("WECHAT_FCGI_CONFIG", config.to_str().unwrap()),
+            ("REQUEST_METHOD", "POST"),
+            ("QUERY_STRING", query),
+            ("CONTENT_LENGTH", &body.len().to_string()),
+            ("PATH", "/usr/bin:/bin"),
+        ])
+        .envs(extra.iter().copied())
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(body); // the program may refuse before reading it all
+    child
+}
+
 /// Write a config with our test token and these extra lines.
 pub fn write_config(dir: &TempDir, extra: &str) -> PathBuf {
     let path = dir.path("wechat-fcgi.toml");
