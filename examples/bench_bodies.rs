@@ -9,6 +9,8 @@ use wechat_fcgi::core::crypto::AesKey;
 const TOKEN: &str = "4yN275N7g3cY7t2znnG7U7h4MbU7wT42";
 const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const APPID: &str = "wx0123456789abcdef";
+/// Messages signed within one second.
+const PER_SECOND: u64 = 2000;
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,10 +28,13 @@ fn main() -> std::io::Result<()> {
     };
     // The keyword rule matches "hi"; a longer Content pads it with spaces (trimmed).
     let content = format!("hi{}", " ".repeat(size.max(2) - 2));
-    // Signed now: the server refuses timestamps outside its window.
-    let ts = std::time::SystemTime::now()
+    // Signed as WeChat signs them, with the time each is sent: the timestamps advance
+    // one second every PER_SECOND messages and the last is now (the server refuses
+    // timestamps outside its window; the benchmark's window is two hours).
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let first = now.saturating_sub((n as u64) / PER_SECOND);
     let crypto = wechat_fcgi::core::Crypto {
         key: AesKey::parse(KEY).map_err(std::io::Error::other)?,
         previous_key: None,
@@ -39,6 +44,7 @@ fn main() -> std::io::Result<()> {
     // One query per body, each with its own nonce, as WeChat sends them.
     let mut queries = String::new();
     for i in 0..n {
+        let ts = first + (i as u64) / PER_SECOND;
         let msg = wechat_fcgi::sample::text_with_id(
             "gh_0123456789ab",
             "oBench",

@@ -45,7 +45,8 @@ fn bad_configs_name_the_key() {
         (format!("{OK_ACCOUNT}[[rule]]\ntext = \"a\"\nreply = {{ image = {{ media_id = \"\" }} }}\n"), "rule[0].reply: media_id is empty"),
         (format!("{OK_ACCOUNT}[default]\nreply = {{ voice = {{ mediaid = \"x\" }} }}\n"), "unexpected keys in table: mediaid"),
     ];
-    let not_executable = std::env::temp_dir().join(format!("wf-not-exec-{}", std::process::id()));
+    let dir = TempDir::new("bad-configs");
+    let not_executable = dir.path("not-executable");
     std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
     let not_exec_row = rule_text_run(&not_executable);
     let rule = |body: &str| format!("{OK_ACCOUNT}[[rule]]\nname = \"r\"\n{body}\n");
@@ -160,7 +161,6 @@ fn bad_configs_name_the_key() {
             "rule[0] (r).run.env: only goes with `command`",
         ),
     ];
-    let dir = TempDir::new("bad-configs");
     let path = dir.path("c.toml");
     for (text, needle) in rows.into_iter().chain(more) {
         std::fs::write(&path, &text).unwrap();
@@ -170,7 +170,6 @@ fn bad_configs_name_the_key() {
             "config:\n{text}\nerror: {err}\nexpected: {needle}"
         );
     }
-    let _ = std::fs::remove_file(&not_executable);
 }
 
 fn rule_text_run(program: &std::path::Path) -> String {

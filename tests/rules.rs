@@ -314,23 +314,23 @@ fn retry_keys() {
         Message::parse(&body).unwrap().retry_key()
     };
     let rows = [
-        ("text", "m:oFollower0000000000000000001:1234567890123456"),
+        ("text", "m:1234567890123456:oFollower0000000000000000001"),
         (
             "event-click",
-            "e:oFollower0000000000000000001:1700000000:CLICK:V1001_TODAY_MUSIC",
+            "e:1700000000:oFollower0000000000000000001:CLICK:V1001_TODAY_MUSIC",
         ),
         (
             "event-subscribe",
-            "e:oFollower0000000000000000001:1700000000:subscribe:",
+            "e:1700000000:oFollower0000000000000000001:subscribe:",
         ),
         // Its MsgID names the template send, not this push: the event key is used.
         (
             "event-TEMPLATESENDJOBFINISH",
-            "e:oFollower0000000000000000001:1700000000:TEMPLATESENDJOBFINISH:",
+            "e:1700000000:oFollower0000000000000000001:TEMPLATESENDJOBFINISH:",
         ),
         (
             "unknown-type",
-            "u:oFollower0000000000000000001:1700000000:hologram",
+            "u:1700000000:oFollower0000000000000000001:hologram",
         ),
     ];
     for (name, expected) in rows {

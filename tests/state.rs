@@ -404,3 +404,95 @@ fn shared_values_behave_the_same_in_sqlite_and_redis() {
         });
     }
 }
+
+/// The rules of a message's first step, the same in every store: a known answer is
+/// stored once and returned to a retry; a signed query comes with one body only; a
+/// claim is held until its answer or the end of its lease, then taken over.
+#[test]
+fn claims_follow_the_same_rules_in_every_store() {
+    use std::sync::Arc;
+    use wechat_fcgi::core::{reply::Reply, Answer, Via};
+    use wechat_fcgi::engine::store::{
+        body_digest, Claim, First, MemoryStore, Opened, RedisStore, SqliteStore, Store,
+    };
+    let dir = TempDir::new("claims");
+    let port = free_port();
+    let _redis = start_redis(&dir, port);
+    let retention = Duration::from_secs(60);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_runtime = runtime.enter();
+    let stores = [
+        Store::Memory(MemoryStore::new(1000, 1 << 20, retention)),
+        Store::Sqlite(SqliteStore::open(&dir.path("claims.db"), retention).unwrap()),
+        Store::Redis(
+            RedisStore::open(&format!("redis://127.0.0.1:{port}/0"), "c:", retention).unwrap(),
+        ),
+    ];
+    let answer = |text: &str| Answer {
+        reply: Some(Arc::new(Reply::Text(text.to_owned()))),
+        rule: Arc::from("r"),
+        via: Via::Rule,
+    };
+    let (a, b, c) = (answer("a"), answer("b"), answer("c"));
+    let (one, two) = (body_digest(b"<xml>1</xml>"), body_digest(b"<xml>2</xml>"));
+    let now = tokio::time::Instant::now;
+    let long = Duration::from_secs(30);
+    for store in &stores {
+        runtime.block_on(async {
+            let open = |query: &'static str, body, key: &'static str, first| {
+                store.open_message(query, body, key, first, now())
+            };
+            let q1 = "1700000000:sig1:n1";
+            assert_eq!(
+                open(q1, &one, "m:1:oA", First::Known(&a)).await,
+                Opened::Stored
+            );
+            // The same request again (a replay): the answer stored for it.
+            assert_eq!(
+                open(q1, &one, "m:1:oA", First::Known(&b)).await,
+                Opened::Claim(Claim::Answered(a.clone()))
+            );
+            // Its signed query with another body: refused, whatever the message.
+            assert_eq!(
+                open(q1, &two, "m:2:oA", First::Known(&b)).await,
+                Opened::QueryReused
+            );
+            // A retry (a new query, the same message): the first answer.
+            assert_eq!(
+                open("1700000005:sig2:n2", &one, "m:1:oA", First::Known(&b)).await,
+                Opened::Claim(Claim::Answered(a.clone()))
+            );
+            // A program's message: claimed, held for a retry, answered when finished.
+            assert_eq!(
+                open("1700000010:sig3:n3", &two, "m:3:oA", First::Claim(long)).await,
+                Opened::Claim(Claim::Won)
+            );
+            match open("1700000015:sig4:n4", &two, "m:3:oA", First::Claim(long)).await {
+                Opened::Claim(Claim::Held { until }) => {
+                    assert!(
+                        until > now() + Duration::from_secs(20),
+                        "held for the lease"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+            store.finish("m:3:oA", c.clone(), now()).await;
+            assert_eq!(
+                store.claim("m:3:oA", now(), long).await,
+                Claim::Answered(c.clone())
+            );
+            // A lease that ends unanswered (its process died): the message is taken over.
+            let short = Duration::from_millis(100);
+            assert_eq!(store.claim("m:4:oA", now(), short).await, Claim::Won);
+            assert!(matches!(
+                store.claim("m:4:oA", now(), short).await,
+                Claim::Held { .. }
+            ));
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            assert_eq!(store.claim("m:4:oA", now(), long).await, Claim::Won);
+        });
+    }
+}

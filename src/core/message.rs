@@ -238,6 +238,10 @@ impl<'a> Message<'a> {
     /// The key that identifies this message across WeChat's retries: MsgId for
     /// messages; FromUserName + CreateTime + Event + EventKey for events (which have no
     /// MsgId, or one that names something else, like TEMPLATESENDJOBFINISH's MsgID).
+    ///
+    /// The part that grows with time comes first (MsgId, or CreateTime), the follower
+    /// after it: a store that keeps keys in order (SQLite's B-tree) then adds each new
+    /// message next to the last ones instead of at a random place.
     pub fn retry_key(&self) -> String {
         let from = &self.from_user_name;
         let mut key = String::with_capacity(from.len() + 48);
@@ -250,16 +254,16 @@ impl<'a> Message<'a> {
         match (&self.kind, self.field("MsgId")) {
             (Kind::Event(_), _) => push(&[
                 "e:",
-                from,
-                ":",
                 time,
+                ":",
+                from,
                 ":",
                 self.field("Event").unwrap_or("").trim(),
                 ":",
                 self.field("EventKey").unwrap_or(""),
             ]),
-            (_, Some(id)) if !id.trim().is_empty() => push(&["m:", from, ":", id.trim()]),
-            _ => push(&["u:", from, ":", time, ":", &self.msg_type]),
+            (_, Some(id)) if !id.trim().is_empty() => push(&["m:", id.trim(), ":", from]),
+            _ => push(&["u:", time, ":", from, ":", &self.msg_type]),
         }
         key
     }

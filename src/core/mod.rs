@@ -312,8 +312,10 @@ pub struct Pending {
     /// The retry key: MsgId for messages; FromUserName + CreateTime + Event + EventKey
     /// for events (docs/protocol.md §5).
     pub key: String,
-    /// `signature:timestamp:nonce` of the request: the signature does not cover the
-    /// body, so the engine binds this query to the first body it came with.
+    /// `timestamp:signature:nonce` of the request: the signature does not cover the
+    /// body, so the engine binds this query to the first body it came with. The signed
+    /// timestamp comes first, so that a store keeping keys in order adds new ones
+    /// together.
     pub signed_query: String,
     /// The type label for logs.
     pub msg_type: MsgTypeLabel,
@@ -555,7 +557,7 @@ impl Responder {
             .then(|| message::to_json(&message.fields));
         let (signature, timestamp, nonce) = query.signed_triple().unwrap_or_default();
         let mut signed_query = String::with_capacity(64);
-        for part in [signature, ":", timestamp, ":", nonce] {
+        for part in [timestamp, ":", signature, ":", nonce] {
             signed_query.push_str(part);
         }
         signed_query.make_ascii_lowercase();

@@ -368,7 +368,7 @@ mod tests {
 
     /// Hold message `msg_id` from outside (as the process running its program would).
     async fn hold(engine: &Engine, msg_id: u64) -> String {
-        let key = format!("m:oF:{msg_id}");
+        let key = format!("m:{msg_id}:oF");
         let claim = engine
             .store()
             .claim(&key, Instant::now(), Duration::from_secs(30))

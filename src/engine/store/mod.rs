@@ -39,15 +39,19 @@ impl Store {
         !matches!(self, Store::Memory(_))
     }
 
-    /// Upkeep to run in the background while serving: deleting expired rows.
+    /// Upkeep to run in the background while serving: deleting expired rows, and for
+    /// SQLite moving the write-ahead log into the database on a thread of its own.
     pub async fn maintain(&self) {
         match self {
             // Memory drops whole generations; Redis expires keys by their TTL.
             Store::Memory(_) | Store::Redis(_) => std::future::pending().await,
-            Store::Sqlite(s) => loop {
-                tokio::time::sleep(sqlite::PURGE_EVERY).await;
-                s.purge().await;
-            },
+            Store::Sqlite(s) => {
+                s.checkpoint_in_background().await;
+                loop {
+                    tokio::time::sleep(sqlite::PURGE_EVERY).await;
+                    s.purge().await;
+                }
+            }
         }
     }
 }

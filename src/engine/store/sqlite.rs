@@ -30,6 +30,12 @@ pub const POLL: Duration = Duration::from_millis(10);
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often expired rows are deleted.
 pub const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// How often a serving process's checkpointer moves the write-ahead log into the
+/// database (see [`SqliteStore::checkpoint_in_background`]).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// Pages of write-ahead log after which a commit checkpoints by itself (SQLite's own
+/// automatic checkpoint), in a process without a checkpointer thread (CGI).
+const AUTOCHECKPOINT_PAGES: u32 = 4096;
 /// At most one "store unavailable" warning per this interval.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -68,6 +74,9 @@ const SCHEMA: &str = "
 #[derive(Clone)]
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
+    /// Dropped with the last clone: the checkpointer thread, if started, then ends.
+    _alive: Arc<mpsc::SyncSender<()>>,
+    lives: Arc<Mutex<Option<mpsc::Receiver<()>>>>,
     path: PathBuf,
     retention: Duration,
     warned: Arc<Mutex<Option<std::time::Instant>>>,
@@ -105,8 +114,11 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("sqlite-store".into())
             .spawn(move || run_batches(conn, inbox))?;
+        let (alive, lives) = mpsc::sync_channel(1);
         Ok(SqliteStore {
             jobs,
+            _alive: Arc::new(alive),
+            lives: Arc::new(Mutex::new(Some(lives))),
             path: path.to_path_buf(),
             retention,
             warned: Arc::default(),
@@ -153,22 +165,25 @@ impl SqliteStore {
         let found = self
             .run(move |conn| {
                 let now = unix_ms();
-                let tx = conn;
-                let bound: Option<Vec<u8>> = tx
-                    .prepare_cached("SELECT digest FROM bindings WHERE query = ?1 AND expires > ?2")?
-                    .query_row(params![query, now], |r| r.get(0))
-                    .optional()?;
-                match bound {
-                    Some(bound) if bound != digest => return Ok(None),
-                    Some(_) => {}
-                    None => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO bindings (query, digest, expires) VALUES (?1, ?2, ?3)",
-                        )?
-                        .execute(params![query, digest, now + retention])?;
+                // A new query (the usual case) is one statement; a binding that
+                // expired is replaced.
+                let bound = conn
+                    .prepare_cached(
+                        "INSERT INTO bindings (query, digest, expires) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (query) DO UPDATE SET digest = excluded.digest,
+                           expires = excluded.expires
+                         WHERE bindings.expires <= ?4",
+                    )?
+                    .execute(params![query, digest, now + retention, now])?;
+                if bound == 0 {
+                    let earlier: Vec<u8> = conn
+                        .prepare_cached("SELECT digest FROM bindings WHERE query = ?1")?
+                        .query_row(params![query], |r| r.get(0))?;
+                    if earlier != digest {
+                        return Ok(None);
                     }
                 }
-                let outcome = first_step(tx, &key, known.as_deref(), lease, retention)?;
+                let outcome = first_step(conn, &key, known.as_deref(), lease, retention)?;
                 Ok(Some(outcome))
             })
             .await;
@@ -346,6 +361,41 @@ impl SqliteStore {
         .unwrap_or(false)
     }
 
+    /// Checkpoint on a thread of its own, with its own connection, every
+    /// [`CHECKPOINT_EVERY`], and stop the store's thread from checkpointing in its
+    /// commits: requests no longer wait for a checkpoint, and the work runs beside them
+    /// (SQLite's passive checkpoint waits for no reader or writer). The thread ends
+    /// with the store. Called once by a serving process; a CGI process keeps SQLite's
+    /// automatic checkpoint.
+    pub async fn checkpoint_in_background(&self) {
+        let Some(lives) = self.lives.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let conn = match Connection::open(&self.path) {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(store = %self.path.display(), error = %e, "state store: no checkpointer thread; commits checkpoint");
+                return;
+            }
+        };
+        let started = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    lives.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!(error = %e, "state store: checkpoint failed");
+                    }
+                }
+            });
+        if started.is_ok() {
+            self.run(|conn| conn.execute_batch("PRAGMA wal_autocheckpoint = 0"))
+                .await;
+        }
+    }
+
     /// Delete expired rows.
     pub async fn purge(&self) {
         self.run(|conn| {
@@ -455,9 +505,10 @@ fn prepare(path: &Path) -> rusqlite::Result<Connection> {
     }
     // NORMAL: a commit does not wait for the disk (the WAL is synced at checkpoints), and
     // a crash or power loss cannot corrupt the file. A 16 MiB page cache keeps the
-    // recent answers' pages in memory; checkpoints run every 16 MiB of WAL.
+    // recent answers' pages in memory. A serving process checkpoints on a thread of its
+    // own; elsewhere the commit that takes the WAL past AUTOCHECKPOINT_PAGES does.
     conn.execute_batch(
-        "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 4096;",
+        &format!("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES};"),
     )?;
     // The schema once per file (a CGI request opens the file every time).
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -493,7 +544,8 @@ impl Found {
 
 /// A message's first step inside the caller's transaction: an answer stored before, or
 /// a lease still running, wins; otherwise (new, expired, or a lease that ended
-/// unanswered) store the `known` answer, or claim it for `lease` ms.
+/// unanswered) store the `known` answer, or claim it for `lease` ms. A new message (the
+/// usual case) is one statement.
 fn first_step(
     conn: &Connection,
     key: &str,
@@ -502,24 +554,29 @@ fn first_step(
     retention: i64,
 ) -> rusqlite::Result<Found> {
     let now = unix_ms();
-    let row: Option<(Option<i64>, Option<Vec<u8>>)> = conn
-        .prepare_cached("SELECT lease_until, answer FROM answers WHERE key = ?1 AND expires > ?2")?
-        .query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    match row {
-        Some((_, Some(answer))) => return Ok(Found::Answered(answer)),
-        Some((Some(until), None)) if until > now => return Ok(Found::Held(until - now)),
-        _ => {}
-    }
     let (lease_until, expires) = match known {
         Some(_) => (None, now + retention),
         None => (Some(now + lease), now + retention.max(lease)),
     };
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![key, lease_until, known, expires])?;
-    Ok(Found::Won)
+    let taken = conn
+        .prepare_cached(
+            "INSERT INTO answers (key, lease_until, answer, expires) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET lease_until = excluded.lease_until,
+               answer = excluded.answer, expires = excluded.expires
+             WHERE answers.expires <= ?5
+               OR (answers.answer IS NULL AND coalesce(answers.lease_until, 0) <= ?5)",
+        )?
+        .execute(params![key, lease_until, known, expires, now])?;
+    if taken == 1 {
+        return Ok(Found::Won);
+    }
+    let (until, answer): (Option<i64>, Option<Vec<u8>>) = conn
+        .prepare_cached("SELECT lease_until, answer FROM answers WHERE key = ?1")?
+        .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(match (answer, until) {
+        (Some(answer), _) => Found::Answered(answer),
+        (None, until) => Found::Held(until.unwrap_or(now) - now),
+    })
 }
 
 fn unix_ms() -> i64 {
