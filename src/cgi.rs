@@ -90,7 +90,12 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         // The process ends here: everything the store needs is committed. Closing a
         // SQLite file as its last user would checkpoint and sync it (about 2 ms per
-        // request); the next process picks the WAL up instead.
+        // request); the next process picks the log up instead, and every few requests
+        // one empties it, after its response is out.
+        if let crate::engine::store::Store::Sqlite(store) = engine.store() {
+            close_stdout();
+            store.end_of_process();
+        }
         std::mem::forget(engine);
         Ok(std::process::ExitCode::SUCCESS)
     })

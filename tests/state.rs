@@ -124,6 +124,52 @@ fn cgi_requests_over_sqlite_answer_a_retry_once() {
     assert_eq!(runs(&dir), 1);
 }
 
+/// CGI processes over one SQLite file, each the file's only user while it runs: the
+/// write-ahead log stays short (every later process would read all of it), and what
+/// was stored before the log was emptied still answers a retry.
+#[test]
+fn cgi_processes_keep_the_sqlite_log_short() {
+    use wechat_fcgi::engine::store::sqlite::CGI_WAL_LIMIT;
+    let dir = TempDir::new("sqlite-cgi-wal");
+    let config = write_config(
+        &dir,
+        "[state]\nstore = \"sqlite:state.db\"\n\
+         [[rule]]\ntext = \"hi\"\nreply = { text = \"Hello!\" }\n",
+    );
+    let config = config.to_str().unwrap().to_owned();
+    let cgi = |msg_id: u64, nonce: &str| {
+        let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", msg_id);
+        let (query, len) = (signed(nonce), message.len().to_string());
+        let (_, stdout, stderr) = run_cgi(
+            &[],
+            &[
+                ("WECHAT_FCGI_CONFIG", &config),
+                ("REQUEST_METHOD", "POST"),
+                ("QUERY_STRING", &query),
+                ("CONTENT_LENGTH", &len),
+                ("PATH", "/usr/bin:/bin"),
+            ],
+            message.as_bytes(),
+        );
+        assert!(stdout.contains("Hello!"), "{stdout}{stderr}");
+        stderr
+    };
+    let wal = || std::fs::metadata(dir.path("state.db-wal")).map_or(0, |m| m.len());
+    let mut longest = 0;
+    // Each message adds a few pages (more than 4 KiB) to the log: 80 of them would take
+    // it well past the limit if nothing emptied it.
+    for id in 0..80u64 {
+        cgi(1000 + id, &format!("n{id}"));
+        longest = longest.max(wal());
+    }
+    assert!(
+        longest <= CGI_WAL_LIMIT + 64 * 1024,
+        "the log grew to {longest} bytes"
+    );
+    let log = cgi(1000, "again");
+    assert!(log.contains("via=retry"), "answered from the store: {log}");
+}
+
 #[test]
 fn a_message_whose_process_died_is_taken_over_after_its_lease() {
     let dir = TempDir::new("sqlite-lease");

@@ -57,9 +57,13 @@ return {'W', ''}
 const OPEN_MESSAGE: &str = r"
 local bound = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', tonumber(ARGV[2]))
 if bound and bound ~= ARGV[1] then return {'R', ''} end
+local v = redis.call('GET', KEYS[2])
+if not v and ARGV[3] == 'K' then
+  redis.call('SET', KEYS[2], 'A' .. ARGV[4], 'PX', tonumber(ARGV[2]))
+  return {'S', ''}
+end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local v = redis.call('GET', KEYS[2])
 if v then
   local kind = string.sub(v, 1, 1)
   if kind == 'A' then return {'A', string.sub(v, 2)} end

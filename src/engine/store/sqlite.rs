@@ -33,9 +33,10 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// How often a serving process's checkpointer moves the write-ahead log into the
 /// database (see [`SqliteStore::checkpoint_in_background`]).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-/// Pages of write-ahead log after which a commit checkpoints by itself (SQLite's own
-/// automatic checkpoint), in a process without a checkpointer thread (CGI).
-const AUTOCHECKPOINT_PAGES: u32 = 4096;
+/// A process that serves one request (CGI) empties the write-ahead log when it has
+/// grown past this many bytes (about sixteen messages): see
+/// [`SqliteStore::end_of_process`].
+pub const CGI_WAL_LIMIT: u64 = 256 * 1024;
 /// At most one "store unavailable" warning per this interval.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -365,8 +366,8 @@ impl SqliteStore {
     /// [`CHECKPOINT_EVERY`], and stop the store's thread from checkpointing in its
     /// commits: requests no longer wait for a checkpoint, and the work runs beside them
     /// (SQLite's passive checkpoint waits for no reader or writer). The thread ends
-    /// with the store. Called once by a serving process; a CGI process keeps SQLite's
-    /// automatic checkpoint.
+    /// with the store. Called once by a serving process; a CGI process empties the log
+    /// at its end instead ([`SqliteStore::end_of_process`]).
     pub async fn checkpoint_in_background(&self) {
         let Some(lives) = self.lives.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
@@ -393,6 +394,30 @@ impl SqliteStore {
         if started.is_ok() {
             self.run(|conn| conn.execute_batch("PRAGMA wal_autocheckpoint = 0"))
                 .await;
+        }
+    }
+
+    /// Before a process that served one request (CGI) exits: when the write-ahead log
+    /// has grown past [`CGI_WAL_LIMIT`], move it into the database and empty it
+    /// (`wal_checkpoint(TRUNCATE)`). Blocking; call after the response is out.
+    ///
+    /// Why: a process that opens the file while no other process has it open rebuilds
+    /// the log's index by reading the whole log, and cannot know which part of it was
+    /// checkpointed before. Left to grow, the log is read (and checkpointed again) by
+    /// every later request; emptied every few requests, it stays a few pages long.
+    pub fn end_of_process(&self) {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let long = std::fs::metadata(&wal).is_ok_and(|m| m.len() > CGI_WAL_LIMIT);
+        if !long {
+            return;
+        }
+        let emptied = Connection::open(&self.path).and_then(|conn| {
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        });
+        if let Err(e) = emptied {
+            tracing::debug!(store = %self.path.display(), error = %e, "state store: log not emptied");
         }
     }
 
@@ -506,10 +531,9 @@ fn prepare(path: &Path) -> rusqlite::Result<Connection> {
     // NORMAL: a commit does not wait for the disk (the WAL is synced at checkpoints), and
     // a crash or power loss cannot corrupt the file. A 16 MiB page cache keeps the
     // recent answers' pages in memory. A serving process checkpoints on a thread of its
-    // own; elsewhere the commit that takes the WAL past AUTOCHECKPOINT_PAGES does.
-    conn.execute_batch(
-        &format!("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES};"),
-    )?;
+    // own, a CGI process at its end (SqliteStore::end_of_process); SQLite's automatic
+    // checkpoint (1 000 pages) stays on until the checkpointer thread starts.
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384;")?;
     // The schema once per file (a CGI request opens the file every time).
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version < SCHEMA_VERSION {
