@@ -125,8 +125,9 @@ fn cgi_requests_over_sqlite_answer_a_retry_once() {
 }
 
 /// CGI processes over one SQLite file, each the file's only user while it runs: the
-/// write-ahead log stays short (every later process would read all of it), and what
-/// was stored before the log was emptied still answers a retry.
+/// write-ahead log stays short (every later process would read all of it), what was
+/// stored before the log was emptied still answers a retry, and expired rows are
+/// deleted (no process lives long enough to purge them every minute).
 #[test]
 fn cgi_processes_keep_the_sqlite_log_short() {
     use wechat_fcgi::engine::store::sqlite::CGI_WAL_LIMIT;
@@ -155,6 +156,23 @@ fn cgi_processes_keep_the_sqlite_log_short() {
         stderr
     };
     let wal = || std::fs::metadata(dir.path("state.db-wal")).map_or(0, |m| m.len());
+    let rows = |key: &str| -> i64 {
+        let db = rusqlite::Connection::open(dir.path("state.db")).unwrap();
+        db.query_row("SELECT count(*) FROM answers WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    cgi(999, "n-first");
+    // A row that expired long ago: nothing but a CGI process is there to delete it.
+    rusqlite::Connection::open(dir.path("state.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO answers (key, lease_until, answer, expires) VALUES ('m:1:old', NULL, x'00', 1)",
+            [],
+        )
+        .unwrap();
+    assert_eq!(rows("m:1:old"), 1);
     let mut longest = 0;
     // Each message adds a few pages (more than 4 KiB) to the log: 80 of them would take
     // it well past the limit if nothing emptied it.
@@ -166,6 +184,7 @@ fn cgi_processes_keep_the_sqlite_log_short() {
         longest <= CGI_WAL_LIMIT + 64 * 1024,
         "the log grew to {longest} bytes"
     );
+    assert_eq!(rows("m:1:old"), 0, "expired rows are deleted");
     let log = cgi(1000, "again");
     assert!(log.contains("via=retry"), "answered from the store: {log}");
 }

@@ -398,7 +398,8 @@ impl SqliteStore {
     }
 
     /// Before a process that served one request (CGI) exits: when the write-ahead log
-    /// has grown past [`CGI_WAL_LIMIT`], move it into the database and empty it
+    /// has grown past [`CGI_WAL_LIMIT`], delete expired rows (no CGI process lives to
+    /// purge them every minute), move the log into the database and empty it
     /// (`wal_checkpoint(TRUNCATE)`). Blocking; call after the response is out.
     ///
     /// Why: a process that opens the file while no other process has it open rebuilds
@@ -414,6 +415,7 @@ impl SqliteStore {
         }
         let emptied = Connection::open(&self.path).and_then(|conn| {
             conn.busy_timeout(BUSY_TIMEOUT)?;
+            delete_expired(&conn)?;
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         });
         if let Err(e) = emptied {
@@ -423,15 +425,7 @@ impl SqliteStore {
 
     /// Delete expired rows.
     pub async fn purge(&self) {
-        self.run(|conn| {
-            let now = unix_ms();
-            conn.execute("DELETE FROM answers WHERE expires <= ?1", params![now])?;
-            conn.execute("DELETE FROM bindings WHERE expires <= ?1", params![now])?;
-            conn.execute("DELETE FROM kv WHERE expires <= ?1", params![now])?;
-            conn.execute("DELETE FROM lists WHERE expires <= ?1", params![now])?;
-            Ok(())
-        })
-        .await;
+        self.run(delete_expired).await;
     }
 
     /// Run `f` on the store's thread, in the transaction of the batch it joins; `None`
@@ -518,6 +512,16 @@ fn run_batches(conn: Connection, inbox: mpsc::Receiver<Job>) {
             finish(committed.clone());
         }
     }
+}
+
+/// Delete every expired row (in the caller's transaction, if any).
+fn delete_expired(conn: &Connection) -> rusqlite::Result<()> {
+    let now = unix_ms();
+    for table in ["answers", "bindings", "kv", "lists"] {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE expires <= ?1"))?
+            .execute(params![now])?;
+    }
+    Ok(())
 }
 
 /// Open the database in WAL mode with the schema in place.
