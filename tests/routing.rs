@@ -197,3 +197,36 @@ fn list_items_are_always_arrays_for_programs() {
     assert_eq!(json["UserCardCode"], "226009850808");
     assert_eq!(json["FriendUserName"], "");
 }
+
+/// The message JSON programs and the archive get is what serde_json itself writes for
+/// that object (names in order, compact, its escaping), for every sample message,
+/// including control characters and quotes in a value.
+#[test]
+fn message_json_is_canonical() {
+    let mut bodies: Vec<String> = ["messages", "sdk-messages"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(format!("{}/tests/data/{d}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        })
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(bodies.len() >= 40, "{} samples", bodies.len());
+    bodies.push(
+        "<xml><ToUserName>gh</ToUserName><FromUserName>oF</FromUserName>\
+         <CreateTime>1</CreateTime><MsgType>text</MsgType>\
+         <Content><![CDATA[say \"hi\"\\ \u{1}\ttab 你好]]></Content><MsgId>9</MsgId></xml>"
+            .to_owned(),
+    );
+    for body in bodies {
+        let m = Message::parse(body.as_bytes()).unwrap();
+        let written = to_json(&m.fields);
+        let value: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec(&value).unwrap()).unwrap(),
+            String::from_utf8(written).unwrap(),
+            "{body}"
+        );
+    }
+}

@@ -17,6 +17,23 @@ fn ask(addr: std::net::SocketAddr, body: &str) -> String {
     fcgi_response(&mut s).expect("a response")
 }
 
+/// POST `body` with `query` to a CGI process using `config`: its stdout and stderr.
+fn cgi_post(config: &str, query: &str, body: &str) -> (String, String) {
+    let len = body.len().to_string();
+    let (_, stdout, stderr) = run_cgi(
+        &[],
+        &[
+            ("WECHAT_FCGI_CONFIG", config),
+            ("REQUEST_METHOD", "POST"),
+            ("QUERY_STRING", query),
+            ("CONTENT_LENGTH", &len),
+            ("PATH", "/usr/bin:/bin"),
+        ],
+        body.as_bytes(),
+    );
+    (stdout, stderr)
+}
+
 fn runs(dir: &TempDir) -> usize {
     std::fs::read_to_string(dir.path("runs.log"))
         .unwrap_or_default()
@@ -100,22 +117,7 @@ fn cgi_requests_over_sqlite_answer_a_retry_once() {
     );
     let config = config.to_str().unwrap().to_owned();
     let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", 8);
-    let len = message.len().to_string();
-    let cgi = || {
-        let query = signed("1");
-        let (_, stdout, stderr) = run_cgi(
-            &[],
-            &[
-                ("WECHAT_FCGI_CONFIG", &config),
-                ("REQUEST_METHOD", "POST"),
-                ("QUERY_STRING", &query),
-                ("CONTENT_LENGTH", &len),
-                ("PATH", "/usr/bin:/bin"),
-            ],
-            message.as_bytes(),
-        );
-        (stdout, stderr)
-    };
+    let cgi = || cgi_post(&config, &signed("1"), &message);
     let (first, _) = cgi();
     let (second, log) = cgi();
     assert!(first.contains("run 1"), "{first}");
@@ -140,18 +142,7 @@ fn cgi_processes_keep_the_sqlite_log_short() {
     let config = config.to_str().unwrap().to_owned();
     let cgi = |msg_id: u64, nonce: &str| {
         let message = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", msg_id);
-        let (query, len) = (signed(nonce), message.len().to_string());
-        let (_, stdout, stderr) = run_cgi(
-            &[],
-            &[
-                ("WECHAT_FCGI_CONFIG", &config),
-                ("REQUEST_METHOD", "POST"),
-                ("QUERY_STRING", &query),
-                ("CONTENT_LENGTH", &len),
-                ("PATH", "/usr/bin:/bin"),
-            ],
-            message.as_bytes(),
-        );
+        let (stdout, stderr) = cgi_post(&config, &signed(nonce), &message);
         assert!(stdout.contains("Hello!"), "{stdout}{stderr}");
         stderr
     };
@@ -417,27 +408,45 @@ fn two_instances_behind_one_nginx_upstream_share_redis() {
     assert!(a.log().contains(" outcome=reply") && b.log().contains(" outcome=reply"));
 }
 
+/// How long the stores of [`shared_stores`] keep answers.
+const RETENTION: Duration = Duration::from_secs(60);
+
+/// A redis-server on a free port (stopped when dropped), a runtime, and two stores
+/// opened in it: SQLite (a file in `dir`) and that Redis.
+fn shared_stores(
+    dir: &TempDir,
+) -> (
+    Proc,
+    tokio::runtime::Runtime,
+    [wechat_fcgi::engine::store::Store; 2],
+) {
+    use wechat_fcgi::engine::store::{RedisStore, SqliteStore, Store};
+    let port = free_port();
+    let redis = start_redis(dir, port);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stores = {
+        let _in_runtime = runtime.enter();
+        let url = format!("redis://127.0.0.1:{port}/0");
+        [
+            Store::Sqlite(SqliteStore::open(&dir.path("state.db"), RETENTION).unwrap()),
+            Store::Redis(RedisStore::open(&url, "t:", RETENTION).unwrap()),
+        ]
+    };
+    (redis, runtime, stores)
+}
+
 /// The small shared values late answers and the API token live in, the same over
 /// SQLite and Redis: counters, set-once marks, values with a TTL, lists whose items are
 /// removed exactly once.
 #[test]
 fn shared_values_behave_the_same_in_sqlite_and_redis() {
-    use wechat_fcgi::engine::store::{RedisStore, SqliteStore, Store};
     let dir = TempDir::new("values");
-    let port = free_port();
-    let _redis = start_redis(&dir, port);
-    let retention = Duration::from_secs(60);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (_redis, runtime, [sqlite, redis]) = shared_stores(&dir);
     let _in_runtime = runtime.enter();
-    let stores = [
-        Store::Sqlite(SqliteStore::open(&dir.path("values.db"), retention).unwrap()),
-        Store::Redis(
-            RedisStore::open(&format!("redis://127.0.0.1:{port}/0"), "t:", retention).unwrap(),
-        ),
-    ];
+    let stores = [sqlite, redis];
     for store in &stores {
         runtime.block_on(async {
             let ttl = Duration::from_secs(30);
@@ -477,25 +486,12 @@ fn shared_values_behave_the_same_in_sqlite_and_redis() {
 fn claims_follow_the_same_rules_in_every_store() {
     use std::sync::Arc;
     use wechat_fcgi::core::{reply::Reply, Answer, Via};
-    use wechat_fcgi::engine::store::{
-        body_digest, Claim, First, MemoryStore, Opened, RedisStore, SqliteStore, Store,
-    };
+    use wechat_fcgi::engine::store::{body_digest, Claim, First, MemoryStore, Opened, Store};
     let dir = TempDir::new("claims");
-    let port = free_port();
-    let _redis = start_redis(&dir, port);
-    let retention = Duration::from_secs(60);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (_redis, runtime, [sqlite, redis]) = shared_stores(&dir);
     let _in_runtime = runtime.enter();
-    let stores = [
-        Store::Memory(MemoryStore::new(1000, 1 << 20, retention)),
-        Store::Sqlite(SqliteStore::open(&dir.path("claims.db"), retention).unwrap()),
-        Store::Redis(
-            RedisStore::open(&format!("redis://127.0.0.1:{port}/0"), "c:", retention).unwrap(),
-        ),
-    ];
+    let memory = Store::Memory(MemoryStore::new(1000, 1 << 20, RETENTION));
+    let stores = [memory, sqlite, redis];
     let answer = |text: &str| Answer {
         reply: Some(Arc::new(Reply::Text(text.to_owned()))),
         rule: Arc::from("r"),

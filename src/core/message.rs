@@ -286,36 +286,57 @@ impl<'a> Message<'a> {
 /// The fields as a JSON object with WeChat's names (`MsgType`, `Content`, ...): text as
 /// strings, child elements as objects, repeated children (`PicList/item`) as arrays.
 pub fn to_json(fields: &[Field<'_>]) -> Vec<u8> {
-    fn value(v: &Value<'_>) -> serde_json::Value {
+    fn string(out: &mut Vec<u8>, text: &str) {
+        // Escaping a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+    fn value(out: &mut Vec<u8>, v: &Value<'_>) {
         match v {
-            Value::Text(t) => serde_json::Value::String(t.to_string()),
-            Value::Children(c) => object(c),
+            Value::Text(t) => string(out, t),
+            Value::Children(c) => object(out, c),
         }
     }
-    fn object(fields: &[Field<'_>]) -> serde_json::Value {
-        let mut map = serde_json::Map::new();
-        for (i, f) in fields.iter().enumerate() {
-            if fields[..i].iter().any(|earlier| earlier.name == f.name) {
-                continue; // gathered with its first occurrence
+    // Members in name order (as a JSON map orders them), written straight out.
+    fn object(out: &mut Vec<u8>, fields: &[Field<'_>]) {
+        let mut names: Vec<&str> = Vec::with_capacity(fields.len());
+        for f in fields {
+            if !names.contains(&f.name) {
+                names.push(f.name);
             }
-            let same: Vec<serde_json::Value> = fields[i..]
-                .iter()
-                .filter(|g| g.name == f.name)
-                .map(|g| value(&g.value))
-                .collect();
+        }
+        names.sort_unstable();
+        out.push(b'{');
+        for (n, name) in names.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            string(out, name);
+            out.push(b':');
+            let mut same = fields.iter().filter(|f| f.name == *name);
             // `item` is how WeChat's XML writes a list element (PicList/item,
             // Articles/item, ResultList/item, ...): an array even with one item, so a
             // program sees one shape. Other repeated elements become arrays too.
-            let v = match <[serde_json::Value; 1]>::try_from(same) {
-                Ok([one]) if f.name != "item" => one,
-                Ok(one) => serde_json::Value::Array(one.into()),
-                Err(many) => serde_json::Value::Array(many),
-            };
-            map.insert(f.name.to_owned(), v);
+            let count = same.clone().count();
+            if count == 1 && *name != "item" {
+                if let Some(f) = same.next() {
+                    value(out, &f.value);
+                }
+                continue;
+            }
+            out.push(b'[');
+            for (k, f) in same.enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                value(out, &f.value);
+            }
+            out.push(b']');
         }
-        serde_json::Value::Object(map)
+        out.push(b'}');
     }
-    serde_json::to_vec(&object(fields)).unwrap_or_default()
+    let mut out = Vec::with_capacity(256);
+    object(&mut out, fields);
+    out
 }
 
 /// Parse an XML document into the children of its root element. Names and plain text

@@ -357,11 +357,17 @@ impl Answer {
     /// The answer as bytes, for a store shared by processes: JSON
     /// `{"reply": <reply as in the config> | null, "rule": "...", "via": "..."}`.
     pub fn encode(&self) -> Vec<u8> {
-        let record = serde_json::json!({
-            "reply": self.reply.as_deref(),
-            "rule": &*self.rule,
-            "via": self.via.label(),
-        });
+        #[derive(serde::Serialize)]
+        struct Record<'a> {
+            reply: Option<&'a Reply>,
+            rule: &'a str,
+            via: &'static str,
+        }
+        let record = Record {
+            reply: self.reply.as_deref(),
+            rule: &self.rule,
+            via: self.via.label(),
+        };
         serde_json::to_vec(&record).unwrap_or_default()
     }
 
