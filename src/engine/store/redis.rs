@@ -88,6 +88,9 @@ pub struct RedisStore {
     retention: Duration,
     claim: redis::Script,
     open_message: redis::Script,
+    /// Where `open_message` calls queue to go out together (see [`Batched`]); started
+    /// with the first call, in its runtime.
+    batched: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Batched>>,
     /// No call is tried before this (after a failure).
     down_until: Mutex<Option<Instant>>,
     warned: Mutex<Option<Instant>>,
@@ -113,6 +116,7 @@ impl RedisStore {
             retention,
             claim: redis::Script::new(CLAIM),
             open_message: redis::Script::new(OPEN_MESSAGE),
+            batched: std::sync::OnceLock::new(),
             down_until: Mutex::new(None),
             warned: Mutex::new(None),
             failures: AtomicU64::new(0),
@@ -138,7 +142,8 @@ impl RedisStore {
         }
     }
 
-    /// See [`super::Store::open_message`]: one round trip.
+    /// See [`super::Store::open_message`]: one round trip, in a pipeline with the
+    /// other requests' (see [`RedisStore::batched`]).
     pub async fn open_message(
         &self,
         signed_query: &str,
@@ -147,26 +152,36 @@ impl RedisStore {
         first: super::First<'_>,
     ) -> super::Opened {
         use super::{First, Opened};
-        let mut invocation = self
-            .open_message
-            .key(format!("{}q:{signed_query}", self.prefix));
-        invocation
-            .key(self.answer_key(key))
-            .arg(hex::encode(body))
-            .arg(ms(self.retention));
-        let known = match first {
-            First::Known(answer) => {
-                invocation.arg("K").arg(answer.encode());
-                true
-            }
-            First::Claim(lease) => {
-                invocation.arg("C").arg(ms(lease));
-                false
-            }
+        let known = matches!(first, First::Known(_));
+        let evalsha = || {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(self.open_message.get_hash()).arg(2);
+            cmd.arg(format!("{}q:{signed_query}", self.prefix))
+                .arg(self.answer_key(key))
+                .arg(hex::encode(body))
+                .arg(ms(self.retention));
+            match first {
+                First::Known(answer) => cmd.arg("K").arg(answer.encode()),
+                First::Claim(lease) => cmd.arg("C").arg(ms(lease)),
+            };
+            cmd
         };
+        let queued = self.batched(evalsha());
         let mut conn = self.conn.clone();
+        let script = &self.open_message;
         let reply: Option<(String, String)> = self
-            .call(async move { invocation.invoke_async(&mut conn).await })
+            .call(async move {
+                let no_script = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
+                let value = match queued.await {
+                    // After a Redis restart the script is gone: load it, send again.
+                    Err(e) if e.kind() == no_script => {
+                        script.load_async(&mut conn).await?;
+                        evalsha().query_async(&mut conn).await?
+                    }
+                    other => other?,
+                };
+                redis::from_redis_value(value).map_err(redis::RedisError::from)
+            })
             .await;
         match reply {
             Some((kind, _)) if kind == "R" => Opened::QueryReused,
@@ -358,6 +373,87 @@ impl RedisStore {
             *warned = Some(now);
         }
         None
+    }
+}
+
+/// A command waiting to go out in the next pipeline, and who waits for its reply.
+type Batched = (
+    redis::Cmd,
+    tokio::sync::oneshot::Sender<redis::RedisResult<redis::Value>>,
+);
+
+/// Most commands in one pipeline.
+const MAX_PIPELINE: usize = 256;
+
+impl RedisStore {
+    /// Send `cmd` together with the others queued at the same moment: the requests in
+    /// flight share one write to Redis and one read of the replies (one pipeline on the
+    /// shared connection), instead of a system call each way per request.
+    fn batched(
+        &self,
+        cmd: redis::Cmd,
+    ) -> impl std::future::Future<Output = redis::RedisResult<redis::Value>> {
+        let queue = self.batched.get_or_init(|| {
+            let (queue, inbox) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(send_batches(self.conn.clone(), inbox));
+            queue
+        });
+        let (done, reply) = tokio::sync::oneshot::channel();
+        let queued = queue.send((cmd, done)).is_ok();
+        async move {
+            let gone = || redis::RedisError::from(std::io::Error::other("the pipeline task ended"));
+            if !queued {
+                return Err(gone());
+            }
+            reply.await.unwrap_or_else(|_| Err(gone()))
+        }
+    }
+}
+
+/// Everything queued goes out as one pipeline; the next batch does not wait for its
+/// replies (the connection keeps them in order).
+async fn send_batches(
+    conn: ConnectionManager,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<Batched>,
+) {
+    while let Some(first) = inbox.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_PIPELINE {
+            match inbox.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut conn = conn.clone();
+        tokio::spawn(async move {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            let mut waiting = Vec::with_capacity(batch.len());
+            for (cmd, done) in batch {
+                pipe.add_command(cmd);
+                waiting.push(done);
+            }
+            let replies: redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> =
+                pipe.query_async(&mut conn).await;
+            match replies {
+                Ok(replies) if replies.len() == waiting.len() => {
+                    for (done, reply) in waiting.into_iter().zip(replies) {
+                        let _ = done.send(reply);
+                    }
+                }
+                failed => {
+                    let why = match failed {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "a reply missing from the pipeline".to_owned(),
+                    };
+                    for done in waiting {
+                        let _ = done.send(Err(redis::RedisError::from(std::io::Error::other(
+                            why.clone(),
+                        ))));
+                    }
+                }
+            }
+        });
     }
 }
 
