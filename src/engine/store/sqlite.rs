@@ -34,9 +34,10 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// database (see [`SqliteStore::checkpoint_in_background`]).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// A process that serves one request (CGI) empties the write-ahead log when it has
-/// grown past this many bytes (about sixteen messages): see
-/// [`SqliteStore::end_of_process`].
-pub const CGI_WAL_LIMIT: u64 = 256 * 1024;
+/// grown past this many bytes (about a dozen messages): see
+/// [`SqliteStore::end_of_process`]. Measured against 256 KiB and 1 MiB: a longer log
+/// costs every process more to read, a shorter one more checkpoints (BENCHMARKS.md).
+pub const CGI_WAL_LIMIT: u64 = 512 * 1024;
 /// At most one "store unavailable" warning per this interval.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
