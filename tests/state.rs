@@ -17,21 +17,16 @@ fn ask(addr: std::net::SocketAddr, body: &str) -> String {
     fcgi_response(&mut s).expect("a response")
 }
 
-/// POST `body` with `query` to a CGI process using `config`: its stdout and stderr.
+/// POST `body` with `query` to a CGI process using `config`: its stdout and stderr
+/// (with the INFO request lines).
 fn cgi_post(config: &str, query: &str, body: &str) -> (String, String) {
-    let len = body.len().to_string();
-    let (_, stdout, stderr) = run_cgi(
-        &[],
-        &[
-            ("WECHAT_FCGI_CONFIG", config),
-            ("REQUEST_METHOD", "POST"),
-            ("QUERY_STRING", query),
-            ("CONTENT_LENGTH", &len),
-            ("PATH", "/usr/bin:/bin"),
-        ],
-        body.as_bytes(),
-    );
-    (stdout, stderr)
+    let log = [("WECHAT_FCGI_LOG", "info")];
+    let child = spawn_cgi(std::path::Path::new(config), query, body.as_bytes(), &log);
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn runs(dir: &TempDir) -> usize {

@@ -337,16 +337,7 @@ mod tests {
         let body = crate::sample::text_with_id("gh", "oF", unix_now(), content, msg_id);
         // A new nonce per attempt, as WeChat signs each attempt anew.
         let nonce = format!("{}", rand_nonce());
-        let query = crate::sample::signed_query(TOKEN, unix_now(), &nonce);
-        engine
-            .answer(
-                "POST",
-                "/wechat",
-                &query,
-                Ok(body.as_bytes()),
-                Instant::now(),
-            )
-            .await
+        crate::engine::tests::post_signed(engine, &body, &nonce).await
     }
 
     fn rand_nonce() -> u64 {

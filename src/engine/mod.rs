@@ -739,7 +739,12 @@ mod tests {
     }
 
     async fn post(engine: &Engine, body: &str) -> Response {
-        let query = crate::sample::signed_query(TOKEN, unix_now(), "1");
+        post_signed(engine, body, "1").await
+    }
+
+    /// POST `body` to `/wechat`, signed now with `nonce`.
+    pub(super) async fn post_signed(engine: &Engine, body: &str, nonce: &str) -> Response {
+        let query = crate::sample::signed_query(TOKEN, unix_now(), nonce);
         engine
             .answer(
                 "POST",

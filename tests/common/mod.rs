@@ -135,16 +135,7 @@ pub fn run_cgi(args: &[&str], vars: &[(&str, &str)], body: &[u8]) -> (bool, Stri
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let _ = stdin.write_all(body); // the program may refuse before reading it all
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
+    let out = spawn_piped(&mut cmd, body).wait_with_output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -164,8 +155,8 @@ pub fn write_executable(dir: &TempDir, name: &str, text: &str) {
 /// environment (the config from `WECHAT_FCGI_CONFIG`, the request's variables, `PATH`,
 /// and `extra`), `body` on stdin (then closed); stdout and stderr piped.
 pub fn spawn_cgi(config: &Path, query: &str, body: &[u8], extra: &[(&str, &str)]) -> Child {
-    let mut child = Command::new(BIN)
-        .env_clear()
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
         .envs([
             ("GATEWAY_INTERFACE", "CGI/1.1"),
             ("WECHAT_FCGI_CONFIG", config.to_str().unwrap()),
@@ -175,7 +166,14 @@ pub fn spawn_cgi(config: &Path, query: &str, body: &[u8], extra: &[(&str, &str)]
             ("PATH", "/usr/bin:/bin"),
         ])
         .envs(extra.iter().copied())
-        .process_group(0)
+        .process_group(0);
+    spawn_piped(&mut cmd, body)
+}
+
+/// Spawn `cmd` with stdin, stdout and stderr piped, write `body` to its stdin and close
+/// it.
+fn spawn_piped(cmd: &mut Command, body: &[u8]) -> Child {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
