@@ -4,7 +4,8 @@ bytes by itself (`return 200`), in the same run. See README "Performance".
 
 Usage: scripts/bench.sh [--quick] [--only=plain,safe:1024,plain@sqlite,plain@redis]
 (DURATION=seconds ROUNDS=n override; @STORE picks the [state] store: memory, sqlite, redis;
-@archive: the memory store with [archive] on; @metrics: the memory store with the
+@archive: the memory store with [archive] on (@archive-tmpfs: the archive in /dev/shm,
+its cost without the disk's); @metrics: the memory store with the
 status page on, every request counted)
 """
 import os
@@ -119,6 +120,10 @@ class Stack:
             state = '[state]\nstore = "redis://127.0.0.1:%d/0"\n' % redis_port
         elif store == "archive":  # the memory store, and every message archived (synced)
             state = '[archive]\nto = "jsonl:%s"\n' % os.path.join(self.dir, "messages.jsonl")
+        elif store == "archive-tmpfs":  # the same in memory (/dev/shm): the archive's own
+            # cost without the disk's (fdatasync returns at once on tmpfs)
+            self.shm = tempfile.mkdtemp(prefix="wechat-fcgi-bench-", dir="/dev/shm")
+            state = '[archive]\nto = "jsonl:%s"\n' % os.path.join(self.shm, "messages.jsonl")
         # @metrics: the memory store with the status page on (every request counted).
         status = 'status_path = "/wechat-status"\n' if store == "metrics" else ""
         cfg = os.path.join(self.dir, "wechat-fcgi.toml")
@@ -137,7 +142,7 @@ class Stack:
         # and evicts the oldest), never a retry served from the cache.
         # A shared store (SQLite, Redis) evicts nothing within the retention: enough
         # distinct messages for the whole run, so that none comes back as a retry.
-        n = cache * 5 // 4 if store in ("memory", "archive", "metrics") else int(os.environ.get("BENCH_MESSAGES", "400000"))
+        n = cache * 5 // 4 if store in ("memory", "archive", "archive-tmpfs", "metrics") else int(os.environ.get("BENCH_MESSAGES", "400000"))
         subprocess.run([BODIES, mode, str(n), str(content_bytes), self.dir], check=True)
         self.fcgi_port = free_port()
         self.log = open(os.path.join(self.dir, "wechat-fcgi.log"), "w")
@@ -246,6 +251,8 @@ http {
                 counts["answered"] += 1
                 counts["retries"] += "via=retry" in line
         shutil.rmtree(self.dir, ignore_errors=True)
+        if getattr(self, "shm", None):
+            shutil.rmtree(self.shm, ignore_errors=True)
         return counts
 
 

@@ -549,6 +549,25 @@ fn claims_follow_the_same_rules_in_every_store() {
             ));
             tokio::time::sleep(Duration::from_millis(150)).await;
             assert_eq!(store.claim("m:4:oA", now(), long).await, Claim::Won);
+            // A known answer for a message being decided elsewhere: held for its lease.
+            assert!(matches!(
+                open("1700000020:sig5:n5", &one, "m:4:oA", First::Known(&b)).await,
+                Opened::Claim(Claim::Held { .. })
+            ));
+            // ... and stored once that lease ended unanswered (another process died;
+            // one process's memory cannot outlive its own claims).
+            if !matches!(store, Store::Memory(_)) {
+                assert_eq!(store.claim("m:5:oA", now(), short).await, Claim::Won);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                assert_eq!(
+                    open("1700000025:sig6:n6", &one, "m:5:oA", First::Known(&b)).await,
+                    Opened::Stored
+                );
+                assert_eq!(
+                    store.claim("m:5:oA", now(), long).await,
+                    Claim::Answered(b.clone())
+                );
+            }
         });
     }
 }

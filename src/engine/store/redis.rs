@@ -53,14 +53,18 @@ return {'W', ''}
 /// trip: `{'R', ''}` (the query came with another body), `{'A', answer}`,
 /// `{'H', ms left}`, `{'S', ''}` (the known answer stored) or `{'W', ''}` (claimed).
 /// KEYS[1] the binding, KEYS[2] the message; ARGV[1] the body digest, ARGV[2] retention
-/// ms, ARGV[3] `K` (ARGV[4] the known answer) or `C` (ARGV[4] the lease ms).
+/// ms, ARGV[3] `K` (ARGV[4] the known answer) or `C` (ARGV[4] the lease ms). A new
+/// message with a known answer is two commands: the binding's `SET NX GET` and the
+/// answer's.
 const OPEN_MESSAGE: &str = r"
-local bound = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', tonumber(ARGV[2]))
+local bound = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
 if bound and bound ~= ARGV[1] then return {'R', ''} end
-local v = redis.call('GET', KEYS[2])
-if not v and ARGV[3] == 'K' then
-  redis.call('SET', KEYS[2], 'A' .. ARGV[4], 'PX', tonumber(ARGV[2]))
-  return {'S', ''}
+local v
+if ARGV[3] == 'K' then
+  v = redis.call('SET', KEYS[2], 'A' .. ARGV[4], 'NX', 'GET', 'PX', ARGV[2])
+  if not v then return {'S', ''} end
+else
+  v = redis.call('GET', KEYS[2])
 end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
