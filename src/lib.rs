@@ -43,7 +43,8 @@
 //!   PHP-FPM's field names, or Prometheus text); off unless a status path is set.
 //! - [`sample`]: messages and signed (or encrypted) requests as WeChat sends them, for
 //!   `sign`, the tests and the benchmarks.
-//! - [`cli`]: the command line (`serve`, `check-config`, `sign`), SIGHUP reload.
+//! - [`cli`]: the command line (`serve`, `check-config`, `sign`), SIGHUP reload. The
+//!   binary (`src/main.rs`) calls it and sets the allocator (mimalloc).
 //!
 //! Invariants:
 //! - Only `core` decides status codes and bodies, and `core::Response::write_cgi` writes
