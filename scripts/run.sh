@@ -36,6 +36,20 @@ cargo build --release --bin wechat-fcgi
 bin=$root/target/release/wechat-fcgi
 
 work=$(mktemp -d /tmp/wechat-fcgi-run.XXXXXX)
+# From here on every exit (a config check that fails included) removes $work: it holds
+# a config with a token.
+fcgi_pid=""
+nginx_pid=""
+cleanup() {
+    trap - INT TERM EXIT
+    echo
+    echo "== stopping"
+    [ -n "$nginx_pid" ] && kill -QUIT "$nginx_pid" 2>/dev/null || true
+    [ -n "$fcgi_pid" ] && kill -TERM "$fcgi_pid" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup INT TERM EXIT
 if [ -n "${CONFIG:-}" ]; then
     config=$CONFIG
 else
@@ -50,18 +64,6 @@ else
 fi
 "$bin" check-config --config "$config"
 
-fcgi_pid=""
-nginx_pid=""
-cleanup() {
-    trap - INT TERM EXIT
-    echo
-    echo "== stopping"
-    [ -n "$nginx_pid" ] && kill -QUIT "$nginx_pid" 2>/dev/null || true
-    [ -n "$fcgi_pid" ] && kill -TERM "$fcgi_pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup INT TERM EXIT
 
 user_line=""
 [ "$(id -u)" -eq 0 ] && user_line="user root;"
