@@ -81,7 +81,7 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
         )
         .await;
         write_stdout(&out)?;
-        if engine.store().is_shared() && engine.programs_running() {
+        if engine.stores().shared.is_some() && engine.programs_running() {
             // A program outlived the reply budget: the response is out; close stdout so
             // the web server sends it now, and let the program finish so that its answer
             // is stored for WeChat's retry (which another process serves).
@@ -92,7 +92,7 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
         // SQLite file as its last user would checkpoint and sync it (about 2 ms per
         // request); the next process picks the log up instead, and every few requests
         // one empties it, after its response is out.
-        if let crate::engine::store::Store::Sqlite(store) = engine.store() {
+        if let Some(crate::engine::store::Shared::Sqlite(store)) = &engine.stores().shared {
             close_stdout();
             store.end_of_process();
         }

@@ -312,10 +312,7 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 spec => {
                     // Opening checks the file can be created and written.
                     if let crate::config::StoreSpec::Sqlite(db) = spec {
-                        if let Err(e) = crate::engine::store::SqliteStore::open(
-                            db,
-                            config.server.engine.cache_retention,
-                        ) {
+                        if let Err(e) = crate::engine::store::SqliteStore::open(db) {
                             eprintln!("{}: state.store: {e:#}", path.display());
                             return Ok(ExitCode::from(1));
                         }
@@ -515,7 +512,11 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
             });
         }
         let maintaining = engine.clone();
-        tokio::spawn(async move { maintaining.store().maintain().await });
+        tokio::spawn(async move {
+            if let Some(shared) = &maintaining.stores().shared {
+                shared.maintain().await;
+            }
+        });
         let server_settings = config.server.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let reloading = engine.clone();

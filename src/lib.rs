@@ -71,4 +71,5 @@ pub mod listen;
 pub mod log;
 pub mod metrics;
 pub mod privileges;
+pub mod protocol;
 pub mod sample;

@@ -105,8 +105,17 @@ fn nginx_end_to_end() {
             None => assert!(got_body.contains(expect), "{what}: {got_body}"),
         }
     }
+    // The handshake's signed query is never accepted with a body (it was bound to
+    // the handshake): a forger cannot reuse a captured URL check.
+    let (status, refused) = http(port, "POST", &format!("/wechat?{q}"), text("hi").as_bytes());
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&refused));
     // Reply names are swapped and it is a complete document.
-    let (_, body) = http(port, "POST", &format!("/wechat?{q}"), text("hi").as_bytes());
+    let (_, body) = http(
+        port,
+        "POST",
+        &format!("/wechat?{}", signed("12")),
+        text("hi").as_bytes(),
+    );
     let body = String::from_utf8(body).unwrap();
     assert!(body.starts_with("<xml><ToUserName><![CDATA[oUser]]></ToUserName><FromUserName><![CDATA[gh_acct]]></FromUserName><CreateTime>"));
     assert!(body.ends_with("</xml>"));

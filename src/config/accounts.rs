@@ -23,6 +23,8 @@ pub struct AccountConfig {
     pub responder: Responder,
     /// WeChat's API, when `appsecret` is given.
     pub api: Option<ApiSpec>,
+    /// `[state] secret`: the shared store's keys come from it (else from the token).
+    pub state_secret: Option<super::Secret>,
 }
 
 impl AccountConfig {
@@ -33,6 +35,7 @@ impl AccountConfig {
             self.path.clone(),
             self.responder.clone(),
             self.api.clone(),
+            self.state_secret.as_ref().map(|s| s.0.as_str()),
         )
     }
 }
@@ -49,6 +52,7 @@ pub(super) struct Shared<'a> {
     pub(super) keep_json: bool,
     pub(super) base: &'a Path,
     pub(super) read: ReadFile<'a>,
+    pub(super) state_secret: Option<super::Secret>,
 }
 
 /// Build every account; problems name the account (`account[live].token: ..`) when
@@ -228,5 +232,6 @@ fn one(
             late,
         },
         api,
+        state_secret: shared.state_secret.clone(),
     })
 }

@@ -156,6 +156,20 @@ impl Config {
             }
             _ => {}
         }
+        let state_secret = match raw.state.secret {
+            Some(secret) if !(16..=256).contains(&secret.len()) => {
+                problems.push(
+                    "state.secret: 16 to 256 characters (a long random string; every process sharing the store needs the same)"
+                        .into(),
+                );
+                None
+            }
+            Some(_) if !store.is_shared() => {
+                problems.push("state.secret: only goes with a sqlite: or redis:// store".into());
+                None
+            }
+            secret => secret.map(Secret),
+        };
         let archive = match raw.archive.map(|a| a.to) {
             None => None,
             Some(to) => match crate::archive::ArchiveSpec::parse(
@@ -183,6 +197,7 @@ impl Config {
                 keep_json: archive.is_some(),
                 base,
                 read,
+                state_secret,
             },
             &mut problems,
             &mut warnings,
@@ -254,6 +269,35 @@ pub struct LogSpec {
     pub json: bool,
 }
 
+/// A secret from the config: never printed (`Debug` hides it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+/// The password (or the whole user part) of a URL like `redis://user:PASSWORD@host/0`,
+/// if it has one.
+pub fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let user = &rest[..rest.rfind('@')?];
+    Some(user.split_once(':').map_or(user, |(_, password)| password))
+}
+
+/// A URL with its user part (and password) replaced by `…`, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 /// `[state] key_prefix` when not given.
 pub const DEFAULT_KEY_PREFIX: &str = "wechat-fcgi:";
 
@@ -317,14 +361,7 @@ impl std::fmt::Display for StoreSpec {
             StoreSpec::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
             // Without a password that the URL may hold.
             StoreSpec::Redis { url, prefix } => {
-                let shown = match url.split_once('@') {
-                    Some((scheme_user, host)) => {
-                        let scheme = scheme_user.split("//").next().unwrap_or("redis:");
-                        format!("{scheme}//…@{host}")
-                    }
-                    None => url.clone(),
-                };
-                write!(f, "{shown} (keys {prefix}*)")
+                write!(f, "{} (keys {prefix}*)", redact_url(url))
             }
         }
     }

@@ -66,6 +66,7 @@ pub(super) struct RawArchive {
 pub(super) struct RawState {
     pub(super) store: Option<String>,
     pub(super) key_prefix: Option<String>,
+    pub(super) secret: Option<String>,
 }
 
 /// `[server]`.

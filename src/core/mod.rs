@@ -300,8 +300,16 @@ pub struct Answer {
 /// may need a program, the retry cache, or both.
 #[derive(Debug)]
 pub enum Step {
-    /// The response is final (a handshake, a refusal).
+    /// The response is final (a refusal).
     Done(Response),
+    /// A valid handshake: echo it once its signed query is bound (so that it cannot
+    /// be replayed as a POST with a body).
+    Handshake {
+        /// The echo.
+        response: Response,
+        /// `timestamp:signature:nonce`, as for a message.
+        signed_query: String,
+    },
     /// A message to answer: the engine settles its answer and completes it.
     Message(Pending),
 }
@@ -415,13 +423,26 @@ impl Answer {
     }
 }
 
+/// `timestamp:signature:nonce` of a request, lower-case: what its signature covers,
+/// and so what a replay of it repeats. The signed timestamp comes first, so that a
+/// store keeping keys in order adds new ones together.
+fn signed_query(query: &CallbackQuery<'_>) -> String {
+    let (signature, timestamp, nonce) = query.signed_triple().unwrap_or_default();
+    let mut signed = String::with_capacity(64);
+    for part in [timestamp, ":", signature, ":", nonce] {
+        signed.push_str(part);
+    }
+    signed.make_ascii_lowercase();
+    signed
+}
+
 impl Responder {
     /// Answer one request without running programs (a program rule answers with its
     /// fallback) and without a retry cache: for tests, benchmarks and tools. The
     /// servers use [`Responder::prepare`] and [`Responder::complete`].
     pub fn handle(&self, request: &Request<'_>, now: u64, rng: &mut dyn RngCore) -> Response {
         match self.prepare(request, now, rng) {
-            Step::Done(response) => response,
+            Step::Done(response) | Step::Handshake { response, .. } => response,
             Step::Message(pending) => {
                 let answer = Answer::from_decision(&pending.decision).unwrap_or_else(|| {
                     match &pending.decision {
@@ -500,13 +521,19 @@ impl Responder {
             "GET" => {
                 self.check_signature(&query)?;
                 self.check_freshness(&query, now)?;
-                let echostr = query.echostr.ok_or(Rejection::MissingParam("echostr"))?;
-                Ok(Step::Done(Response {
-                    status: 200,
-                    content_type: "text/plain; charset=utf-8",
-                    body: echostr.into_owned().into_bytes(),
-                    outcome: Outcome::Handshake,
-                }))
+                let echostr = query
+                    .echostr
+                    .as_ref()
+                    .ok_or(Rejection::MissingParam("echostr"))?;
+                Ok(Step::Handshake {
+                    response: Response {
+                        status: 200,
+                        content_type: "text/plain; charset=utf-8",
+                        body: echostr.as_bytes().to_vec(),
+                        outcome: Outcome::Handshake,
+                    },
+                    signed_query: signed_query(&query),
+                })
             }
             "POST" => {
                 self.check_signature(&query)?;
@@ -561,14 +588,8 @@ impl Responder {
         let late = self.late.plan(message, &decision);
         let json = (self.keep_json || matches!(decision, Decision::Run { .. }))
             .then(|| message::to_json(&message.fields));
-        let (signature, timestamp, nonce) = query.signed_triple().unwrap_or_default();
-        let mut signed_query = String::with_capacity(64);
-        for part in [timestamp, ":", signature, ":", nonce] {
-            signed_query.push_str(part);
-        }
-        signed_query.make_ascii_lowercase();
         Pending {
-            signed_query,
+            signed_query: signed_query(query),
             key: message.retry_key(),
             msg_type: message.type_label(),
             context: ReplyContext {

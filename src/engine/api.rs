@@ -12,7 +12,18 @@ use crate::core::late::{api_outcome, custom_message, ApiOutcome};
 use crate::core::reply::Reply;
 
 use super::http::fetch;
-use super::store::Store;
+use super::store::Sealer;
+use super::stores::Stores;
+
+/// Where an account's access token is kept, and who may use it.
+pub struct TokenPlace<'a> {
+    /// The stores.
+    pub stores: &'a Stores,
+    /// The account's keys for the shared store.
+    pub seal: &'a Sealer,
+    /// The account's name (the token's key is scoped by it).
+    pub account: &'a str,
+}
 
 /// A token is refreshed this long before WeChat says it expires.
 pub const TOKEN_MARGIN: Duration = Duration::from_secs(300);
@@ -48,8 +59,8 @@ impl std::fmt::Display for PushError {
     }
 }
 
-fn token_name(api: &ApiSpec) -> String {
-    format!("token:{}", api.appid)
+fn token_name(account: &str, api: &ApiSpec) -> String {
+    format!("t/{account}/{}", api.appid)
 }
 
 /// The cached token (`expires_ms token`) if it is still good for [`TOKEN_MARGIN`].
@@ -67,21 +78,22 @@ fn good_token(value: Option<Vec<u8>>) -> Option<String> {
 pub async fn access_token(
     client: &reqwest::Client,
     api: &ApiSpec,
-    store: &Store,
+    place: &TokenPlace<'_>,
     stale: Option<&str>,
 ) -> Result<String, PushError> {
-    let name = token_name(api);
+    let (stores, seal) = (place.stores, place.seal);
+    let name = token_name(place.account, api);
     let usable = |t: Option<String>| t.filter(|t| Some(t.as_str()) != stale);
-    if let Some(token) = usable(good_token(store.get(&name).await)) {
+    if let Some(token) = usable(good_token(stores.get_value(seal, &name).await)) {
         return Ok(token);
     }
     let lock = format!("{name}:refresh");
-    if !store.set_new(&lock, b"1", TOKEN_LOCK).await {
+    if !stores.set_value(seal, &lock, b"1", TOKEN_LOCK, true).await {
         // Another process is refreshing: wait for its token.
         let until = tokio::time::Instant::now() + TOKEN_LOCK;
         while tokio::time::Instant::now() < until {
             tokio::time::sleep(TOKEN_POLL).await;
-            if let Some(token) = usable(good_token(store.get(&name).await)) {
+            if let Some(token) = usable(good_token(stores.get_value(seal, &name).await)) {
                 return Ok(token);
             }
         }
@@ -115,8 +127,10 @@ pub async fn access_token(
         unix_ms() + lifetime.as_millis() as u64,
         token.access_token
     );
-    store.set(&name, value.as_bytes(), lifetime).await;
-    store.delete(&lock).await;
+    stores
+        .set_value(seal, &name, value.as_bytes(), lifetime, false)
+        .await;
+    stores.delete_value(seal, &lock).await;
     tracing::info!(appid = %api.appid, expires_in = token.expires_in, "access token refreshed");
     Ok(token.access_token)
 }
@@ -144,7 +158,7 @@ async fn call(
 pub async fn push(
     client: &reqwest::Client,
     api: &ApiSpec,
-    store: &Store,
+    place: &TokenPlace<'_>,
     follower: &str,
     reply: &Reply,
 ) -> Result<(), PushError> {
@@ -156,7 +170,7 @@ pub async fn push(
     loop {
         tries += 1;
         let outcome = async {
-            let token = access_token(client, api, store, stale.as_deref()).await?;
+            let token = access_token(client, api, place, stale.as_deref()).await?;
             let query: String = form_urlencoded::Serializer::new(String::new())
                 .append_pair("access_token", &token)
                 .finish();

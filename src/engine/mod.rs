@@ -1,16 +1,19 @@
-//! The async answer path both shells share: the core's decision, the answer store (one
-//! answer per message however often WeChat retries), reply programs (run once, killed on
-//! timeout, capped in number), and the reply budget (answer before WeChat's 5 s).
+//! The async answer path both shells share: the core's decision, then the answer
+//! protocol ([`crate::protocol`]) driven over the stores: once per message however
+//! often WeChat retries, reply programs and hooks (run once, killed on timeout,
+//! capped), the reply budget, late answers.
 //!
-//! Time on this path is tokio's clock ([`tokio::time::Instant`]): the tests pause and
-//! advance it. Unix time (the core's `now`) comes from [`unix_now`].
+//! The engine decides nothing the protocol decides: it turns each action into IO
+//! ([`stores`], [`program`], [`http`], [`api`]) and each outcome back into an event.
+//! Time is tokio's clock, so tests pause and advance it.
 
 pub mod api;
+mod drive;
 pub mod http;
-mod late;
 pub mod program;
 mod rng;
 pub mod store;
+pub mod stores;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,11 +22,14 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config::defaults;
+use crate::core::late::LateMode;
 use crate::core::reply::Reply;
-use crate::core::rules::{Decision, Program};
+use crate::core::rules::{Action as RuleAction, Decision, Program};
 use crate::core::{Answer, Pending, Rejection, Request, Responder, Response, Step, Via};
+use crate::protocol::{Job, LatePolicy, Ms, Work, LEASE_MARGIN};
 pub use rng::ThreadRng;
-use store::{Claim, MemoryStore, Store};
+use store::{MemoryStore, Sealer, Shared};
+pub use stores::Stores;
 
 /// Settings of the answer path (`[server]` keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,11 +38,11 @@ pub struct EngineConfig {
     pub reply_budget: Duration,
     /// Reply programs running at once.
     pub max_programs: usize,
-    /// Reply programs one follower may have running at once.
+    /// Reply programs one follower may have running at once (in one process).
     pub max_programs_per_sender: usize,
     /// Entries the in-memory store holds at most.
     pub cache_entries: usize,
-    /// Bytes the in-memory store's answers take at most (about).
+    /// Bytes the in-memory store holds at most (about).
     pub cache_bytes: usize,
     /// How long an answer is kept for retries and replays.
     pub cache_retention: Duration,
@@ -55,10 +61,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// How long a program's claim on a message lasts past its timeout: the program is
-/// killed at its timeout, so an unanswered lease means its process died.
-pub const LEASE_MARGIN: Duration = Duration::from_secs(1);
-
 /// One account the engine answers for: its rules and keys, the path it is served at,
 /// its API credentials.
 pub struct AccountEntry {
@@ -72,23 +74,38 @@ pub struct AccountEntry {
     pub responder: Arc<Responder>,
     /// WeChat's API credentials (customer-service pushes), if configured.
     pub api: Option<Arc<crate::config::ApiSpec>>,
+    /// Its keys for the shared store.
+    seal: Sealer,
+    /// `[late]`, as the protocol reads it (`None`: off).
+    late: Option<LatePolicy>,
     /// The HTTP client (hooks and the API), made on first use.
     http: std::sync::OnceLock<Result<reqwest::Client, String>>,
 }
 
 impl AccountEntry {
-    /// An account answering at `path` (`None`: any path).
+    /// An account answering at `path` (`None`: any path). Its shared-store keys come
+    /// from `secret` (`[state] secret`), or from its token.
     pub fn new(
         name: &str,
         path: Option<String>,
         responder: Responder,
         api: Option<crate::config::ApiSpec>,
+        secret: Option<&str>,
     ) -> AccountEntry {
+        let key = secret.map_or(responder.account.token.as_bytes(), str::as_bytes);
+        let seal = Sealer::new(key, name);
+        let late = &responder.late;
+        let late = (late.mode != LateMode::Off).then(|| LatePolicy {
+            mode: late.mode,
+            pickup_ttl: late.pickup_ttl_secs.saturating_mul(1000),
+        });
         AccountEntry {
             name: Arc::from(name),
             path,
             responder: Arc::new(responder),
             api: api.map(Arc::new),
+            seal,
+            late,
             http: std::sync::OnceLock::new(),
         }
     }
@@ -102,36 +119,62 @@ impl AccountEntry {
             })
             .clone()
     }
+
+    /// The program of the rule named `rule` (`default` for the default), if it runs
+    /// one.
+    fn program(&self, rule: &str) -> Option<Arc<Program>> {
+        let rules = &self.responder.rules;
+        let named = rules
+            .rules
+            .iter()
+            .find(|r| &*r.name == rule)
+            .map(|r| &r.action);
+        let action = named.or(if rule == "default" {
+            rules.default.as_ref()
+        } else {
+            None
+        })?;
+        match action {
+            RuleAction::Run { program, .. } => Some(program.clone()),
+            RuleAction::Replies(_) => None,
+        }
+    }
+
+    /// A store key of this account: `KIND/ACCOUNT/REST`.
+    fn key(&self, kind: &str, rest: &str) -> Arc<str> {
+        let mut key = String::with_capacity(kind.len() + self.name.len() + rest.len() + 2);
+        key.push_str(kind);
+        key.push('/');
+        key.push_str(&self.name);
+        key.push('/');
+        key.push_str(rest);
+        Arc::from(key)
+    }
 }
 
-/// The answer path: the accounts (swapped together on reload), the store, the program
+/// The answer path: the accounts (swapped together on reload), the stores, the program
 /// cap.
 pub struct Engine {
     accounts: RwLock<Arc<Vec<Arc<AccountEntry>>>>,
-    store: Arc<Store>,
+    stores: Arc<Stores>,
     programs: Arc<Semaphore>,
     /// Programs running per follower (only followers with one running are listed).
     per_sender: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     /// Where accepted messages are archived, if anywhere.
     archive: Option<crate::archive::Archive>,
-    /// The tasks running programs (finished ones are pruned as new ones start).
-    program_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The tasks running programs and pushes (finished ones are pruned as new ones
+    /// start).
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     config: EngineConfig,
     /// The status and ping paths, if configured.
     status: Option<crate::config::StatusConfig>,
 }
 
 impl Engine {
-    /// An engine for one account (at any path) over an in-memory store sized by
-    /// `config`.
+    /// An engine for one account (at any path), in memory only, sized by `config`.
     pub fn new(responder: Responder, config: EngineConfig) -> Engine {
-        let store = MemoryStore::new(
-            config.cache_entries,
-            config.cache_bytes,
-            config.cache_retention,
-        );
-        let account = AccountEntry::new("default", None, responder, None);
-        Engine::with_store(vec![account], config, Store::Memory(store))
+        let account = AccountEntry::new("default", None, responder, None, None);
+        Engine::with_shared(vec![account], config, None)
     }
 
     /// An engine over the store `spec` names (opening a SQLite file blocks: call at
@@ -141,30 +184,36 @@ impl Engine {
         config: EngineConfig,
         spec: &crate::config::StoreSpec,
     ) -> anyhow::Result<Engine> {
-        let store = match spec {
-            crate::config::StoreSpec::Memory => Store::Memory(MemoryStore::new(
-                config.cache_entries,
-                config.cache_bytes,
-                config.cache_retention,
-            )),
+        let shared = match spec {
+            crate::config::StoreSpec::Memory => None,
             crate::config::StoreSpec::Sqlite(path) => {
-                Store::Sqlite(store::SqliteStore::open(path, config.cache_retention)?)
+                Some(Shared::Sqlite(store::SqliteStore::open(path)?))
             }
-            crate::config::StoreSpec::Redis { url, prefix } => Store::Redis(
-                store::RedisStore::open(url, prefix, config.cache_retention)?,
-            ),
+            crate::config::StoreSpec::Redis { url, prefix } => {
+                Some(Shared::Redis(store::RedisStore::open(url, prefix)?))
+            }
         };
-        Ok(Engine::with_store(accounts, config, store))
+        Ok(Engine::with_shared(accounts, config, shared))
     }
 
-    /// An engine over the given store.
-    pub fn with_store(accounts: Vec<AccountEntry>, config: EngineConfig, store: Store) -> Engine {
+    /// An engine over this process's memory and, if given, a shared store.
+    pub fn with_shared(
+        accounts: Vec<AccountEntry>,
+        config: EngineConfig,
+        shared: Option<Shared>,
+    ) -> Engine {
+        let local = MemoryStore::new(
+            config.cache_entries,
+            config.cache_bytes,
+            config.cache_retention.as_millis() as Ms,
+        );
+        let stores = Stores::new(local, shared, config.cache_retention.as_millis() as Ms);
         Engine {
             accounts: RwLock::new(Arc::new(accounts.into_iter().map(Arc::new).collect())),
-            store: Arc::new(store),
+            stores: Arc::new(stores),
             programs: Arc::new(Semaphore::new(config.max_programs.max(1))),
             per_sender: Arc::default(),
-            program_tasks: std::sync::Mutex::default(),
+            tasks: std::sync::Mutex::default(),
             archive: None,
             config,
             status: None,
@@ -223,8 +272,7 @@ impl Engine {
         })
     }
 
-    /// Archive every message this engine decides (the winner of its claim) before its
-    /// reply leaves.
+    /// Archive every message this engine decides before its reply leaves.
     pub fn with_archive(mut self, archive: crate::archive::Archive) -> Engine {
         self.archive = Some(archive);
         self
@@ -235,9 +283,9 @@ impl Engine {
         self.archive.as_ref()
     }
 
-    /// The store answers are kept in.
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The stores answers are kept in.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
     }
 
     /// The accounts in force now.
@@ -293,16 +341,16 @@ impl Engine {
                     .prepare(&request, unix_now(), &mut ThreadRng)
                 {
                     Step::Done(response) => response,
-                    Step::Message(mut pending) => {
-                        if account.path.is_some() {
-                            // Several accounts share the store: their keys never meet.
-                            for key in [&mut pending.key, &mut pending.signed_query] {
-                                key.insert(0, '/');
-                                key.insert_str(0, &account.name);
-                            }
-                        }
+                    Step::Handshake {
+                        response,
+                        signed_query,
+                    } => {
+                        self.handshake(account, response, &signed_query, query, started)
+                            .await
+                    }
+                    Step::Message(pending) => {
                         let digest = store::body_digest(body);
-                        self.resolve(account, pending, started, &digest).await
+                        self.resolve(account, pending, started, digest).await
                     }
                 }
             }
@@ -314,19 +362,82 @@ impl Engine {
         response
     }
 
+    /// A valid handshake: bound like a message's query (to the echo it asked for), so
+    /// that its signed query cannot be replayed as a POST.
+    async fn handshake(
+        &self,
+        account: &Arc<AccountEntry>,
+        response: Response,
+        signed_query: &str,
+        query: &str,
+        started: Instant,
+    ) -> Response {
+        let mut marked = Vec::with_capacity(query.len() + 4);
+        marked.extend_from_slice(b"GET\n");
+        marked.extend_from_slice(&response.body);
+        let digest = store::body_digest(&marked);
+        let work = Work::Handshake;
+        match self
+            .drive(account, None, work, signed_query, "-", "-", digest, started)
+            .await
+        {
+            crate::protocol::Final::QueryReused => Response::rejected(Rejection::QueryReused),
+            _ => response,
+        }
+    }
+
     async fn resolve(
         &self,
         account: &Arc<AccountEntry>,
         pending: Pending,
         started: Instant,
-        body: &store::BodyDigest,
+        digest: crate::protocol::Digest,
     ) -> Response {
-        let responder = &account.responder;
-        let Some((answer, decided_here)) = self.settle(account, &pending, started, body).await
-        else {
-            return Response::rejected(Rejection::QueryReused);
+        use crate::protocol::Final;
+        let work = work_of(&pending, self.config.reply_budget);
+        let verdict = self
+            .drive(
+                account,
+                Some(&pending),
+                work,
+                &pending.signed_query,
+                &pending.key,
+                &pending.context.follower,
+                digest,
+                started,
+            )
+            .await;
+        let (answer, decided) = match verdict {
+            Final::QueryReused => return Response::rejected(Rejection::QueryReused),
+            Final::Handshake => return Response::rejected(Rejection::QueryReused),
+            Final::Answer { answer, decided } => (Some(answer), decided),
+            Final::Success { via, decided } => (
+                Some(Answer {
+                    reply: None,
+                    rule: rule_of(&pending),
+                    via,
+                }),
+                decided,
+            ),
+            Final::Pending { decided } => {
+                let pending_reply = pending.late.as_ref().map(|p| p.pending.clone());
+                tracing::info!(
+                    key = %crate::log::Escaped(&pending.key),
+                    follower = %crate::log::Escaped(&pending.context.follower),
+                    "answer not ready on WeChat's last attempt: sent the pending reply, the answer waits for a pick-up"
+                );
+                (
+                    Some(Answer {
+                        reply: pending_reply,
+                        rule: rule_of(&pending),
+                        via: Via::LateHold,
+                    }),
+                    decided,
+                )
+            }
         };
-        if decided_here {
+        let answer = answer.filter(|a| a.via != Via::Deadline || a.reply.is_some());
+        if decided {
             if let Some(archive) = &self.archive {
                 // On disk before the reply leaves (retries are not archived again).
                 let line =
@@ -342,7 +453,13 @@ impl Engine {
             );
             return Response::success(pending.msg_type, Via::Deadline);
         };
-        responder.complete(
+        if answer.via == Via::Pickup {
+            tracing::info!(
+                follower = %crate::log::Escaped(&pending.context.follower),
+                "late answer picked up"
+            );
+        }
+        account.responder.complete(
             &pending.context,
             pending.msg_type,
             &answer,
@@ -351,251 +468,26 @@ impl Engine {
         )
     }
 
-    /// The message's answer, decided once across retries: stored at once when a rule
-    /// gives it, else claimed and worked out (a program, a hook, a pick-up), or waited
-    /// for when another request holds the claim. With `[late]` on, an answer not ready
-    /// in time is held for WeChat's next attempt, or goes late (see [`late`]).
-    ///
-    /// Returns the answer (`None`: the budget ran out, answer `success`) and whether
-    /// this request decided it (won the claim), which makes it the one that archives
-    /// the message; `None` when the request's signed query came before with another
-    /// body.
-    async fn settle(
-        &self,
-        account: &Arc<AccountEntry>,
-        pending: &Pending,
-        started: Instant,
-        body: &store::BodyDigest,
-    ) -> Option<(Option<Answer>, bool)> {
-        let key = pending.key.as_str();
-        let plan = pending.late.as_ref();
-        let pickup = plan.is_some_and(|p| p.pickup);
-        // A pick-up claims its message like a program does, so that it happens once
-        // however often WeChat retries it.
-        let known = Answer::from_decision(&pending.decision).filter(|_| !pickup);
-        let lease = match &pending.decision {
-            Decision::Run { program, .. } => {
-                Duration::from_millis(program.timeout_ms) + LEASE_MARGIN
-            }
-            _ => LEASE_MARGIN,
-        };
-        let first = match &known {
-            Some(answer) => store::First::Known(answer),
-            None => store::First::Claim(lease),
-        };
-        let opened = self
-            .store
-            .open_message(&pending.signed_query, body, key, first, Instant::now())
-            .await;
-        let mut claim = match opened {
-            store::Opened::QueryReused => return None,
-            store::Opened::Stored => return Some((known, true)),
-            store::Opened::Claim(claim) => claim,
-        };
-        let mut deadline = started + self.config.reply_budget;
-        let mut won = false;
-        let mut counted = false;
-        loop {
-            match claim {
-                Claim::Answered(answer) => {
-                    // An answer that went (or goes) out late is delivered once, never
-                    // again to a retry or to an attempt that was held meanwhile.
-                    if plan.is_some() && (counted || !won) && self.went_late(key).await {
-                        let done = Answer {
-                            reply: None,
-                            via: Via::LateDone,
-                            ..answer
-                        };
-                        return Some((Some(done), won));
-                    }
-                    if won {
-                        return Some((Some(answer), true));
-                    }
-                    let retry = Answer {
-                        via: Via::Retry,
-                        ..answer
-                    };
-                    return Some((Some(retry), false));
-                }
-                Claim::Won => {
-                    won = true;
-                    if let Some(plan) = plan.filter(|p| p.pickup) {
-                        if let Some(answer) = self.pick_up(pending, plan).await {
-                            self.store.finish(key, answer.clone(), Instant::now()).await;
-                            return Some((Some(answer), true));
-                        }
-                    }
-                    match (Answer::from_decision(&pending.decision), &pending.decision) {
-                        (Some(answer), _) => {
-                            self.store.finish(key, answer.clone(), Instant::now()).await;
-                            return Some((Some(answer), true));
-                        }
-                        (
-                            None,
-                            Decision::Run {
-                                rule,
-                                program,
-                                fallback,
-                            },
-                        ) => {
-                            let sender = &pending.context.follower;
-                            let Some(slot) = self.sender_slot(sender) else {
-                                tracing::warn!(
-                                    %rule,
-                                    follower = %crate::log::Escaped(sender),
-                                    limit = self.config.max_programs_per_sender,
-                                    "this follower already has max_programs_per_sender programs running: answering with the fallback"
-                                );
-                                let answer = Answer {
-                                    reply: fallback.clone(),
-                                    rule: rule.clone(),
-                                    via: Via::Fallback,
-                                };
-                                self.store.finish(key, answer.clone(), Instant::now()).await;
-                                return Some((Some(answer), true));
-                            };
-                            self.spawn_program(
-                                account,
-                                pending,
-                                rule.clone(),
-                                program.clone(),
-                                fallback.clone(),
-                                slot,
-                            )
-                        }
-                        (None, _) => return Some((None, true)), // from_decision covers the others
-                    }
-                }
-                Claim::Held { until } => {
-                    if let (Some(plan), false) = (plan, counted) {
-                        counted = true;
-                        if let Some(hold) = self.hold_until(key, plan, started, lease).await {
-                            deadline = hold;
-                        }
-                    }
-                    if Instant::now() >= deadline {
-                        return match plan {
-                            Some(plan) if !plan.pickup => {
-                                Some((Some(self.go_late(account, pending, plan).await), won))
-                            }
-                            _ => Some((None, won)),
-                        };
-                    }
-                    self.store.wait(key, until.min(deadline)).await;
-                }
-            }
-            claim = self.store.claim(key, Instant::now(), lease).await;
-        }
-    }
-
-    /// Run a program (or call a hook) in the background; its answer goes to the store,
-    /// where the request (and any retry) waits for it. It keeps running past the
-    /// request's budget up to its own timeout, so a slow answer still serves WeChat's
-    /// retry, or goes late.
-    fn spawn_program(
-        &self,
-        account: &AccountEntry,
-        pending: &Pending,
-        rule: Arc<str>,
-        program: Arc<Program>,
-        fallback: Option<Arc<Reply>>,
-        slot: SenderSlot,
-    ) {
-        let key = pending.key.clone();
-        let input = pending.json.clone().unwrap_or_default();
-        let late_ttl = pending
-            .late
-            .as_ref()
-            .map(|p| Duration::from_secs(p.pickup_ttl_secs));
-        let store = self.store.clone();
-        let permits = self.programs.clone();
-        let client = program.url.as_ref().map(|_| account.http());
-        let task = tokio::spawn(async move {
-            let _slot = slot;
-            let started = Instant::now();
-            let (what, result) = match (&program.url, client) {
-                (Some(url), Some(client)) => {
-                    let result = match client {
-                        Ok(client) => hook(&client, url, &rule, input, &program, &permits).await,
-                        Err(e) => Err(format!("no HTTP client: {e}")),
-                    };
-                    ("hook", result)
-                }
-                _ => (
-                    "program",
-                    program::run(&program, &rule, &input, &permits).await,
-                ),
-            };
-            let target = match &program.url {
-                Some(url) => crate::log::Escaped(late::url_origin(url)).to_string(),
-                None => crate::log::Escaped(program.command.first().map_or("", String::as_str))
-                    .to_string(),
-            };
-            crate::metrics::METRICS.program(match &result {
-                Ok(_) => crate::metrics::ProgramEnd::Answered,
-                Err(cause) if cause.starts_with("timed out") => {
-                    crate::metrics::ProgramEnd::TimedOut
-                }
-                Err(_) => crate::metrics::ProgramEnd::Failed,
-            });
-            let answer = match result {
-                Ok(reply) => {
-                    tracing::info!(
-                        %rule,
-                        %what,
-                        %target,
-                        ms = started.elapsed().as_millis() as u64,
-                        "program answered"
-                    );
-                    Answer {
-                        reply: reply.map(Arc::new),
-                        rule,
-                        via: Via::Program,
-                    }
-                }
-                Err(cause) => {
-                    tracing::warn!(
-                        %rule,
-                        %what,
-                        %target,
-                        cause = %crate::log::Escaped(&cause),
-                        "program failed: answering with the fallback"
-                    );
-                    Answer {
-                        reply: fallback,
-                        rule,
-                        via: Via::Fallback,
-                    }
-                }
-            };
-            store.finish(&key, answer.clone(), Instant::now()).await;
-            if let Some(ttl) = late_ttl {
-                late::keep_if_late(&store, &key, &answer, ttl).await;
-            }
-        });
-        let mut tasks = self.program_tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(task);
-    }
-
-    /// Whether a reply program is still running (its answer not stored yet).
+    /// Whether a reply program (or a push) is still running.
     pub fn programs_running(&self) -> bool {
-        let tasks = self.program_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.iter().any(|t| !t.is_finished())
     }
 
     /// Wait until every running program has finished and its answer is stored (each
-    /// is bounded by its own timeout).
+    /// is bounded by its own timeout), and every push is done.
     pub async fn finish_programs(&self) {
-        let tasks =
-            std::mem::take(&mut *self.program_tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for task in tasks {
-            let _ = task.await;
+        loop {
+            let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+            if tasks.is_empty() {
+                return;
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
         }
     }
-}
 
-impl Engine {
     /// Count a program for `sender`, or `None` when it has as many running as allowed.
     fn sender_slot(&self, sender: &str) -> Option<SenderSlot> {
         let mut running = self.per_sender.lock().unwrap_or_else(|p| p.into_inner());
@@ -608,6 +500,48 @@ impl Engine {
             sender: sender.to_owned(),
             running: self.per_sender.clone(),
         })
+    }
+}
+
+/// What deciding a message takes, from the rules' decision and the late plan.
+fn work_of(pending: &Pending, _budget: Duration) -> Work {
+    let work = match &pending.decision {
+        Decision::Run {
+            rule,
+            program,
+            fallback,
+        } => Work::Run {
+            job: Arc::new(Job {
+                rule: rule.clone(),
+                input: Arc::from(pending.json.as_deref().unwrap_or_default()),
+                lease: program.timeout_ms + LEASE_MARGIN,
+                fallback: fallback.clone(),
+            }),
+            fallback: Answer {
+                reply: fallback.clone(),
+                rule: rule.clone(),
+                via: Via::Fallback,
+            },
+        },
+        decision => Work::Known(Answer::from_decision(decision).unwrap_or(Answer {
+            reply: None,
+            rule: Arc::from("-"),
+            via: Via::Rule,
+        })),
+    };
+    match &pending.late {
+        Some(plan) if plan.pickup => Work::Pickup {
+            then: Box::new(work),
+            still_running: plan.still_running.clone(),
+        },
+        _ => work,
+    }
+}
+
+fn rule_of(pending: &Pending) -> Arc<str> {
+    match &pending.decision {
+        Decision::Run { rule, .. } | Decision::Reply { rule, .. } => rule.clone(),
+        Decision::Nothing => Arc::from("-"),
     }
 }
 
@@ -642,6 +576,15 @@ async fn hook(
     let (_permit, deadline) = program::slot(program, permits).await?;
     let left = deadline.saturating_duration_since(Instant::now());
     http::call_hook(client, url, rule, input, left).await
+}
+
+/// `scheme://host[:port]` of a URL, for logs (a query may hold a secret).
+pub(crate) fn url_origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find(['/', '?', '#']) {
+        Some(end) => &url[..after_scheme + end],
+        None => url,
+    }
 }
 
 /// One archive line: when, who, the message as programs get it, the answer and how it
@@ -713,144 +656,4 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use crate::core::Outcome;
-
-    const TOKEN: &str = "testtoken123";
-
-    fn engine(budget_ms: u64) -> Engine {
-        let text = format!(
-            "[server]\nreply_budget_ms = {budget_ms}\n[account]\ntoken = \"{TOKEN}\"\n\
-             [[rule]]\ntext = \"hi\"\nreply = {{ text = \"Hello!\" }}\n"
-        );
-        let config = Config::parse(&text).unwrap();
-        Engine::new(config.accounts[0].responder.clone(), config.server.engine)
-    }
-
-    /// A text message "hi" with this MsgId, and its retry key.
-    fn message(msg_id: u64) -> (String, String) {
-        let body = crate::sample::text_with_id("gh", "oF", unix_now(), "hi", msg_id);
-        (body, format!("m:{msg_id}:oF"))
-    }
-
-    async fn post(engine: &Engine, body: &str) -> Response {
-        post_signed(engine, body, "1").await
-    }
-
-    /// POST `body` to `/wechat`, signed now with `nonce`.
-    pub(super) async fn post_signed(engine: &Engine, body: &str, nonce: &str) -> Response {
-        let query = crate::sample::signed_query(TOKEN, unix_now(), nonce);
-        engine
-            .answer(
-                "POST",
-                "/wechat",
-                &query,
-                Ok(body.as_bytes()),
-                Instant::now(),
-            )
-            .await
-    }
-
-    fn via(response: &Response) -> Option<Via> {
-        match &response.outcome {
-            Outcome::Reply { via, .. } | Outcome::Success { via, .. } => Some(*via),
-            _ => None,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_rule_answer_is_stored_at_once_and_a_retry_gets_it() {
-        let engine = engine(4500);
-        let (body, _) = message(1);
-        let t0 = Instant::now();
-        let first = post(&engine, &body).await;
-        assert_eq!(via(&first), Some(Via::Rule));
-        let again = post(&engine, &body).await;
-        assert_eq!(via(&again), Some(Via::Retry));
-        assert_eq!(t0.elapsed(), Duration::ZERO, "nothing waited");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_message_held_elsewhere_past_the_budget_gets_success_at_the_budget() {
-        let engine = engine(1200);
-        let (body, key) = message(2);
-        // Another request (or process) holds the message for longer than the budget.
-        let t0 = Instant::now();
-        let held = engine
-            .store()
-            .claim(&key, t0, Duration::from_secs(10))
-            .await;
-        assert_eq!(held, Claim::Won);
-        let response = post(&engine, &body).await;
-        assert_eq!(via(&response), Some(Via::Deadline));
-        assert_eq!(response.body, b"success");
-        assert_eq!(
-            t0.elapsed(),
-            Duration::from_millis(1200),
-            "answered at the budget"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_waiting_retry_gets_the_answer_the_moment_it_is_stored() {
-        let engine = Arc::new(engine(4500));
-        let (body, key) = message(3);
-        let t0 = Instant::now();
-        assert_eq!(
-            engine
-                .store()
-                .claim(&key, t0, Duration::from_secs(10))
-                .await,
-            Claim::Won
-        );
-        let finisher = engine.clone();
-        let stored = key.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            let answer = Answer {
-                reply: Some(Arc::new(Reply::Text("from the holder".into()))),
-                rule: Arc::from("slow"),
-                via: Via::Program,
-            };
-            finisher
-                .store()
-                .finish(&stored, answer, Instant::now())
-                .await;
-        });
-        let response = post(&engine, &body).await;
-        assert_eq!(via(&response), Some(Via::Retry));
-        assert!(String::from_utf8_lossy(&response.body).contains("from the holder"));
-        assert_eq!(t0.elapsed(), Duration::from_millis(700));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_lease_that_ends_unanswered_is_taken_over_by_the_waiting_request() {
-        let engine = engine(4500);
-        let (body, key) = message(4);
-        let t0 = Instant::now();
-        // The holder died: its lease ends at 2 s and nobody stores an answer.
-        assert_eq!(
-            engine.store().claim(&key, t0, Duration::from_secs(2)).await,
-            Claim::Won
-        );
-        let response = post(&engine, &body).await;
-        assert_eq!(
-            via(&response),
-            Some(Via::Rule),
-            "decided here after the takeover"
-        );
-        assert!(String::from_utf8_lossy(&response.body).contains("Hello!"));
-        assert_eq!(
-            t0.elapsed(),
-            Duration::from_secs(2),
-            "as soon as the lease ended"
-        );
-        let retry = post(&engine, &body).await;
-        assert_eq!(via(&retry), Some(Via::Retry));
-    }
 }

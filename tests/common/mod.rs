@@ -350,6 +350,33 @@ pub fn wait_for_log(p: &Proc, needle: &str) -> String {
     }
 }
 
+/// Wait until the log shows `needle` at least `n` times; the log then.
+pub fn wait_for_log_count(p: &Proc, needle: &str, n: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let log = p.log();
+        if log.matches(needle).count() >= n {
+            return log;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "log never showed {needle:?} {n} times:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run `redis-cli -p PORT ARGS...` against a test's Redis; its output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A free loopback port (bound then released; the tiny race is acceptable in tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

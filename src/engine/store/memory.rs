@@ -1,105 +1,117 @@
-//! The in-memory store: bounded, answers kept for a retention, claims as leases.
+//! The in-memory store: the protocol's records and bindings in this process, bounded
+//! in entries and bytes, each with its time to live.
 
-use std::collections::{hash_map::RandomState, HashMap};
+use std::collections::{hash_map::RandomState, BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
-use super::{BodyDigest, Claim};
-use crate::core::Answer;
+use crate::protocol::{Digest, Loaded, Ms, Opened, Record, Rev, Swapped};
 
-/// At most one "retry cache full" warning per this interval: a cache too small for the
+/// At most one "store full" warning per this interval (ms): a store too small for the
 /// load drops entries again and again, and a line each time would flood the log.
-const EVICTION_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+const EVICTION_WARNING_INTERVAL: Ms = 60_000;
 
-/// The in-memory store: bounded in entries and in bytes, answers kept for `retention`
-/// (at least the timestamp window, so a replay inside the window is always answered
-/// from it).
+/// The in-memory store. Times are milliseconds on the caller's clock (the engine's
+/// monotonic clock; the simulator's).
 ///
-/// Two generations of entries: new ones go into `current`; lookups see both. When
-/// `current` holds half the capacity or is `retention` old, it becomes `previous` and
-/// the old `previous` is dropped whole; `current` also turns over when its answers take
-/// half the byte bound. So every entry is kept at least `retention` unless
-/// `capacity / 2` newer ones (or half the bytes) came first (then a warning says to
-/// raise the limits), and at most twice that. The answers held take at most the byte
-/// bound, plus one answer (which can be up to the largest reply: a program's 64 KiB,
-/// or a template filled from a body of `max_body_bytes`). No entry is removed one by one: a hash table
-/// churning at full load fills with tombstones and doubles (measured: a full
-/// string-keyed map and age queue grew from 5 to 8.3 MiB that way).
+/// Two areas:
+/// - **Short-lived** entries (time to live up to the retention: bindings, answers kept
+///   for retries) live in two generations: new ones go into `current`; lookups see
+///   both. When `current` holds half the entry bound, or a quarter of the byte bound,
+///   or is `retention` old, it becomes `previous` and the old `previous` is dropped
+///   whole. So an entry is kept its whole time to live unless that many newer ones
+///   came first (then a warning says to raise the limits). No entry is removed one by
+///   one: a hash table churning at full load fills with tombstones and doubles.
+/// - **Long-lived** entries (leases of programs, late answers waiting for a pick-up,
+///   waiting lists) live in their own map, bounded by half the byte bound and half
+///   the entry bound; past that the oldest are dropped first, with a warning naming
+///   how many.
 ///
+/// So everything held takes at most `bytes` (plus one entry), whatever the mix.
 /// Keys are held as 128-bit fingerprints (two SipHash-1-3 runs with this process's
-/// random keys), not as strings. Two messages sharing a fingerprint has a chance of
-/// about n² / 2¹²⁹ (n entries held), and nobody outside can aim at one: the hash keys
-/// are secret. Full at the default capacity: 3.3 MiB (`examples/cache_mem.rs`).
+/// random keys), not as strings: two keys sharing one has a chance of about
+/// n² / 2¹²⁹, and nobody outside can aim at one.
 pub struct MemoryStore {
-    inner: Mutex<Generations>,
-    /// Entries per generation: half the capacity.
+    inner: Mutex<Inner>,
+    /// Entries per generation: half the entry bound.
     half: usize,
-    /// Answer bytes per generation: half the byte bound.
-    half_bytes: usize,
-    retention: Duration,
+    /// Answer bytes per generation: a quarter of the byte bound.
+    gen_bytes: usize,
+    /// The long-lived area's bounds.
+    long_entries: usize,
+    long_bytes: usize,
+    retention: Ms,
     hashers: (RandomState, RandomState),
-    /// Counters, marks and lists ([`super::Store::incr`] and the rest).
+    /// Small values beside the records (the API's access token).
     values: super::values::Values,
 }
 
-struct Generations {
-    current: HashMap<u128, Entry>,
-    previous: HashMap<u128, Entry>,
-    /// What the answers in `current` take ([`Answer::heap_bytes`]).
+struct Inner {
+    current: HashMap<u128, Slot>,
+    previous: HashMap<u128, Slot>,
+    /// What the entries in `current` take.
     current_bytes: usize,
-    /// When `current` began taking entries (`None` until the first entry).
-    current_since: Option<Instant>,
-    /// Entries dropped before their retention since the last warning, and when that was.
+    /// When `current` began taking entries.
+    current_since: Option<Ms>,
+    long: HashMap<u128, Slot>,
+    /// The long-lived entries by when they were written, oldest first.
+    long_order: BTreeMap<u64, u128>,
+    long_bytes: usize,
+    /// Who waits for which key to change.
+    waiters: HashMap<u128, Arc<Notify>>,
+    next_rev: u64,
+    /// Entries dropped before their time since the last warning, and when that was.
     evicted: usize,
-    warned: Option<Instant>,
+    warned: Option<Ms>,
 }
 
-enum Entry {
-    /// Claimed until `until`; `answered` wakes the requests waiting for it.
-    Running {
-        until: Instant,
-        answered: Arc<Notify>,
-    },
-    Done(Answer),
-    /// A signed query and the digest of the body it came with.
-    Bound(BodyDigest),
+struct Slot {
+    rev: u64,
+    record: Record,
+    expires: Ms,
+    bytes: usize,
 }
 
 impl MemoryStore {
-    /// A store of at most `capacity` entries whose answers take about `bytes` at most,
-    /// each kept at least `retention` unless a limit is reached first.
-    pub fn new(capacity: usize, bytes: usize, retention: Duration) -> MemoryStore {
+    /// A store of at most `capacity` entries taking about `bytes` at most; entries up
+    /// to `retention` old are short-lived (see the type's doc).
+    pub fn new(capacity: usize, bytes: usize, retention: Ms) -> MemoryStore {
         let half = (capacity / 2).max(1);
         MemoryStore {
-            inner: Mutex::new(Generations {
-                current: HashMap::with_capacity(half),
+            inner: Mutex::new(Inner {
+                current: HashMap::with_capacity(half.min(4096)),
                 previous: HashMap::new(),
                 current_bytes: 0,
                 current_since: None,
+                long: HashMap::new(),
+                long_order: BTreeMap::new(),
+                long_bytes: 0,
+                waiters: HashMap::new(),
+                next_rev: 1,
                 evicted: 0,
                 warned: None,
             }),
             half,
-            half_bytes: (bytes / 2).max(1),
+            gen_bytes: (bytes / 4).max(1),
+            long_entries: (capacity / 2).max(16),
+            long_bytes: (bytes / 2).max(1),
             retention,
             hashers: (RandomState::new(), RandomState::new()),
-            values: super::values::Values::new(capacity),
+            values: super::values::Values::new(capacity.clamp(16, 4096)),
         }
     }
 
-    /// The small values beside the answers.
+    /// The small values beside the records.
     pub(super) fn values(&self) -> &super::values::Values {
         &self.values
     }
 
-    /// Entries held now.
+    /// Entries held now (expired ones included until they are dropped).
     pub fn len(&self) -> usize {
         let g = self.lock();
-        g.current.len() + g.previous.len()
+        g.current.len() + g.previous.len() + g.long.len()
     }
 
     /// Whether nothing is held.
@@ -107,398 +119,501 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// See [`super::Store::claim`].
-    pub fn claim(&self, key: &str, now: Instant, lease: Duration) -> Claim {
-        let key = self.fingerprint(key);
+    /// Bytes the long-lived entries (leases, late answers, waiting lists) take.
+    pub fn long_bytes(&self) -> usize {
+        self.lock().long_bytes
+    }
+
+    /// See [`crate::protocol::Action::Open`].
+    pub fn open(
+        &self,
+        binding: &str,
+        digest: &Digest,
+        key: Option<&str>,
+        record: &Record,
+        ttl: Ms,
+        now: Ms,
+    ) -> Opened {
+        let bound = self.fingerprint(binding);
+        let message = key.map(|k| self.fingerprint(k));
         let mut g = self.lock();
-        let g = &mut *g;
-        match g.current.get_mut(&key).or_else(|| g.previous.get_mut(&key)) {
-            Some(Entry::Done(answer)) => return Claim::Answered(answer.clone()),
-            // A message key never fingerprints like a query key ("q:" prefix); this is
-            // only reached by a fingerprint collision, treated as a new message.
-            Some(Entry::Bound(_)) => return Claim::Won,
-            Some(Entry::Running { until, .. }) if *until > now => {
-                return Claim::Held { until: *until }
-            }
-            Some(Entry::Running { until, .. }) => {
-                // The holder's lease ended without an answer: the caller takes over.
-                // Whoever waits keeps waiting on the same entry.
-                *until = now + lease;
-                return Claim::Won;
-            }
-            None => {}
-        }
-        self.insert(
-            g,
-            key,
-            Entry::Running {
-                until: now + lease,
-                answered: Arc::new(Notify::new()),
+        let fresh = match live(&g, bound, now) {
+            Some(slot) => match &slot.record {
+                Record::Binding(first) if first == digest => false,
+                _ => return Opened::Reused,
             },
-            0,
-            now,
-        );
-        Claim::Won
-    }
-
-    /// Store an answer known at once (a rule's reply) for a new `key`, in one step.
-    /// `None`: stored. `Some(claim)`: what an earlier request left, which wins. No
-    /// [`Notify`] for a message answered at once:
-    /// nobody can be waiting for it yet.
-    pub fn put_new(&self, key: &str, answer: &Answer, now: Instant) -> Option<Claim> {
-        let key = self.fingerprint(key);
-        let mut g = self.lock();
-        let g = &mut *g;
-        match g.current.get(&key).or_else(|| g.previous.get(&key)) {
-            Some(Entry::Done(earlier)) => return Some(Claim::Answered(earlier.clone())),
-            Some(Entry::Running { until, .. }) => return Some(Claim::Held { until: *until }),
-            Some(Entry::Bound(_)) | None => {}
-        }
-        self.insert(
-            g,
-            key,
-            Entry::Done(answer.clone()),
-            answer.heap_bytes(),
-            now,
-        );
-        None
-    }
-
-    /// Bind a signed query to the body it first came with, for as long as answers are
-    /// kept. `true`: first seen, or seen with the same body (a retry); `false`: seen
-    /// with a different body.
-    pub fn bind(&self, signed_query: &str, body: &BodyDigest, now: Instant) -> bool {
-        let mut prefixed = String::with_capacity(signed_query.len() + 2);
-        prefixed.push_str("q:");
-        prefixed.push_str(signed_query);
-        let key = self.fingerprint(&prefixed);
-        let mut g = self.lock();
-        let g = &mut *g;
-        match g.current.get(&key).or_else(|| g.previous.get(&key)) {
-            Some(Entry::Bound(first)) => first == body,
-            _ => {
-                self.insert(g, key, Entry::Bound(*body), 0, now);
+            None => {
+                let binding = Record::Binding(*digest);
+                self.write(&mut g, bound, binding, self.retention, now);
                 true
             }
-        }
-    }
-
-    /// See [`super::Store::finish`].
-    pub fn finish(&self, key: &str, answer: Answer, _now: Instant) {
-        let key = self.fingerprint(key);
-        let bytes = answer.heap_bytes();
-        let mut g = self.lock();
-        let g = &mut *g;
-        let (entry, in_current) = match g.current.get_mut(&key) {
-            Some(entry) => (Some(entry), true),
-            None => (g.previous.get_mut(&key), false),
         };
-        // Not found: dropped while it ran (a cache far too small); nothing to record.
-        if let Some(entry) = entry {
-            if let Entry::Running { answered, .. } = std::mem::replace(entry, Entry::Done(answer)) {
-                answered.notify_waiters();
-            }
-            // An answer that lands in the previous generation goes when that does.
-            if in_current {
-                g.current_bytes += bytes;
-            }
-        }
-    }
-
-    /// See [`super::Store::wait`].
-    pub async fn wait(&self, key: &str, until: Instant) {
-        let key = self.fingerprint(key);
-        let answered = {
-            let g = self.lock();
-            match g.current.get(&key).or_else(|| g.previous.get(&key)) {
-                Some(Entry::Running { answered, .. }) => answered.clone(),
-                _ => return,
-            }
+        let Some(message) = message else {
+            return Opened::Created { rev: Rev(0), now };
         };
-        let notified = answered.notified();
-        tokio::pin!(notified);
-        // Registered before looking again, so an answer stored in between still wakes us.
-        notified.as_mut().enable();
-        if !self.is_running(key) {
-            return;
+        if let Some(slot) = live(&g, message, now) {
+            return Opened::Found {
+                loaded: Loaded {
+                    rev: Some(Rev(slot.rev)),
+                    record: Some(slot.record.clone()),
+                    now,
+                },
+                fresh,
+            };
         }
-        let _ = tokio::time::timeout_at(until, notified).await;
+        let rev = self.write(&mut g, message, record.clone(), ttl, now);
+        Opened::Created { rev: Rev(rev), now }
     }
 
-    fn is_running(&self, key: u128) -> bool {
+    /// What this store knows of a signed query: `Some(true)` bound to `digest`,
+    /// `Some(false)` bound to another digest, `None` not seen.
+    pub fn bound(&self, binding: &str, digest: &Digest, now: Ms) -> Option<bool> {
+        let key = self.fingerprint(binding);
         let g = self.lock();
-        matches!(
-            g.current.get(&key).or_else(|| g.previous.get(&key)),
-            Some(Entry::Running { .. })
-        )
+        live(&g, key, now).map(|slot| matches!(&slot.record, Record::Binding(d) if d == digest))
+    }
+
+    /// Keep a signed query's binding as the shared store decided it (over any this
+    /// process made on its own during an outage), for the retention.
+    pub fn bind(&self, binding: &str, digest: &Digest, now: Ms) {
+        let key = self.fingerprint(binding);
+        let mut g = self.lock();
+        let same = live(&g, key, now).is_some_and(|s| s.record == Record::Binding(*digest));
+        if !same {
+            self.write(&mut g, key, Record::Binding(*digest), self.retention, now);
+        }
+    }
+
+    /// See [`crate::protocol::Action::Load`].
+    pub fn load(&self, key: &str, now: Ms) -> Loaded {
+        let key = self.fingerprint(key);
+        let g = self.lock();
+        match live(&g, key, now) {
+            Some(slot) => Loaded {
+                rev: Some(Rev(slot.rev)),
+                record: Some(slot.record.clone()),
+                now,
+            },
+            None => Loaded {
+                rev: None,
+                record: None,
+                now,
+            },
+        }
+    }
+
+    /// See [`crate::protocol::Action::Swap`].
+    pub fn swap(
+        &self,
+        key: &str,
+        expected: Option<Rev>,
+        record: Record,
+        ttl: Ms,
+        now: Ms,
+    ) -> Swapped {
+        let key = self.fingerprint(key);
+        let mut g = self.lock();
+        let current = live(&g, key, now).map(|s| Rev(s.rev));
+        if current != expected {
+            let loaded = match live(&g, key, now) {
+                Some(slot) => Loaded {
+                    rev: Some(Rev(slot.rev)),
+                    record: Some(slot.record.clone()),
+                    now,
+                },
+                None => Loaded {
+                    rev: None,
+                    record: None,
+                    now,
+                },
+            };
+            return Swapped::Changed(loaded);
+        }
+        let rev = self.write(&mut g, key, record, ttl, now);
+        Swapped::Done { rev: Rev(rev), now }
+    }
+
+    /// See [`crate::protocol::Action::Put`].
+    pub fn put(&self, key: &str, record: Record, ttl: Ms, now: Ms) {
+        let key = self.fingerprint(key);
+        let mut g = self.lock();
+        self.write(&mut g, key, record, ttl, now);
+    }
+
+    /// The version `key` holds now (`None`: nothing).
+    pub fn rev(&self, key: &str, now: Ms) -> Option<Rev> {
+        let key = self.fingerprint(key);
+        let g = self.lock();
+        live(&g, key, now).map(|s| Rev(s.rev))
+    }
+
+    /// Return when `key` no longer holds version `seen`, or at `until` (the caller's
+    /// clock, as a tokio instant), whichever comes first.
+    pub async fn wait(
+        &self,
+        key: &str,
+        seen: Option<Rev>,
+        until: tokio::time::Instant,
+        now: impl Fn() -> Ms,
+    ) {
+        let fingerprint = self.fingerprint(key);
+        let notify = {
+            let mut g = self.lock();
+            g.waiters
+                .entry(fingerprint)
+                .or_insert_with(|| Arc::new(Notify::new()))
+                .clone()
+        };
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        // Registered before looking, so a write in between still wakes us.
+        notified.as_mut().enable();
+        if self.rev(key, now()) == seen {
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
+        // Nobody else waits for it: forget the notifier (a write would have too).
+        let mut g = self.lock();
+        if g.waiters
+            .get(&fingerprint)
+            .is_some_and(|n| Arc::ptr_eq(n, &notify) && Arc::strong_count(n) <= 2)
+        {
+            g.waiters.remove(&fingerprint);
+        }
     }
 
     fn fingerprint(&self, key: &str) -> u128 {
         (u128::from(self.hashers.0.hash_one(key)) << 64) | u128::from(self.hashers.1.hash_one(key))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A poisoned lock only means another thread panicked mid-update; the maps are
         // still valid maps.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Add a new entry whose answer takes `bytes`, in a new generation when the current
-    /// one is full (in entries or bytes) or old.
-    fn insert(&self, g: &mut Generations, key: u128, entry: Entry, bytes: usize, now: Instant) {
-        let since = *g.current_since.get_or_insert(now);
-        if g.current.len() >= self.half
-            || (g.current_bytes + bytes > self.half_bytes && !g.current.is_empty())
-            || now.duration_since(since) >= self.retention
-        {
-            self.rotate(g, now);
+    /// Write `record` at `key` for `ttl`, in the area its time to live belongs to;
+    /// wake whoever waits for the key. Returns the new version.
+    fn write(&self, g: &mut Inner, key: u128, record: Record, ttl: Ms, now: Ms) -> u64 {
+        let rev = g.next_rev;
+        g.next_rev += 1;
+        let bytes = 48 + record.heap_bytes();
+        let slot = Slot {
+            rev,
+            record,
+            expires: now.saturating_add(ttl),
+            bytes,
+        };
+        if ttl > self.retention {
+            if g.current.contains_key(&key) || g.previous.contains_key(&key) {
+                g.current.remove(&key);
+                g.previous.remove(&key);
+            }
+            if let Some(old) = g.long.insert(key, slot) {
+                g.long_bytes -= old.bytes;
+                g.long_order.remove(&old.rev);
+            }
+            g.long_bytes += bytes;
+            g.long_order.insert(rev, key);
+            self.bound_long(g, now);
+        } else {
+            if let Some(old) = g.long.remove(&key) {
+                g.long_bytes -= old.bytes;
+                g.long_order.remove(&old.rev);
+            }
+            let since = *g.current_since.get_or_insert(now);
+            let replacing = g.current.contains_key(&key);
+            if !replacing
+                && (g.current.len() >= self.half
+                    || (g.current_bytes + bytes > self.gen_bytes && !g.current.is_empty())
+                    || now.saturating_sub(since) >= self.retention)
+            {
+                self.rotate(g, now);
+            }
+            g.current.insert(key, slot);
+            g.current_bytes += bytes;
         }
-        g.current.insert(key, entry);
-        g.current_bytes += bytes;
+        if !g.waiters.is_empty() {
+            if let Some(notify) = g.waiters.remove(&key) {
+                notify.notify_waiters();
+            }
+        }
+        rev
     }
 
-    /// Start a new generation: `current` becomes `previous`, the old `previous` goes.
-    fn rotate(&self, g: &mut Generations, now: Instant) {
-        let since = g.current_since.unwrap_or(now);
-        // The dropped generation's newest entry is as old as `current` is.
-        if now.duration_since(since) < self.retention && !g.previous.is_empty() {
-            g.evicted += g.previous.len();
+    /// Drop the oldest long-lived entries (expired ones first) until the area is within
+    /// its bounds.
+    fn bound_long(&self, g: &mut Inner, now: Ms) {
+        if g.long_bytes <= self.long_bytes && g.long.len() <= self.long_entries {
+            return;
+        }
+        let expired: Vec<u128> = g
+            .long
+            .iter()
+            .filter(|(_, s)| s.expires <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            if let Some(old) = g.long.remove(&key) {
+                g.long_bytes -= old.bytes;
+                g.long_order.remove(&old.rev);
+            }
+        }
+        let mut dropped = 0;
+        while g.long_bytes > self.long_bytes || g.long.len() > self.long_entries {
+            let Some((_, key)) = g.long_order.pop_first() else {
+                break;
+            };
+            if let Some(old) = g.long.remove(&key) {
+                g.long_bytes -= old.bytes;
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            g.evicted += dropped;
             if g.warned
-                .is_none_or(|at| now.duration_since(at) >= EVICTION_WARNING_INTERVAL)
+                .is_none_or(|at| now.saturating_sub(at) >= EVICTION_WARNING_INTERVAL)
             {
                 tracing::warn!(
-                    capacity = self.half * 2,
                     dropped = g.evicted,
-                    "retry cache full: dropped answers younger than their retention \
-                     (count since the last such warning); raise retry_cache_entries \
-                     or retry_cache_bytes"
+                    bytes = self.long_bytes,
+                    "state in memory full: dropped the oldest leases or late answers \
+                     waiting for a pick-up (count since the last such warning); raise \
+                     retry_cache_bytes or retry_cache_entries"
                 );
                 g.evicted = 0;
                 g.warned = Some(now);
             }
         }
+    }
+
+    /// Start a new generation: `current` becomes `previous`, the old `previous` goes.
+    fn rotate(&self, g: &mut Inner, now: Ms) {
+        let since = g.current_since.unwrap_or(now);
+        // The dropped generation's newest entry is as old as `current` is.
+        if now.saturating_sub(since) < self.retention {
+            let live = g.previous.values().filter(|s| s.expires > now).count();
+            if live > 0 {
+                g.evicted += live;
+                if g.warned
+                    .is_none_or(|at| now.saturating_sub(at) >= EVICTION_WARNING_INTERVAL)
+                {
+                    tracing::warn!(
+                        capacity = self.half * 2,
+                        dropped = g.evicted,
+                        "retry cache full: dropped answers younger than their retention \
+                         (count since the last such warning); raise retry_cache_entries \
+                         or retry_cache_bytes"
+                    );
+                    g.evicted = 0;
+                    g.warned = Some(now);
+                }
+            }
+        }
         // Free the old generation before allocating the new one.
         g.previous = HashMap::new();
-        g.previous = std::mem::replace(&mut g.current, HashMap::with_capacity(self.half));
+        g.previous = std::mem::replace(&mut g.current, HashMap::with_capacity(self.half.min(4096)));
         g.current_bytes = 0;
         g.current_since = Some(now);
     }
+}
+
+/// The entry at `key`, unless it expired.
+fn live(g: &Inner, key: u128, now: Ms) -> Option<&Slot> {
+    g.long
+        .get(&key)
+        .or_else(|| g.current.get(&key))
+        .or_else(|| g.previous.get(&key))
+        .filter(|s| s.expires > now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::reply::Reply;
-    use crate::core::Via;
+    use crate::core::{Answer, Via};
+    use crate::protocol::{Late, Message, State};
 
-    const LEASE: Duration = Duration::from_secs(4);
+    const RETENTION: Ms = 60_000;
 
-    fn answer(text: &str) -> Answer {
-        Answer {
-            reply: Some(Arc::new(Reply::Text(text.to_owned()))),
-            rule: Arc::from("r"),
-            via: Via::Rule,
-        }
+    fn answered(text: &str) -> Record {
+        Record::Message(Message {
+            first: 0,
+            attempts: 1,
+            state: State::Answered(Answer {
+                reply: Some(Arc::new(Reply::Text(text.to_owned()))),
+                rule: Arc::from("r"),
+                via: Via::Rule,
+            }),
+            late: Late::No,
+            job: None,
+        })
     }
 
-    fn at(t0: Instant, ms: u64) -> Instant {
-        t0 + Duration::from_millis(ms)
-    }
-
-    #[test]
-    fn won_held_answered() {
-        let t0 = Instant::now();
-        let store = MemoryStore::new(10, 1 << 20, Duration::from_secs(60));
-        assert_eq!(store.claim("k", t0, LEASE), Claim::Won);
-        assert_eq!(
-            store.claim("k", at(t0, 10), LEASE),
-            Claim::Held { until: t0 + LEASE }
-        );
-        store.finish("k", answer("a"), at(t0, 20));
-        assert_eq!(
-            store.claim("k", at(t0, 30), LEASE),
-            Claim::Answered(answer("a"))
-        );
-    }
-
-    #[test]
-    fn a_lease_that_ends_unanswered_is_taken_over_once() {
-        let t0 = Instant::now();
-        let store = MemoryStore::new(10, 1 << 20, Duration::from_secs(60));
-        assert_eq!(store.claim("k", t0, LEASE), Claim::Won);
-        let end = t0 + LEASE;
-        assert_eq!(
-            store.claim("k", end - Duration::from_millis(1), LEASE),
-            Claim::Held { until: end }
-        );
-        assert_eq!(
-            store.claim("k", end, LEASE),
-            Claim::Won,
-            "taken over at the lease's end"
-        );
-        assert_eq!(
-            store.claim("k", end, LEASE),
-            Claim::Held { until: end + LEASE },
-            "by one caller only"
-        );
+    fn open(store: &MemoryStore, query: &str, digest: u8, key: &str, now: Ms) -> Opened {
+        store.open(
+            query,
+            &[digest; 16],
+            Some(key),
+            &answered(key),
+            RETENTION,
+            now,
+        )
     }
 
     #[test]
-    fn is_bounded_oldest_first() {
-        let t0 = Instant::now();
-        let store = MemoryStore::new(2, 1 << 20, Duration::from_secs(60));
-        for k in ["a", "b", "c"] {
-            assert_eq!(store.put_new(k, &answer(k), t0), None);
-        }
-        assert_eq!(store.len(), 2);
+    fn open_binds_the_query_and_creates_once() {
+        let store = MemoryStore::new(100, 1 << 20, RETENTION);
+        assert!(matches!(
+            open(&store, "q1", 1, "k", 0),
+            Opened::Created { .. }
+        ));
+        // The same query and body again (a duplicate): found, not fresh.
+        let Opened::Found { loaded, fresh } = open(&store, "q1", 1, "k", 1) else {
+            panic!()
+        };
+        assert!(!fresh);
+        assert_eq!(loaded.record, Some(answered("k")));
+        // Another query for the same message (a retry): found, fresh.
+        assert!(matches!(
+            open(&store, "q2", 2, "k", 2),
+            Opened::Found { fresh: true, .. }
+        ));
+        // The first query with another body: refused, nothing else done.
+        assert_eq!(open(&store, "q1", 9, "other", 3), Opened::Reused);
+        assert_eq!(store.load("other", 3).record, None);
+        // A handshake binds its query only.
+        let handshake = store.open("h", &[5; 16], None, &answered("x"), RETENTION, 4);
+        assert!(matches!(handshake, Opened::Created { .. }));
         assert_eq!(
-            store.claim("a", t0, LEASE),
-            Claim::Won,
-            "the oldest was evicted"
+            store.open("h", &[6; 16], Some("k2"), &answered("k2"), RETENTION, 5),
+            Opened::Reused
         );
-        assert_eq!(store.claim("c", t0, LEASE), Claim::Answered(answer("c")));
     }
 
     #[test]
-    fn keeps_entries_for_the_retention_then_forgets() {
-        let t0 = Instant::now();
-        let store = MemoryStore::new(10, 1 << 20, Duration::from_millis(50));
-        assert_eq!(store.put_new("k", &answer("a"), t0), None);
-        // A new message after the retention starts a new generation; "k" is kept.
-        assert_eq!(store.put_new("x", &answer("x"), at(t0, 80)), None);
-        assert_eq!(
-            store.claim("k", at(t0, 80), LEASE),
-            Claim::Answered(answer("a")),
-            "kept >= retention"
-        );
-        assert_eq!(store.put_new("y", &answer("y"), at(t0, 160)), None);
-        assert_eq!(store.len(), 2, "the generation holding k is gone");
-        assert_eq!(
-            store.claim("k", at(t0, 160), LEASE),
-            Claim::Won,
-            "forgotten after at most twice the retention"
-        );
+    fn swap_writes_only_over_the_version_read() {
+        let store = MemoryStore::new(100, 1 << 20, RETENTION);
+        let Opened::Created { rev, .. } = open(&store, "q", 1, "k", 0) else {
+            panic!()
+        };
+        let done = store.swap("k", Some(rev), answered("b"), RETENTION, 1);
+        let Swapped::Done { rev: second, .. } = done else {
+            panic!("{done:?}")
+        };
+        // The old version again: refused, and told what is there.
+        let Swapped::Changed(now) = store.swap("k", Some(rev), answered("c"), RETENTION, 2) else {
+            panic!()
+        };
+        assert_eq!(now.rev, Some(second));
+        assert_eq!(now.record, Some(answered("b")));
+        // Creating over an existing key: refused; over an expired one: done.
+        assert!(matches!(
+            store.swap("k", None, answered("d"), RETENTION, 3),
+            Swapped::Changed(_)
+        ));
+        assert!(matches!(
+            store.swap("k", None, answered("e"), RETENTION, RETENTION + 2),
+            Swapped::Done { .. }
+        ));
+    }
+
+    #[test]
+    fn entries_expire_with_their_time_to_live() {
+        let store = MemoryStore::new(100, 1 << 20, RETENTION);
+        store.put("short", answered("s"), 10, 0);
+        store.put("long", answered("l"), RETENTION * 10, 0);
+        assert!(store.load("short", 9).record.is_some());
+        assert!(store.load("short", 10).record.is_none());
+        assert!(store.load("long", RETENTION * 10 - 1).record.is_some());
+        assert!(store.load("long", RETENTION * 10).record.is_none());
     }
 
     #[test]
     fn a_full_store_keeps_at_least_the_newest_half() {
-        let t0 = Instant::now();
-        let store = MemoryStore::new(100, 1 << 20, Duration::from_secs(60));
+        let store = MemoryStore::new(100, 1 << 20, RETENTION);
         for i in 0..1000usize {
-            assert_eq!(store.put_new(&format!("m{i}"), &answer("a"), t0), None);
+            assert!(matches!(
+                open(&store, &format!("q{i}"), 1, &format!("m{i}"), 0),
+                Opened::Created { .. }
+            ));
             assert!(store.len() <= 100, "bounded: {}", store.len());
-            for j in i.saturating_sub(49)..=i {
-                assert!(
-                    matches!(store.claim(&format!("m{j}"), t0, LEASE), Claim::Answered(_)),
-                    "m{j} at m{i}"
-                );
-            }
+        }
+        for j in 990..1000 {
+            assert!(store.load(&format!("m{j}"), 0).record.is_some(), "m{j}");
         }
     }
 
     #[test]
-    fn an_answer_known_at_once_loses_to_an_earlier_claim() {
-        let t0 = Instant::now();
-        let store = MemoryStore::new(10, 1 << 20, Duration::from_secs(60));
-        assert_eq!(store.put_new("k", &answer("first"), t0), None);
-        assert_eq!(
-            store.put_new("k", &answer("second"), t0),
-            Some(Claim::Answered(answer("first")))
-        );
-        assert_eq!(store.claim("p", t0, LEASE), Claim::Won);
-        assert_eq!(
-            store.put_new("p", &answer("x"), t0),
-            Some(Claim::Held { until: t0 + LEASE })
-        );
-    }
-
-    #[test]
-    fn a_running_entry_survives_a_generation_change() {
-        let t0 = Instant::now();
-        let store = MemoryStore::new(4, 1 << 20, Duration::from_secs(60));
-        assert_eq!(store.claim("slow", t0, LEASE), Claim::Won);
-        for k in ["a", "b"] {
-            assert_eq!(store.claim(k, t0, LEASE), Claim::Won);
+    fn is_bounded_in_bytes_in_both_areas() {
+        let store = MemoryStore::new(100_000, 1 << 20, RETENTION);
+        let big = answered(&"x".repeat(60_000));
+        // 600 late answers of 60 KB kept for a day: at most half the bound is held,
+        // the oldest dropped first.
+        for i in 0..600 {
+            store.put(&format!("late{i}"), big.clone(), 86_400_000, i);
+            assert!(
+                store.long_bytes() <= (1 << 19) + 61_000,
+                "{}",
+                store.long_bytes()
+            );
         }
-        assert!(matches!(store.claim("slow", t0, LEASE), Claim::Held { .. }));
-        store.finish("slow", answer("late"), t0);
-        assert_eq!(
-            store.claim("slow", t0, LEASE),
-            Claim::Answered(answer("late"))
-        );
-    }
-
-    #[test]
-    fn is_bounded_in_bytes_too() {
-        let t0 = Instant::now();
-        // Room for 10 000 entries, but 1 MiB of answers: 100 KB replies turn the
-        // generations over long before the entry count does.
-        let store = MemoryStore::new(10_000, 1 << 20, Duration::from_secs(60));
-        let big = answer(&"x".repeat(100_000));
-        for i in 0..100 {
-            assert_eq!(store.put_new(&format!("m{i}"), &big, t0), None);
-            let held: usize = {
-                let g = store.lock();
-                g.current
-                    .values()
-                    .chain(g.previous.values())
-                    .map(|e| match e {
-                        Entry::Done(a) => a.heap_bytes(),
-                        _ => 0,
-                    })
-                    .sum()
-            };
-            assert!(held <= (1 << 20) + 100_300, "{held} bytes held after {i}");
-        }
-        assert_eq!(
-            store.claim("m0", t0, LEASE),
-            Claim::Won,
+        assert!(
+            store.load("late0", 600).record.is_none(),
             "the oldest went first"
         );
-        assert_eq!(store.claim("m99", t0, LEASE), Claim::Answered(big.clone()));
-        // Answers that finish late count too.
-        let store = MemoryStore::new(10_000, 1 << 20, Duration::from_secs(60));
-        for i in 0..100 {
-            assert_eq!(store.claim(&format!("p{i}"), t0, LEASE), Claim::Won);
-            store.finish(&format!("p{i}"), big.clone(), t0);
+        assert!(store.load("late599", 600).record.is_some());
+        // Answers kept for retries: a quarter of the bound per generation.
+        for i in 0..600 {
+            store.put(&format!("ans{i}"), big.clone(), RETENTION, 1000);
         }
-        assert!(store.len() < 30, "{} entries", store.len());
+        let held: usize = {
+            let g = store.lock();
+            g.current
+                .values()
+                .chain(g.previous.values())
+                .map(|s| s.bytes)
+                .sum()
+        };
+        assert!(held <= (1 << 19) + 2 * 61_000, "{held}");
+    }
+
+    #[test]
+    fn a_key_moves_between_areas_with_its_time_to_live() {
+        let store = MemoryStore::new(100, 1 << 20, RETENTION);
+        store.put("k", answered("lease"), RETENTION * 2, 0);
+        assert_eq!(store.lock().long.len(), 1);
+        store.put("k", answered("answer"), RETENTION, 1);
+        assert_eq!(store.lock().long.len(), 0);
+        assert_eq!(store.long_bytes(), 0);
+        assert_eq!(store.load("k", 2).record, Some(answered("answer")));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_waiter_wakes_when_the_answer_is_stored_not_before() {
-        let store = Arc::new(MemoryStore::new(10, 1 << 20, Duration::from_secs(60)));
-        let t0 = Instant::now();
-        assert_eq!(store.claim("k", t0, LEASE), Claim::Won);
-        let finisher = store.clone();
+    async fn a_waiter_wakes_when_the_key_changes_not_before() {
+        let store = Arc::new(MemoryStore::new(10, 1 << 20, RETENTION));
+        let t0 = tokio::time::Instant::now();
+        let now = move || t0.elapsed().as_millis() as Ms;
+        store.put("k", answered("a"), RETENTION, 0);
+        let seen = store.rev("k", 0);
+        let writer = store.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            finisher.finish("k", answer("done"), Instant::now());
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            writer.put("k", answered("b"), RETENTION, 1500);
         });
-        store.wait("k", t0 + LEASE).await;
-        assert_eq!(
-            t0.elapsed(),
-            Duration::from_millis(1500),
-            "woken by the answer"
-        );
-        assert_eq!(
-            store.claim("k", Instant::now(), LEASE),
-            Claim::Answered(answer("done"))
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_waiter_wakes_at_its_deadline_without_an_answer() {
-        let store = MemoryStore::new(10, 1 << 20, Duration::from_secs(60));
-        let t0 = Instant::now();
-        assert_eq!(store.claim("k", t0, LEASE), Claim::Won);
-        store.wait("k", t0 + Duration::from_millis(700)).await;
-        assert_eq!(t0.elapsed(), Duration::from_millis(700));
-        // Nothing to wait for: an answered or unknown key returns at once.
-        store.finish("k", answer("a"), Instant::now());
-        let t1 = Instant::now();
-        store.wait("k", t1 + LEASE).await;
-        store.wait("unknown", t1 + LEASE).await;
-        assert_eq!(t1.elapsed(), Duration::ZERO);
+        store
+            .wait("k", seen, t0 + std::time::Duration::from_secs(4), now)
+            .await;
+        assert_eq!(t0.elapsed().as_millis(), 1500, "woken by the write");
+        // A version already gone returns at once; with nothing written, at `until`.
+        let t1 = tokio::time::Instant::now();
+        store
+            .wait("k", seen, t1 + std::time::Duration::from_secs(4), now)
+            .await;
+        assert_eq!(t1.elapsed().as_millis(), 0);
+        let seen = store.rev("k", now());
+        store
+            .wait("k", seen, t1 + std::time::Duration::from_millis(700), now)
+            .await;
+        assert_eq!(t1.elapsed().as_millis(), 700);
     }
 }

@@ -1,15 +1,16 @@
 //! The Redis store: shared by every instance on every machine that uses the same Redis.
 //!
-//! A message's key holds `L<until>` while it is being decided (a lease ending at Redis's
-//! own clock, so machines need not agree on the time) and `A<answer>` once answered;
-//! every key has a TTL. Claims and stores are one atomic script each (one round trip);
-//! a signed query's binding is one `SET NX GET`. Waiting for another instance's answer
-//! polls the key every [`POLL`]. The connection is redis-rs's connection manager, which
-//! reconnects after a Redis restart.
+//! Keys are `<key_prefix><kind>/<account>/<hmac>` ([`super::seal`]); values are sealed;
+//! every key has a TTL. Opening a message (bind the query, create the record unless
+//! there is one), reading and compare-and-swap are one atomic script each, one round
+//! trip, and every script returns Redis's own clock (`TIME`): leases and marks run on
+//! it, so the machines' clocks need not agree. The requests in flight send their
+//! scripts together, as one pipeline on the shared connection. Waiting for another
+//! instance's write polls the key every [`POLL`]. The connection is redis-rs's
+//! connection manager, which reconnects after a Redis restart.
 //!
-//! While Redis is unreachable, requests are answered without it (a claim is won
-//! locally: a program message still runs once per process), for [`BACKOFF`] after each
-//! failure no call is tried, and a WARN says so at most once a minute.
+//! While Redis is unreachable, every call fails at once for [`BACKOFF`] after a failure
+//! (a [`StoreError`]; the protocol goes on in this process's memory).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -18,112 +19,97 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
 
-use super::{BodyDigest, Claim};
-use crate::core::Answer;
+use super::seal::{rev_hex, rev_of, Sealer};
+use crate::protocol::{Loaded, Ms, Opened, Record, Rev, StoreError, Swapped};
 
-/// How often a waiting request looks for an answer stored by another instance.
+/// How often a waiting request looks for another instance's write.
 pub const POLL: Duration = Duration::from_millis(10);
 /// How long one Redis call may take before the request goes on without it.
 pub const TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failed call, how long the store is not tried again.
 pub const BACKOFF: Duration = Duration::from_secs(1);
-/// At most one "Redis unreachable" warning per this interval.
-const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// Claim a message: `{'A', answer}`, `{'H', ms left}` or `{'W', ''}` (won: the lease
-/// is set). KEYS[1] the message key; ARGV[1] lease ms; ARGV[2] retention ms.
-const CLAIM: &str = r"
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local v = redis.call('GET', KEYS[1])
-if v then
-  local kind = string.sub(v, 1, 1)
-  if kind == 'A' then return {'A', string.sub(v, 2)} end
-  if kind == 'L' then
-    local left = tonumber(string.sub(v, 2)) - now
-    if left > 0 then return {'H', tostring(left)} end
-  end
+/// Redis's clock in milliseconds, as a Lua expression.
+const NOW: &str = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)";
+
+/// Bind a query and create a message's record unless there is one:
+/// `{kind, value, now, fresh}` with kind `R` (the query came with another body:
+/// nothing done), `C` (created; or the handshake's query bound) or `F` (found: value).
+/// KEYS[1] the binding, KEYS[2] the record (absent for a handshake); ARGV[1] the
+/// binding's value, ARGV[2] its TTL ms, ARGV[3] the record, ARGV[4] its TTL ms.
+const OPEN: &str = r"
+local bound = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
+local fresh = 1
+if bound then
+  if bound ~= ARGV[1] then return {'R', false, now, 0} end
+  fresh = 0
 end
-local lease = tonumber(ARGV[1])
-redis.call('SET', KEYS[1], 'L' .. (now + lease), 'PX', math.max(lease, tonumber(ARGV[2])))
-return {'W', ''}
+if #KEYS < 2 then return {'C', false, now, fresh} end
+local v = redis.call('SET', KEYS[2], ARGV[3], 'NX', 'GET', 'PX', ARGV[4])
+if v then return {'F', v, now, fresh} end
+return {'C', false, now, fresh}
 ";
 
-/// Bind a signed query to its body and take the message's first step, in one round
-/// trip: `{'R', ''}` (the query came with another body), `{'A', answer}`,
-/// `{'H', ms left}`, `{'S', ''}` (the known answer stored) or `{'W', ''}` (claimed).
-/// KEYS[1] the binding, KEYS[2] the message; ARGV[1] the body digest, ARGV[2] retention
-/// ms, ARGV[3] `K` (ARGV[4] the known answer) or `C` (ARGV[4] the lease ms). A new
-/// message with a known answer is two commands: the binding's `SET NX GET` and the
-/// answer's.
-const OPEN_MESSAGE: &str = r"
-local bound = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'PX', ARGV[2])
-if bound and bound ~= ARGV[1] then return {'R', ''} end
-local v
-if ARGV[3] == 'K' then
-  v = redis.call('SET', KEYS[2], 'A' .. ARGV[4], 'NX', 'GET', 'PX', ARGV[2])
-  if not v then return {'S', ''} end
-else
-  v = redis.call('GET', KEYS[2])
-end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-if v then
-  local kind = string.sub(v, 1, 1)
-  if kind == 'A' then return {'A', string.sub(v, 2)} end
-  if kind == 'L' then
-    local left = tonumber(string.sub(v, 2)) - now
-    if left > 0 then return {'H', tostring(left)} end
-  end
-end
-if ARGV[3] == 'K' then
-  redis.call('SET', KEYS[2], 'A' .. ARGV[4], 'PX', tonumber(ARGV[2]))
-  return {'S', ''}
-end
-local lease = tonumber(ARGV[4])
-redis.call('SET', KEYS[2], 'L' .. (now + lease), 'PX', math.max(lease, tonumber(ARGV[2])))
-return {'W', ''}
+/// Read a key: `{'V', value, now}`.
+const LOAD: &str = r"
+return {'V', redis.call('GET', KEYS[1]), now}
+";
+
+/// Compare-and-swap: write ARGV[2] for ARGV[3] ms if the key's version (the first 16
+/// hex digits of its value's SHA-1; '' for none) is ARGV[1]: `{'D', false, now}`, else
+/// `{'X', value, now}`.
+const SWAP: &str = r"
+local v = redis.call('GET', KEYS[1])
+local rev = ''
+if v then rev = string.sub(redis.sha1hex(v), 1, 16) end
+if rev ~= ARGV[1] then return {'X', v, now} end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return {'D', false, now}
 ";
 
 /// The Redis store.
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
-    retention: Duration,
-    claim: redis::Script,
-    open_message: redis::Script,
-    /// Where `open_message` calls queue to go out together (see [`Batched`]); started
-    /// with the first call, in its runtime.
+    open: redis::Script,
+    load: redis::Script,
+    swap: redis::Script,
+    /// Where script calls queue to go out together (see [`Batched`]); started with the
+    /// first call, in its runtime.
     batched: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Batched>>,
     /// No call is tried before this (after a failure).
     down_until: Mutex<Option<Instant>>,
-    warned: Mutex<Option<Instant>>,
     failures: AtomicU64,
+    /// Redis's clock as last seen, and our clock then.
+    clock: Mutex<Option<(Ms, Instant)>>,
 }
 
 impl RedisStore {
     /// A store on the Redis at `url` (`redis://HOST:PORT/DB`), its keys starting with
     /// `prefix`. Connects lazily: a Redis that is down at start-up is tried again later.
-    pub fn open(url: &str, prefix: &str, retention: Duration) -> anyhow::Result<RedisStore> {
-        let client =
-            redis::Client::open(url).map_err(|e| anyhow::anyhow!("state store {url}: {e}"))?;
+    /// Errors never quote the URL (it may hold a password).
+    pub fn open(url: &str, prefix: &str) -> anyhow::Result<RedisStore> {
+        let shown = crate::config::redact_url(url);
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("state store {shown}: {}", redact_error(&e, url)))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| anyhow::anyhow!("state store {url}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("state store {shown}: {}", redact_error(&e, url)))?;
+        let script = |body: &str| redis::Script::new(&format!("{NOW}\n{body}"));
         Ok(RedisStore {
             conn,
             prefix: prefix.to_owned(),
-            retention,
-            claim: redis::Script::new(CLAIM),
-            open_message: redis::Script::new(OPEN_MESSAGE),
+            open: script(OPEN),
+            load: script(LOAD),
+            swap: script(SWAP),
             batched: std::sync::OnceLock::new(),
             down_until: Mutex::new(None),
-            warned: Mutex::new(None),
             failures: AtomicU64::new(0),
+            clock: Mutex::new(None),
         })
     }
 
@@ -132,93 +118,109 @@ impl RedisStore {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// See [`super::Store::claim`].
-    pub async fn claim(&self, key: &str, lease: Duration) -> Claim {
-        let mut invocation = self.claim.key(self.answer_key(key));
-        invocation.arg(ms(lease)).arg(ms(self.retention));
-        let mut conn = self.conn.clone();
-        let reply: Option<(String, String)> = self
-            .call(async move { invocation.invoke_async(&mut conn).await })
-            .await;
-        match reply {
-            Some(found) => held_or_answered(found).unwrap_or(Claim::Won),
-            None => Claim::Won,
+    /// Redis's clock now, as estimated from its last answer (the wall clock before
+    /// the first).
+    pub fn now(&self) -> Ms {
+        match *self.clock.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((then, at)) => then + at.elapsed().as_millis() as Ms,
+            None => super::unix_ms(),
         }
     }
 
-    /// See [`super::Store::open_message`]: one round trip, in a pipeline with the
-    /// other requests' (see [`RedisStore::batched`]).
-    pub async fn open_message(
+    fn saw(&self, now: Ms) {
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, Instant::now()));
+    }
+
+    fn key(&self, name: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + name.len());
+        k.push_str(&self.prefix);
+        k.push_str(name);
+        k
+    }
+
+    /// See [`crate::protocol::Action::Open`].
+    pub async fn open_record(
         &self,
-        signed_query: &str,
-        body: &BodyDigest,
-        key: &str,
-        first: super::First<'_>,
-    ) -> super::Opened {
-        use super::{First, Opened};
-        let known = matches!(first, First::Known(_));
-        let evalsha = || {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.open_message.get_hash()).arg(2);
-            cmd.arg(format!("{}q:{signed_query}", self.prefix))
-                .arg(self.answer_key(key))
-                .arg(hex::encode(body))
-                .arg(ms(self.retention));
-            match first {
-                First::Known(answer) => cmd.arg("K").arg(answer.encode()),
-                First::Claim(lease) => cmd.arg("C").arg(ms(lease)),
-            };
-            cmd
-        };
-        let queued = self.batched(evalsha());
-        let mut conn = self.conn.clone();
-        let script = &self.open_message;
-        let reply: Option<(String, String)> = self
-            .call(async move {
-                let no_script = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
-                let value = match queued.await {
-                    // After a Redis restart the script is gone: load it, send again.
-                    Err(e) if e.kind() == no_script => {
-                        script.load_async(&mut conn).await?;
-                        evalsha().query_async(&mut conn).await?
-                    }
-                    other => other?,
-                };
-                redis::from_redis_value(value).map_err(redis::RedisError::from)
-            })
-            .await;
-        match reply {
-            Some((kind, _)) if kind == "R" => Opened::QueryReused,
-            Some((kind, _)) if kind == "S" => Opened::Stored,
-            Some(found) => match held_or_answered(found) {
-                Some(claim) => Opened::Claim(claim),
-                None => Opened::Claim(Claim::Won),
-            },
-            // Unreachable: decide here, without it.
-            None if known => Opened::Stored,
-            None => Opened::Claim(Claim::Won),
+        seal: &Sealer,
+        op: super::Opening<'_>,
+        retention: Ms,
+    ) -> Result<Opened, StoreError> {
+        let super::Opening {
+            binding,
+            digest,
+            key,
+            record,
+            ttl,
+        } = op;
+        let mut keys = vec![self.key(&seal.name(binding))];
+        let mut args: Vec<Vec<u8>> = vec![
+            seal.binding(digest).to_vec(),
+            retention.max(1).to_string().into_bytes(),
+        ];
+        let mut sealed = Vec::new();
+        if let Some(k) = key {
+            let name = seal.name(k);
+            sealed = seal.seal(&name, &record.encode(), &mut crate::engine::ThreadRng);
+            keys.push(self.key(&name));
+            args.push(sealed.clone());
+            args.push(ttl.max(1).to_string().into_bytes());
         }
+        let reply = ScriptReply::read(self.eval(&self.open, keys, args).await?, 4, "open")?;
+        self.saw(reply.now);
+        Ok(match reply.kind.as_slice() {
+            b"R" => Opened::Reused,
+            b"C" => Opened::Created {
+                rev: rev_of(&sealed),
+                now: reply.now,
+            },
+            _ => Opened::Found {
+                loaded: super::unseal(seal, key.unwrap_or_default(), reply.value, reply.now),
+                fresh: reply.fresh,
+            },
+        })
     }
 
-    /// See [`super::Store::finish`].
-    pub async fn finish(&self, key: &str, answer: &Answer) {
-        let mut value = b"A".to_vec();
-        value.extend_from_slice(&answer.encode());
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.answer_key(key))
-            .arg(value)
-            .arg("PX")
-            .arg(ms(self.retention));
-        let mut conn = self.conn.clone();
-        let _: Option<()> = self
-            .call(async move { cmd.query_async(&mut conn).await })
-            .await;
+    /// See [`crate::protocol::Action::Load`].
+    pub async fn load(&self, seal: &Sealer, key: &str) -> Result<Loaded, StoreError> {
+        let keys = vec![self.key(&seal.name(key))];
+        let reply = ScriptReply::read(self.eval(&self.load, keys, vec![]).await?, 3, "load")?;
+        self.saw(reply.now);
+        Ok(super::unseal(seal, key, reply.value, reply.now))
     }
 
-    /// See [`super::Store::wait`]: polls until the key is answered, gone, its lease
-    /// over, or `until`.
-    pub async fn wait(&self, key: &str, until: Instant) {
-        let answer_key = self.answer_key(key);
+    /// See [`crate::protocol::Action::Swap`].
+    pub async fn swap(
+        &self,
+        seal: &Sealer,
+        key: &str,
+        expected: Option<Rev>,
+        record: &Record,
+        ttl: Ms,
+    ) -> Result<Swapped, StoreError> {
+        let name = seal.name(key);
+        let sealed = seal.seal(&name, &record.encode(), &mut crate::engine::ThreadRng);
+        let rev = rev_of(&sealed);
+        let args = vec![
+            expected.map(rev_hex).unwrap_or_default().into_bytes(),
+            sealed,
+            ttl.max(1).to_string().into_bytes(),
+        ];
+        let keys = vec![self.key(&name)];
+        let reply = ScriptReply::read(self.eval(&self.swap, keys, args).await?, 3, "swap")?;
+        self.saw(reply.now);
+        Ok(match reply.kind.as_slice() {
+            b"D" => Swapped::Done {
+                rev,
+                now: reply.now,
+            },
+            _ => Swapped::Changed(super::unseal(seal, key, reply.value, reply.now)),
+        })
+    }
+
+    /// See [`crate::protocol::Action::Wait`]: polls until the key no longer holds
+    /// `seen`, or `until`.
+    pub async fn wait(&self, seal: &Sealer, key: &str, seen: Option<Rev>, until: Instant) {
+        let name = self.key(&seal.name(key));
         loop {
             let now = Instant::now();
             if now >= until {
@@ -226,130 +228,107 @@ impl RedisStore {
             }
             tokio::time::sleep_until((now + POLL).min(until)).await;
             let mut cmd = redis::cmd("GET");
-            cmd.arg(&answer_key);
+            cmd.arg(&name);
             let mut conn = self.conn.clone();
-            let value: Option<Option<Vec<u8>>> = self
+            let value: Result<Option<Vec<u8>>, StoreError> = self
                 .call(async move { cmd.query_async(&mut conn).await })
                 .await;
-            // Still leased: keep waiting (the caller's `until` is the lease's end, by
-            // Redis's clock). Answered, gone or unreachable: claim again to see.
             match value {
-                Some(Some(v)) if v.first() == Some(&b'L') => {}
+                Ok(v) if v.as_deref().map(rev_of) == seen => {}
                 _ => return,
             }
         }
     }
 
-    /// See [`super::Store::incr`].
-    pub async fn incr(&self, name: &str, ttl: Duration) -> Option<u64> {
-        let key = self.value_key("k:", name);
-        let mut pipe = redis::pipe();
-        // Each count renews the TTL (as the other stores do not: a counter lives at
-        // least `ttl`, which is all its users need).
-        pipe.atomic()
-            .incr(&key, 1u64)
-            .pexpire(&key, ms(ttl).max(1) as i64)
-            .ignore();
-        let mut conn = self.conn.clone();
-        let counted: Option<(u64,)> = self
-            .call(async move { pipe.query_async(&mut conn).await })
-            .await;
-        counted.map(|(n,)| n)
-    }
-
-    /// See [`super::Store::get`].
-    pub async fn get(&self, name: &str) -> Option<Vec<u8>> {
+    /// A small value (the access token): opened, if it is there and opens.
+    pub async fn get(&self, seal: &Sealer, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = seal.name(key);
         let mut cmd = redis::cmd("GET");
-        cmd.arg(self.value_key("k:", name));
+        cmd.arg(self.key(&name));
         let mut conn = self.conn.clone();
-        self.call(async move { cmd.query_async::<Option<Vec<u8>>>(&mut conn).await })
-            .await
-            .flatten()
+        let bytes: Option<Vec<u8>> = self
+            .call(async move { cmd.query_async(&mut conn).await })
+            .await?;
+        Ok(bytes.and_then(|b| seal.open(&name, &b)))
     }
 
-    /// See [`super::Store::set`] and [`super::Store::set_new`] (`only_new`).
-    pub async fn set(&self, name: &str, value: &[u8], ttl: Duration, only_new: bool) -> bool {
+    /// Set a small value for `ttl`; with `only_new`, only when none is there: whether
+    /// it was set.
+    pub async fn set(
+        &self,
+        seal: &Sealer,
+        key: &str,
+        value: &[u8],
+        ttl: Ms,
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
+        let name = seal.name(key);
+        let sealed = seal.seal(&name, value, &mut crate::engine::ThreadRng);
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.value_key("k:", name))
-            .arg(value)
+        cmd.arg(self.key(&name))
+            .arg(sealed)
             .arg("PX")
-            .arg(ms(ttl).max(1));
+            .arg(ttl.max(1));
         if only_new {
             cmd.arg("NX");
         }
         let mut conn = self.conn.clone();
-        let set: Option<Option<String>> = self
+        let set: Option<String> = self
             .call(async move { cmd.query_async(&mut conn).await })
-            .await;
-        matches!(set, Some(Some(_)))
+            .await?;
+        Ok(set.is_some())
     }
 
-    /// See [`super::Store::delete`].
-    pub async fn delete(&self, name: &str) {
+    /// Forget a small value.
+    pub async fn delete(&self, seal: &Sealer, key: &str) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(self.value_key("k:", name));
+        cmd.arg(self.key(&seal.name(key)));
         let mut conn = self.conn.clone();
-        let _: Option<u64> = self
+        let _: u64 = self
             .call(async move { cmd.query_async(&mut conn).await })
-            .await;
+            .await?;
+        Ok(())
     }
 
-    /// See [`super::Store::push`].
-    pub async fn push(&self, list: &str, item: &str, ttl: Duration) {
-        let key = self.value_key("l:", list);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .rpush(&key, item)
-            .ignore()
-            .pexpire(&key, ms(ttl).max(1) as i64)
-            .ignore();
+    /// Run a script, in a pipeline with the other requests' calls; after a Redis
+    /// restart (the script is gone) load it and send it again.
+    async fn eval(
+        &self,
+        script: &redis::Script,
+        keys: Vec<String>,
+        args: Vec<Vec<u8>>,
+    ) -> Result<redis::Value, StoreError> {
+        let command = || {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(script.get_hash()).arg(keys.len());
+            for k in &keys {
+                cmd.arg(k);
+            }
+            for a in &args {
+                cmd.arg(a.as_slice());
+            }
+            cmd
+        };
+        let queued = self.batched(command());
         let mut conn = self.conn.clone();
-        let _: Option<()> = self
-            .call(async move { pipe.query_async(&mut conn).await })
-            .await;
+        self.call(async move {
+            let no_script = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
+            match queued.await {
+                Err(e) if e.kind() == no_script => {
+                    script.load_async(&mut conn).await?;
+                    command().query_async(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
-    /// See [`super::Store::items`].
-    pub async fn items(&self, list: &str, max: usize) -> Vec<String> {
-        let key = self.value_key("l:", list);
-        let last = isize::try_from(max).unwrap_or(isize::MAX) - 1;
-        let mut cmd = redis::cmd("LRANGE");
-        cmd.arg(key).arg(0).arg(last);
-        let mut conn = self.conn.clone();
-        self.call(async move { cmd.query_async::<Vec<String>>(&mut conn).await })
-            .await
-            .unwrap_or_default()
-    }
-
-    /// See [`super::Store::remove`].
-    pub async fn remove(&self, list: &str, item: &str) -> bool {
-        let mut cmd = redis::cmd("LREM");
-        cmd.arg(self.value_key("l:", list)).arg(1).arg(item);
-        let mut conn = self.conn.clone();
-        let removed: Option<u64> = self
-            .call(async move { cmd.query_async(&mut conn).await })
-            .await;
-        removed == Some(1)
-    }
-
-    fn value_key(&self, kind: &str, name: &str) -> String {
-        format!("{}{kind}{name}", self.prefix)
-    }
-
-    fn answer_key(&self, key: &str) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + 2 + key.len());
-        k.push_str(&self.prefix);
-        k.push_str("a:");
-        k.push_str(key);
-        k
-    }
-
-    /// Run one Redis call with [`TIMEOUT`], unless Redis failed within [`BACKOFF`];
-    /// `None` on any failure (counted, and warned about at most once a minute).
+    /// Run one Redis call with [`TIMEOUT`], unless Redis failed within [`BACKOFF`].
     async fn call<T>(
         &self,
         work: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Option<T> {
+    ) -> Result<T, StoreError> {
         let now = Instant::now();
         if self
             .down_until
@@ -357,26 +336,28 @@ impl RedisStore {
             .unwrap_or_else(|p| p.into_inner())
             .is_some_and(|t| now < t)
         {
-            return None;
+            return Err(StoreError(
+                "Redis: unreachable a moment ago (tried again after a second)".into(),
+            ));
         }
         let error = match tokio::time::timeout(TIMEOUT, work).await {
-            Ok(Ok(value)) => return Some(value),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", TIMEOUT.as_millis()),
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => format!("Redis: {e}"),
+            Err(_) => format!("Redis: no answer within {} ms", TIMEOUT.as_millis()),
         };
         self.failures.fetch_add(1, Ordering::Relaxed);
         crate::metrics::METRICS.store_error();
         *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + BACKOFF);
-        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        if warned.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
-            tracing::warn!(
-                error = %crate::log::Escaped(&error),
-                failures = self.failures(),
-                "state store (Redis) unreachable: answering without it (a retry may be decided again)"
-            );
-            *warned = Some(now);
-        }
-        None
+        Err(StoreError(error))
+    }
+}
+
+/// A redis-rs error's text without the URL's password (some errors quote the URL).
+fn redact_error(e: &redis::RedisError, url: &str) -> String {
+    let text = e.to_string();
+    match crate::config::url_password(url) {
+        Some(password) if !password.is_empty() => text.replace(password, "…"),
+        _ => text,
     }
 }
 
@@ -461,17 +442,36 @@ async fn send_batches(
     }
 }
 
-/// A script's `{'A', answer}` or `{'H', ms}`; `None` for `{'W', ''}` (won or stored).
-fn held_or_answered((kind, value): (String, String)) -> Option<Claim> {
-    match kind.as_str() {
-        "A" => Answer::decode(value.as_bytes()).map(Claim::Answered),
-        "H" => Some(Claim::Held {
-            until: Instant::now() + Duration::from_millis(value.parse().unwrap_or(0)),
-        }),
-        _ => None,
-    }
+/// A script's reply: `{kind, value|nil, now[, fresh]}`.
+struct ScriptReply {
+    kind: Vec<u8>,
+    value: Option<Vec<u8>>,
+    now: Ms,
+    fresh: bool,
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
+impl ScriptReply {
+    /// Read a reply of `n` items (3 or 4) to the script `what`.
+    fn read(v: redis::Value, n: usize, what: &str) -> Result<ScriptReply, StoreError> {
+        let unexpected = || StoreError(format!("Redis: unexpected reply to {what}"));
+        let items = match v {
+            redis::Value::Array(items) if items.len() == n => items,
+            _ => return Err(unexpected()),
+        };
+        let bytes = |v: &redis::Value| match v {
+            redis::Value::BulkString(b) => Some(b.clone()),
+            redis::Value::SimpleString(s) => Some(s.clone().into_bytes()),
+            _ => None,
+        };
+        let int = |v: &redis::Value| match v {
+            redis::Value::Int(n) => u64::try_from(*n).ok(),
+            _ => None,
+        };
+        Ok(ScriptReply {
+            kind: bytes(&items[0]).ok_or_else(unexpected)?,
+            value: bytes(&items[1]),
+            now: int(&items[2]).ok_or_else(unexpected)?,
+            fresh: items.get(3).and_then(int) == Some(1),
+        })
+    }
 }

@@ -1,17 +1,20 @@
 //! The SQLite store: one database file shared by every process on the machine (CGI
 //! requests, mod_fcgid's processes, several `serve` instances).
 //!
-//! Claims, answers and query bindings are rows with their expiry in Unix milliseconds
-//! (processes share no clock but the wall clock). Every statement runs on the store's
-//! own thread, never on the thread that serves requests; the requests in flight share
-//! one transaction and one commit. The database is in WAL mode
-//! with a busy timeout, so readers never wait for the one writer; expired rows are
-//! purged in the background. Waiting for an answer another process is deciding polls
-//! the row every [`POLL`].
+//! One table, `state (key, value, expires)`: the protocol's records, the query
+//! bindings and the access token, each value sealed ([`super::seal`]), each row with
+//! its expiry in Unix milliseconds (processes on one machine share the wall clock,
+//! which is this store's clock). A write is a compare-and-swap against the version
+//! read (a hash of the stored bytes), inside a transaction. Every statement runs on
+//! the store's own thread, never on the thread that serves requests; the requests in
+//! flight share one transaction and one commit (`BEGIN IMMEDIATE`, so processes take
+//! turns). The database is in WAL mode with a busy timeout, so readers never wait for
+//! the one writer; expired rows are purged in the background. Waiting for another
+//! process's write polls the row every [`POLL`].
 //!
-//! When the database cannot be used (disk full, locked past the busy timeout), requests
-//! are still answered: a claim is won locally, nothing is stored, and a WARN says so at
-//! most once a minute.
+//! When the database cannot be used (disk full, locked past the busy timeout), each
+//! operation fails with a [`StoreError`] and the protocol goes on in the process's
+//! memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -21,10 +24,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{BodyDigest, Claim};
-use crate::core::Answer;
+use super::seal::{rev_of, Sealer};
+use crate::protocol::{Loaded, Ms, Opened, Record, Rev, StoreError, Swapped};
 
-/// How often a waiting request looks for an answer stored by another process.
+/// How often a waiting request looks for another process's write.
 pub const POLL: Duration = Duration::from_millis(10);
 /// How long a statement waits for another process's write to finish.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,38 +41,23 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// [`SqliteStore::end_of_process`]. Measured against 256 KiB and 1 MiB: a longer log
 /// costs every process more to read, a shorter one more checkpoints (BENCHMARKS.md).
 pub const CGI_WAL_LIMIT: u64 = 512 * 1024;
-/// At most one "store unavailable" warning per this interval.
-const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// The schema's version, kept in the file's `user_version`.
-const SCHEMA_VERSION: i64 = 2;
+/// The schema's version, kept in the file's `user_version`. Version 3 replaced the
+/// tables of versions 1 and 2 (answers, bindings, kv, lists) with `state`; what they
+/// held (minutes of retries) is dropped on the upgrade.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS answers (
+    DROP TABLE IF EXISTS answers;
+    DROP TABLE IF EXISTS bindings;
+    DROP TABLE IF EXISTS kv;
+    DROP TABLE IF EXISTS lists;
+    CREATE TABLE IF NOT EXISTS state (
         key TEXT PRIMARY KEY,
-        lease_until INTEGER,      -- Unix ms while being decided, NULL once answered
-        answer BLOB,              -- Answer::encode, once answered
+        value BLOB NOT NULL,      -- sealed (see engine/store/seal.rs)
         expires INTEGER NOT NULL  -- Unix ms
     ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS bindings (
-        query TEXT PRIMARY KEY,
-        digest BLOB NOT NULL,
-        expires INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS kv (
-        name TEXT PRIMARY KEY,
-        value BLOB NOT NULL,      -- bytes, or an integer for counters
-        expires INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS lists (
-        list TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        item TEXT NOT NULL,
-        expires INTEGER NOT NULL,
-        PRIMARY KEY (list, seq)
-    ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS answers_expires ON answers (expires);
-    CREATE INDEX IF NOT EXISTS bindings_expires ON bindings (expires);
+    CREATE INDEX IF NOT EXISTS state_expires ON state (expires);
 ";
 
 /// The SQLite store. Cloning shares the connection's thread.
@@ -80,23 +68,69 @@ pub struct SqliteStore {
     _alive: Arc<mpsc::SyncSender<()>>,
     lives: Arc<Mutex<Option<mpsc::Receiver<()>>>>,
     path: PathBuf,
-    retention: Duration,
-    warned: Arc<Mutex<Option<std::time::Instant>>>,
+}
+
+/// A row's value and whether it is live, read inside a transaction.
+fn read_row(conn: &Connection, key: &str, now: i64) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT value FROM state WHERE key = ?1 AND expires > ?2")?
+        .query_row(params![key, now], |r| r.get(0))
+        .optional()
+}
+
+/// Write a row (replacing whatever is there).
+fn write_row(conn: &Connection, key: &str, value: &[u8], expires: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO state (key, value, expires) VALUES (?1, ?2, ?3)")?
+        .execute(params![key, value, expires])?;
+    Ok(())
+}
+
+/// Insert a row unless a live one is there: whether it was inserted.
+fn insert_row(
+    conn: &Connection,
+    key: &str,
+    value: &[u8],
+    expires: i64,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO state (key, value, expires) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires
+             WHERE state.expires <= ?4",
+        )?
+        .execute(params![key, value, expires, now])?;
+    Ok(n == 1)
+}
+
+/// What a store job found, before the caller opens the sealed bytes.
+enum Raw {
+    Reused,
+    Created(Rev, i64),
+    Found(Vec<u8>, i64, bool),
 }
 
 impl SqliteStore {
     /// Open (or create, with mode 0600) the database at `path`. Blocking: call at
-    /// start-up. `retention`: how long answers and bindings are kept.
-    pub fn open(path: &Path, retention: Duration) -> anyhow::Result<SqliteStore> {
-        use std::os::unix::fs::OpenOptionsExt;
+    /// start-up. A file writable by other users is refused (anyone could change the
+    /// answers it holds).
+    pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         // Create the file ourselves so that it never exists with a wider mode; SQLite
         // gives its -wal and -shm files the database's permissions.
-        std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(path)
             .map_err(|e| anyhow::anyhow!("state store {}: {e}", path.display()))?;
+        let mode = file.metadata()?.permissions().mode();
+        if mode & 0o002 != 0 {
+            anyhow::bail!(
+                "state store {}: writable by every user (mode {:o}): anyone could change the answers it holds; chmod o-w it (0600 is right)",
+                path.display(),
+                mode & 0o777
+            );
+        }
         // Several processes starting at once on a new file contend for the switch to
         // WAL and the schema, which the busy timeout does not cover: try again.
         let started = std::time::Instant::now();
@@ -122,8 +156,6 @@ impl SqliteStore {
             _alive: Arc::new(alive),
             lives: Arc::new(Mutex::new(Some(lives))),
             path: path.to_path_buf(),
-            retention,
-            warned: Arc::default(),
         })
     }
 
@@ -132,235 +164,181 @@ impl SqliteStore {
         &self.path
     }
 
-    /// See [`super::Store::claim`].
-    pub async fn claim(&self, key: &str, lease: Duration) -> Claim {
-        let key = key.to_owned();
-        let (retention, lease) = (ms(self.retention), ms(lease));
-        let found = self
-            .run(move |conn| first_step(conn, &key, None, lease, retention))
-            .await;
-        match found {
-            Some(found) => found.into_claim(),
-            None => Claim::Won,
-        }
-    }
-
-    /// See [`super::Store::open_message`]: the binding and the first step in one
+    /// See [`crate::protocol::Action::Open`]: the binding and the record in one
     /// transaction.
-    pub async fn open_message(
+    pub async fn open_record(
         &self,
-        signed_query: &str,
-        body: &BodyDigest,
-        key: &str,
-        first: super::First<'_>,
-    ) -> super::Opened {
-        use super::{First, Opened};
-        let query = signed_query.to_owned();
-        let digest = body.to_vec();
-        let key = key.to_owned();
-        let retention = ms(self.retention);
-        let (known, lease) = match first {
-            First::Known(answer) => (Some(answer.encode()), 0),
-            First::Claim(lease) => (None, ms(lease)),
-        };
-        let is_known = known.is_some();
-        let found = self
+        seal: &Sealer,
+        op: super::Opening<'_>,
+        retention: Ms,
+    ) -> Result<Opened, StoreError> {
+        let super::Opening {
+            binding,
+            digest,
+            key,
+            record,
+            ttl,
+        } = op;
+        let bound_name = seal.name(binding);
+        let bound_value = seal.binding(digest).to_vec();
+        let name = key.map(|k| seal.name(k));
+        let sealed = name
+            .as_ref()
+            .map(|n| seal.seal(n, &record.encode(), &mut crate::engine::ThreadRng));
+        let (ttl, retention) = (ms(ttl), ms(retention));
+        let raw = self
             .run(move |conn| {
                 let now = unix_ms();
-                // A new query (the usual case) is one statement; a binding that
-                // expired is replaced.
-                let bound = conn
-                    .prepare_cached(
-                        "INSERT INTO bindings (query, digest, expires) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (query) DO UPDATE SET digest = excluded.digest,
-                           expires = excluded.expires
-                         WHERE bindings.expires <= ?4",
-                    )?
-                    .execute(params![query, digest, now + retention, now])?;
-                if bound == 0 {
-                    let earlier: Vec<u8> = conn
-                        .prepare_cached("SELECT digest FROM bindings WHERE query = ?1")?
-                        .query_row(params![query], |r| r.get(0))?;
-                    if earlier != digest {
-                        return Ok(None);
+                let fresh = if insert_row(conn, &bound_name, &bound_value, now + retention, now)? {
+                    true
+                } else {
+                    match read_row(conn, &bound_name, now)? {
+                        Some(first) if first == bound_value => false,
+                        _ => return Ok(Raw::Reused),
                     }
+                };
+                let (Some(name), Some(sealed)) = (name, sealed) else {
+                    return Ok(Raw::Created(Rev(0), now));
+                };
+                if insert_row(conn, &name, &sealed, now + ttl, now)? {
+                    return Ok(Raw::Created(rev_of(&sealed), now));
                 }
-                let outcome = first_step(conn, &key, known.as_deref(), lease, retention)?;
-                Ok(Some(outcome))
+                let found = read_row(conn, &name, now)?.unwrap_or_default();
+                Ok(Raw::Found(found, now, fresh))
             })
-            .await;
-        match found {
-            Some(None) => Opened::QueryReused,
-            Some(Some(Found::Won)) if is_known => Opened::Stored,
-            Some(Some(found)) => Opened::Claim(found.into_claim()),
-            // The store is unusable: decide here, without it.
-            None if is_known => Opened::Stored,
-            None => Opened::Claim(Claim::Won),
-        }
-    }
-
-    /// See [`super::Store::finish`].
-    pub async fn finish(&self, key: &str, answer: &Answer) {
-        let key = key.to_owned();
-        let bytes = answer.encode();
-        let retention = ms(self.retention);
-        self.run(move |conn| {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO answers (key, lease_until, answer, expires)
-                 VALUES (?1, NULL, ?2, ?3)",
-            )?
-            .execute(params![key, bytes, unix_ms() + retention])?;
-            Ok(())
+            .await?;
+        Ok(match raw {
+            Raw::Reused => Opened::Reused,
+            Raw::Created(rev, now) => Opened::Created {
+                rev,
+                now: now.unsigned_abs(),
+            },
+            Raw::Found(bytes, now, fresh) => Opened::Found {
+                loaded: super::unseal(
+                    seal,
+                    key.unwrap_or_default(),
+                    Some(bytes),
+                    now.unsigned_abs(),
+                ),
+                fresh,
+            },
         })
-        .await;
     }
 
-    /// See [`super::Store::wait`]: polls until the row is answered, gone, or `until`.
-    pub async fn wait(&self, key: &str, until: Instant) {
+    /// See [`crate::protocol::Action::Load`].
+    pub async fn load(&self, seal: &Sealer, key: &str) -> Result<Loaded, StoreError> {
+        let name = seal.name(key);
+        let (bytes, now) = self
+            .run(move |conn| {
+                let now = unix_ms();
+                Ok((read_row(conn, &name, now)?, now))
+            })
+            .await?;
+        Ok(super::unseal(seal, key, bytes, now.unsigned_abs()))
+    }
+
+    /// See [`crate::protocol::Action::Swap`].
+    pub async fn swap(
+        &self,
+        seal: &Sealer,
+        key: &str,
+        expected: Option<Rev>,
+        record: &Record,
+        ttl: Ms,
+    ) -> Result<Swapped, StoreError> {
+        let name = seal.name(key);
+        let sealed = seal.seal(&name, &record.encode(), &mut crate::engine::ThreadRng);
+        let ttl = ms(ttl);
+        let outcome = self
+            .run(move |conn| {
+                let now = unix_ms();
+                let current = read_row(conn, &name, now)?;
+                if current.as_deref().map(rev_of) != expected {
+                    return Ok(Err((current, now)));
+                }
+                write_row(conn, &name, &sealed, now + ttl)?;
+                Ok(Ok((rev_of(&sealed), now)))
+            })
+            .await?;
+        Ok(match outcome {
+            Ok((rev, now)) => Swapped::Done {
+                rev,
+                now: now.unsigned_abs(),
+            },
+            Err((current, now)) => {
+                Swapped::Changed(super::unseal(seal, key, current, now.unsigned_abs()))
+            }
+        })
+    }
+
+    /// The version `key` holds (`None`: nothing).
+    async fn rev(&self, name: String) -> Result<Option<Rev>, StoreError> {
+        self.run(move |conn| Ok(read_row(conn, &name, unix_ms())?.as_deref().map(rev_of)))
+            .await
+    }
+
+    /// See [`crate::protocol::Action::Wait`]: polls until the row no longer holds
+    /// `seen`, or `until`.
+    pub async fn wait(&self, seal: &Sealer, key: &str, seen: Option<Rev>, until: Instant) {
+        let name = seal.name(key);
         loop {
             let now = Instant::now();
             if now >= until {
                 return;
             }
             tokio::time::sleep_until((now + POLL).min(until)).await;
-            let key = key.to_owned();
-            let pending = self
-                .run(move |conn| {
-                    let lease: Option<Option<i64>> = conn
-                        .prepare_cached("SELECT lease_until FROM answers WHERE key = ?1")?
-                        .query_row(params![key], |r| r.get(0))
-                        .optional()?;
-                    // Still being decided, and its lease not over.
-                    Ok(matches!(lease, Some(Some(until)) if until > unix_ms()))
-                })
-                .await;
-            if pending != Some(true) {
-                return;
+            match self.rev(name.clone()).await {
+                Ok(rev) if rev == seen => {}
+                _ => return,
             }
         }
     }
 
-    /// See [`super::Store::incr`].
-    pub async fn incr(&self, name: &str, ttl: Duration) -> Option<u64> {
-        let name = name.to_owned();
+    /// A small value (the access token): opened, if it is there and opens.
+    pub async fn get(&self, seal: &Sealer, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = seal.name(key);
+        let bytes = self
+            .run({
+                let name = name.clone();
+                move |conn| read_row(conn, &name, unix_ms())
+            })
+            .await?;
+        Ok(bytes.and_then(|b| seal.open(&name, &b)))
+    }
+
+    /// Set a small value for `ttl`; with `only_new`, only when none is there: whether
+    /// it was set.
+    pub async fn set(
+        &self,
+        seal: &Sealer,
+        key: &str,
+        value: &[u8],
+        ttl: Ms,
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
+        let name = seal.name(key);
+        let sealed = seal.seal(&name, value, &mut crate::engine::ThreadRng);
         let ttl = ms(ttl);
         self.run(move |conn| {
             let now = unix_ms();
-            conn.prepare_cached(
-                "INSERT INTO kv (name, value, expires) VALUES (?1, 1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET
-                   value = CASE WHEN expires <= ?3 THEN 1 ELSE value + 1 END,
-                   expires = CASE WHEN expires <= ?3 THEN ?2 ELSE expires END
-                 RETURNING value",
-            )?
-            .query_row(params![name, now + ttl, now], |r| r.get::<_, i64>(0))
-            .map(|n| n.unsigned_abs())
-        })
-        .await
-    }
-
-    /// See [`super::Store::get`].
-    pub async fn get(&self, name: &str) -> Option<Vec<u8>> {
-        let name = name.to_owned();
-        self.run(move |conn| {
-            conn.prepare_cached("SELECT value FROM kv WHERE name = ?1 AND expires > ?2")?
-                .query_row(params![name, unix_ms()], |r| r.get::<_, Vec<u8>>(0))
-                .optional()
-        })
-        .await
-        .flatten()
-    }
-
-    /// See [`super::Store::set`] and [`super::Store::set_new`] (`only_new`): whether
-    /// it was set (`None`: the store failed).
-    pub async fn set(
-        &self,
-        name: &str,
-        value: &[u8],
-        ttl: Duration,
-        only_new: bool,
-    ) -> Option<bool> {
-        let (name, value, ttl) = (name.to_owned(), value.to_vec(), ms(ttl));
-        self.run(move |conn| {
-            let now = unix_ms();
             if only_new {
-                conn.prepare_cached("DELETE FROM kv WHERE name = ?1 AND expires <= ?2")?
-                    .execute(params![name, now])?;
-                let added = conn
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO kv (name, value, expires) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![name, value, now + ttl])?;
-                return Ok(added == 1);
+                return insert_row(conn, &name, &sealed, now + ttl, now);
             }
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO kv (name, value, expires) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![name, value, now + ttl])?;
+            write_row(conn, &name, &sealed, now + ttl)?;
             Ok(true)
         })
         .await
     }
 
-    /// See [`super::Store::delete`].
-    pub async fn delete(&self, name: &str) {
-        let name = name.to_owned();
+    /// Forget a small value.
+    pub async fn delete(&self, seal: &Sealer, key: &str) -> Result<(), StoreError> {
+        let name = seal.name(key);
         self.run(move |conn| {
-            conn.prepare_cached("DELETE FROM kv WHERE name = ?1")?
+            conn.prepare_cached("DELETE FROM state WHERE key = ?1")?
                 .execute(params![name])?;
             Ok(())
         })
-        .await;
-    }
-
-    /// See [`super::Store::push`].
-    pub async fn push(&self, list: &str, item: &str, ttl: Duration) {
-        let (list, item, ttl) = (list.to_owned(), item.to_owned(), ms(ttl));
-        self.run(move |conn| {
-            let expires = unix_ms() + ttl;
-            conn.prepare_cached(
-                "INSERT INTO lists (list, seq, item, expires) VALUES
-                 (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM lists WHERE list = ?1), ?2, ?3)",
-            )?
-            .execute(params![list, item, expires])?;
-            // The whole list lives `ttl` from its last push, as in Redis.
-            conn.prepare_cached("UPDATE lists SET expires = ?2 WHERE list = ?1")?
-                .execute(params![list, expires])?;
-            Ok(())
-        })
-        .await;
-    }
-
-    /// See [`super::Store::items`].
-    pub async fn items(&self, list: &str, max: usize) -> Vec<String> {
-        let list = list.to_owned();
-        let max = i64::try_from(max).unwrap_or(i64::MAX);
-        self.run(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT item FROM lists WHERE list = ?1 AND expires > ?2 ORDER BY seq LIMIT ?3",
-            )?;
-            let rows = statement.query_map(params![list, unix_ms(), max], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<Vec<String>>>()
-        })
         .await
-        .unwrap_or_default()
-    }
-
-    /// See [`super::Store::remove`].
-    pub async fn remove(&self, list: &str, item: &str) -> bool {
-        let (list, item) = (list.to_owned(), item.to_owned());
-        self.run(move |conn| {
-            let removed = conn
-                .prepare_cached(
-                    "DELETE FROM lists WHERE list = ?1 AND seq =
-                     (SELECT seq FROM lists WHERE list = ?1 AND item = ?2 AND expires > ?3
-                      ORDER BY seq LIMIT 1)",
-                )?
-                .execute(params![list, item, unix_ms()])?;
-            Ok(removed == 1)
-        })
-        .await
-        .unwrap_or(false)
     }
 
     /// Checkpoint on a thread of its own, with its own connection, every
@@ -393,7 +371,8 @@ impl SqliteStore {
                 }
             });
         if started.is_ok() {
-            self.run(|conn| conn.execute_batch("PRAGMA wal_autocheckpoint = 0"))
+            let _ = self
+                .run(|conn| conn.execute_batch("PRAGMA wal_autocheckpoint = 0"))
                 .await;
         }
     }
@@ -426,16 +405,15 @@ impl SqliteStore {
 
     /// Delete expired rows.
     pub async fn purge(&self) {
-        self.run(delete_expired).await;
+        let _ = self.run(delete_expired).await;
     }
 
-    /// Run `f` on the store's thread, in the transaction of the batch it joins; `None`
-    /// (and a WARN at most once a minute) when SQLite fails or the batch does not
-    /// commit.
+    /// Run `f` on the store's thread, in the transaction of the batch it joins; an
+    /// error when SQLite fails or the batch does not commit.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Option<T> {
+    ) -> Result<T, StoreError> {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let outcome = f(conn);
@@ -447,28 +425,18 @@ impl SqliteStore {
                 });
             })
         });
+        let gone = "no transaction: the store is locked past its busy timeout, or gone";
         let error = if self.jobs.send(job).is_err() {
-            "no transaction: the store is locked past its busy timeout, or gone".to_owned()
+            gone.to_owned()
         } else {
             match result.await {
-                Ok(Ok(value)) => return Some(value),
+                Ok(Ok(value)) => return Ok(value),
                 Ok(Err(e)) => e,
-                Err(_) => {
-                    "no transaction: the store is locked past its busy timeout, or gone".to_owned()
-                }
+                Err(_) => gone.to_owned(),
             }
         };
         crate::metrics::METRICS.store_error();
-        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            tracing::warn!(
-                store = %self.path.display(),
-                error = %crate::log::Escaped(&error),
-                "state store unavailable: answering without it (a retry may be decided again)"
-            );
-            *warned = Some(std::time::Instant::now());
-        }
-        None
+        Err(StoreError(format!("{}: {error}", self.path.display())))
     }
 }
 
@@ -518,10 +486,8 @@ fn run_batches(conn: Connection, inbox: mpsc::Receiver<Job>) {
 /// Delete every expired row (in the caller's transaction, if any).
 fn delete_expired(conn: &Connection) -> rusqlite::Result<()> {
     let now = unix_ms();
-    for table in ["answers", "bindings", "kv", "lists"] {
-        conn.prepare_cached(&format!("DELETE FROM {table} WHERE expires <= ?1"))?
-            .execute(params![now])?;
-    }
+    conn.prepare_cached("DELETE FROM state WHERE expires <= ?1")?
+        .execute(params![now])?;
     Ok(())
 }
 
@@ -548,72 +514,12 @@ fn prepare(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// What a claim found, inside the transaction.
-enum Found {
-    Won,
-    Answered(Vec<u8>),
-    /// Held for this many more milliseconds.
-    Held(i64),
-}
-
-impl Found {
-    fn into_claim(self) -> Claim {
-        match self {
-            Found::Answered(bytes) => match Answer::decode(&bytes) {
-                Some(answer) => Claim::Answered(answer),
-                None => Claim::Won, // unreadable (another version?): decide anew
-            },
-            Found::Held(left) => Claim::Held {
-                until: Instant::now() + Duration::from_millis(left.unsigned_abs()),
-            },
-            Found::Won => Claim::Won,
-        }
-    }
-}
-
-/// A message's first step inside the caller's transaction: an answer stored before, or
-/// a lease still running, wins; otherwise (new, expired, or a lease that ended
-/// unanswered) store the `known` answer, or claim it for `lease` ms. A new message (the
-/// usual case) is one statement.
-fn first_step(
-    conn: &Connection,
-    key: &str,
-    known: Option<&[u8]>,
-    lease: i64,
-    retention: i64,
-) -> rusqlite::Result<Found> {
-    let now = unix_ms();
-    let (lease_until, expires) = match known {
-        Some(_) => (None, now + retention),
-        None => (Some(now + lease), now + retention.max(lease)),
-    };
-    let taken = conn
-        .prepare_cached(
-            "INSERT INTO answers (key, lease_until, answer, expires) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (key) DO UPDATE SET lease_until = excluded.lease_until,
-               answer = excluded.answer, expires = excluded.expires
-             WHERE answers.expires <= ?5
-               OR (answers.answer IS NULL AND coalesce(answers.lease_until, 0) <= ?5)",
-        )?
-        .execute(params![key, lease_until, known, expires, now])?;
-    if taken == 1 {
-        return Ok(Found::Won);
-    }
-    let (until, answer): (Option<i64>, Option<Vec<u8>>) = conn
-        .prepare_cached("SELECT lease_until, answer FROM answers WHERE key = ?1")?
-        .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(match (answer, until) {
-        (Some(answer), _) => Found::Answered(answer),
-        (None, until) => Found::Held(until.unwrap_or(now) - now),
-    })
-}
-
 fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+fn ms(d: Ms) -> i64 {
+    i64::try_from(d).unwrap_or(i64::MAX / 4)
 }
