@@ -74,6 +74,141 @@ fn the_protocol_keeps_its_promises_over_many_seeds() {
     }
 }
 
+/// The five failures reported from outside, each as a scripted run of the same
+/// machines under the same checks, plus what the follower must have seen.
+mod reported {
+    use super::*;
+
+    fn setup(instances: usize, shared: bool, modes: [LateMode; 2]) -> Setup {
+        Setup {
+            instances,
+            shared,
+            modes,
+            pickup_ttl: 3_600_000,
+            push_ok: 100,
+            per_sender_max: 1,
+        }
+    }
+
+    /// 1. Two instances on a shared store; the first claims a message, runs a 0.6 s
+    /// program (timeout 1 s) and is killed. WeChat's second attempt reaches the other:
+    /// it takes the lease over as soon as it ended, runs the program, and answers that
+    /// attempt (it got `pending`, and the program ran after it).
+    #[test]
+    fn a_lease_taken_over_after_a_crash_answers_the_next_attempt() {
+        let sim = Sim::scripted(&setup(2, true, [LateMode::Hold; 2]), |sim| {
+            let m = sim.new_msg(0, 0, 1, Kind::Run);
+            sim.durations.insert(m, 600);
+            sim.leases.insert(m, 1_000);
+            for (attempt, inst) in [(1, 0), (2, 1), (3, 1)] {
+                sim.routes.insert((m, attempt), inst);
+            }
+            sim.at(0, Ev::Send { msg: m, attempt: 1 });
+            sim.at(300, Ev::Crash { inst: 0 });
+        })
+        .unwrap();
+        let m = &sim.msgs[0];
+        assert_eq!(m.shown, Some((2, "answer")), "{:?}", m.deliveries);
+        assert_eq!(m.deliveries.len(), 1);
+        assert!(
+            m.deliveries[0].starts_with("program|"),
+            "{:?}",
+            m.deliveries
+        );
+    }
+
+    /// 2. The shared store down, one instance, a program rule: the program runs once,
+    /// its answer is not thrown away, and the retry gets it (not the fallback, not a
+    /// "max_programs_per_sender" refusal).
+    #[test]
+    fn a_store_outage_runs_a_program_once_and_its_retry_gets_the_answer() {
+        let sim = Sim::scripted(&setup(1, true, [LateMode::Hold; 2]), |sim| {
+            sim.at(0, Ev::Outage { down: true });
+            let m = sim.new_msg(0, 0, 1, Kind::Run);
+            sim.durations.insert(m, 6_000);
+            sim.at(10, Ev::Send { msg: m, attempt: 1 });
+        })
+        .unwrap();
+        let m = &sim.msgs[0];
+        assert_eq!(m.degraded_starts.len(), 1, "the program ran once");
+        assert_eq!(m.starts, 0);
+        assert_eq!(m.shown, Some((2, "answer")));
+        assert!(
+            m.deliveries[0].starts_with("program|"),
+            "{:?}",
+            m.deliveries
+        );
+    }
+
+    /// 3. Two accounts, one follower's OpenID: a pick-up at the other account's path
+    /// gets that account's own answer, never this one's late answer, which stays for
+    /// this account's pick-up.
+    #[test]
+    fn pick_ups_never_cross_accounts() {
+        let sim = Sim::scripted(&setup(1, false, [LateMode::Hold; 2]), |sim| {
+            let m = sim.new_msg(0, 0, 1, Kind::Run);
+            sim.durations.insert(m, 15_000);
+            sim.at(0, Ev::Send { msg: m, attempt: 1 });
+            sim.at(
+                20_000,
+                Ev::Pickup {
+                    account: 1,
+                    follower: 0,
+                },
+            );
+            sim.at(
+                25_000,
+                Ev::Pickup {
+                    account: 0,
+                    follower: 0,
+                },
+            );
+        })
+        .unwrap();
+        let m = &sim.msgs[0];
+        assert_eq!(m.shown, Some((3, "pending")));
+        assert_eq!(m.deliveries.len(), 1);
+        assert!(m.deliveries[0].contains("(pickup"), "{:?}", m.deliveries);
+        let other = &sim.msgs[1];
+        assert_eq!(other.account, 1);
+        assert!(
+            other.deliveries[0].starts_with("rule|test|"),
+            "the other account's pick-up got its own rule: {:?}",
+            other.deliveries
+        );
+    }
+
+    /// 4. With the store down, a captured signed query is refused with another body
+    /// (the same message key or another), and so is a handshake's query with a body.
+    #[test]
+    fn replay_binding_fails_closed_in_an_outage() {
+        let sim = Sim::scripted(&setup(1, true, [LateMode::Hold; 2]), |sim| {
+            sim.at(0, Ev::Outage { down: true });
+            let m = sim.new_msg(0, 0, 1, Kind::Known);
+            sim.at(10, Ev::Send { msg: m, attempt: 1 });
+            sim.at(
+                1_000,
+                Ev::Forge {
+                    msg: m,
+                    same_key: true,
+                },
+            );
+            sim.at(
+                2_000,
+                Ev::Forge {
+                    msg: m,
+                    same_key: false,
+                },
+            );
+            sim.at(3_000, Ev::Handshake { account: 0 });
+        })
+        .unwrap();
+        assert_eq!(sim.stats.forged_refused, 3);
+        assert_eq!(sim.msgs[0].deliveries.len(), 1);
+        assert!(sim.msgs[0].deliveries[0].starts_with("rule|live|oA|1|"));
+    }
+}
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -205,6 +340,9 @@ struct Msg {
     forged_first: bool,
     /// When its record was first marked late.
     late_since: Option<Ms>,
+    /// What WeChat accepted for it: the attempt, and `answer`, `pending` or
+    /// `success`.
+    shown: Option<(u8, &'static str)>,
     /// Its record as last written in the store that decides (the shared one, or the
     /// only instance's memory), and whether a crash took that memory.
     last: Option<Record>,
@@ -299,6 +437,18 @@ enum Ev {
     },
 }
 
+/// What a run is made of.
+#[derive(Debug, Clone)]
+struct Setup {
+    instances: usize,
+    shared: bool,
+    modes: [LateMode; 2],
+    pickup_ttl: Ms,
+    /// Pushes that succeed, in percent.
+    push_ok: u32,
+    per_sender_max: u32,
+}
+
 struct Sim {
     rng: ChaCha8Rng,
     now: Ms,
@@ -329,6 +479,11 @@ struct Sim {
     bound: HashSet<(Option<usize>, Arc<str>)>,
     /// Queries a forgery got bound in an outage (no process could tell).
     forged_tentative: HashSet<Arc<str>>,
+    /// Scripted runs: which instance an attempt goes to, how long a message's
+    /// program runs (it then answers), whether followers pick up at the end.
+    routes: HashMap<(usize, u8), usize>,
+    durations: HashMap<usize, Ms>,
+    leases: HashMap<usize, Ms>,
 }
 
 type Failure = String;
@@ -336,8 +491,8 @@ type Failure = String;
 impl Sim {
     fn run(seed: u64, traced: bool) -> Result<Stats, Failure> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let n_instances = 1 + (rng.next_u32() % 3) as usize;
-        let shared = n_instances > 1 || rng.next_u32() % 2 == 0;
+        let instances = 1 + (rng.next_u32() % 3) as usize;
+        let shared = instances > 1 || rng.next_u32() % 2 == 0;
         let mode = |r: u32| match r % 3 {
             0 => LateMode::Off,
             1 => LateMode::Hold,
@@ -349,21 +504,47 @@ impl Sim {
         } else {
             3_600_000
         };
-        let push_ok = rng.next_u32() % 101;
-        let per_sender_max = 1 + rng.next_u32() % 3;
-        let mut sim = Sim {
+        let setup = Setup {
+            instances,
+            shared,
+            modes,
+            pickup_ttl,
+            push_ok: rng.next_u32() % 101,
+            per_sender_max: 1 + rng.next_u32() % 3,
+        };
+        let mut sim = Sim::new(rng, &setup, traced);
+        sim.note(format!("seed {seed}: {setup:?}"));
+        sim.plan();
+        sim.finish()
+    }
+
+    /// A scripted run: `script` adds the events.
+    fn scripted(setup: &Setup, script: impl FnOnce(&mut Sim)) -> Result<Sim, Failure> {
+        let traced = std::env::var("SIMULATE_TRACE").is_ok();
+        let mut sim = Sim::new(ChaCha8Rng::seed_from_u64(0), setup, traced);
+        sim.note(format!("scripted: {setup:?}"));
+        script(&mut sim);
+        let result = sim.main_loop().and_then(|()| sim.check_end());
+        sim.print_trace();
+        result.map(|()| sim)
+    }
+
+    fn new(rng: ChaCha8Rng, setup: &Setup, traced: bool) -> Sim {
+        Sim {
             rng,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
             events: HashMap::new(),
-            instances: (0..n_instances).map(|_| Instance::new()).collect(),
-            shared: shared.then(|| MemoryStore::new(1 << 20, 1 << 30, RETENTION)),
+            instances: (0..setup.instances).map(|_| Instance::new()).collect(),
+            shared: setup
+                .shared
+                .then(|| MemoryStore::new(1 << 20, 1 << 30, RETENTION)),
             down: false,
-            modes,
-            pickup_ttl,
-            push_ok,
-            per_sender_max,
+            modes: setup.modes,
+            pickup_ttl: setup.pickup_ttl,
+            push_ok: setup.push_ok,
+            per_sender_max: setup.per_sender_max,
             msgs: Vec::new(),
             keys: HashMap::new(),
             next_task: 1,
@@ -375,19 +556,24 @@ impl Sim {
             opening: HashMap::new(),
             bound: HashSet::new(),
             forged_tentative: HashSet::new(),
-        };
-        sim.note(format!(
-            "seed {seed}: {n_instances} instances, shared store: {shared}, modes {modes:?}, \
-             pickup_ttl {pickup_ttl}, pushes succeed {push_ok}%, {per_sender_max} programs per follower"
-        ));
-        sim.plan();
-        let result = sim.main_loop().and_then(|()| sim.check_end());
-        if let Some(trace) = &sim.trace {
+            routes: HashMap::new(),
+            durations: HashMap::new(),
+            leases: HashMap::new(),
+        }
+    }
+
+    fn finish(mut self) -> Result<Stats, Failure> {
+        let result = self.main_loop().and_then(|()| self.check_end());
+        self.print_trace();
+        result.map(|()| self.stats)
+    }
+
+    fn print_trace(&self) {
+        if let Some(trace) = &self.trace {
             for line in trace {
                 println!("{line}");
             }
         }
-        result.map(|()| sim.stats)
     }
 
     fn note(&mut self, line: String) {
@@ -493,6 +679,7 @@ impl Sim {
             silent: false,
             forged_first: false,
             late_since: None,
+            shown: None,
             last: None,
             memory_lost: false,
         });
@@ -535,6 +722,7 @@ impl Sim {
     }
 
     fn work(&self, msg: usize) -> Work {
+        let lease = self.leases.get(&msg).copied().unwrap_or(PROGRAM_TIMEOUT) + LEASE_MARGIN;
         let m = &self.msgs[msg];
         let known = |kind: &str| Answer {
             reply: Some(Sim::tag(kind, m, 0)),
@@ -549,7 +737,7 @@ impl Sim {
                     job: Arc::new(Job {
                         rule: Arc::from("bot"),
                         input: Arc::from(m.key.as_bytes()),
-                        lease: PROGRAM_TIMEOUT + LEASE_MARGIN,
+                        lease,
                         fallback: Some(fallback.clone()),
                     }),
                     fallback: Answer {
@@ -790,7 +978,10 @@ impl Sim {
             }
             return Ok(());
         }
-        let inst = alive[self.rand(alive.len() as u64) as usize];
+        let inst = match self.routes.get(&(msg, attempt)) {
+            Some(i) if self.instances[*i].alive => *i,
+            _ => alive[self.rand(alive.len() as u64) as usize],
+        };
         let req = Req {
             msg,
             attempt,
@@ -1313,15 +1504,18 @@ impl Sim {
         self.instances[inst]
             .runs
             .insert(run, (msg, follower, spawn.level, spawn.holder));
-        let duration = self.rand(30_000);
+        let scripted = self.durations.get(&msg).copied();
+        let duration = scripted.unwrap_or_else(|| self.rand(30_000));
         let m = &self.msgs[msg];
-        let answer = if duration >= PROGRAM_TIMEOUT || self.rng.next_u32() % 10 == 0 {
+        let fails = scripted.is_none() && self.rng.next_u32() % 10 == 0;
+        let silent = scripted.is_none() && self.rng.next_u32() % 15 == 0;
+        let answer = if duration >= PROGRAM_TIMEOUT || fails {
             Answer {
                 reply: spawn.job.fallback.clone(),
                 rule: Arc::from("bot"),
                 via: Via::Fallback,
             }
-        } else if self.rng.next_u32() % 15 == 0 {
+        } else if silent {
             Answer {
                 reply: None,
                 rule: Arc::from("bot"),
@@ -1451,6 +1645,12 @@ impl Sim {
             return Ok(()); // WeChat dropped the connection when it sent the next attempt
         }
         self.msgs[req.msg].accepted = true;
+        let shown = match &verdict {
+            Final::Answer { answer, .. } if answer.reply.is_some() => "answer",
+            Final::Pending { .. } => "pending",
+            _ => "success",
+        };
+        self.msgs[req.msg].shown = Some((req.attempt, shown));
         match verdict {
             Final::Answer { answer, .. } => match answer.reply.as_deref() {
                 Some(Reply::Text(text)) if text == "still" => {}
