@@ -1801,7 +1801,12 @@ impl Sim {
             }
         }
         let i = &mut self.instances[inst];
-        let runs: Vec<usize> = i.runs.values().map(|(m, _, _, _)| *m).collect();
+        // Runs in progress, and finished runs whose answer was not stored yet.
+        let mut runs: Vec<usize> = i.runs.values().map(|(m, _, _, _)| *m).collect();
+        runs.extend(i.tasks.values().filter_map(|t| match t {
+            Machine::Worker(_, msg) => Some(*msg),
+            Machine::Attempt(..) => None,
+        }));
         let pushes: Vec<usize> = i.pushes.values().copied().collect();
         *i = Instance {
             alive: false,
