@@ -44,6 +44,11 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
                 .map_err(|e| anyhow::anyhow!("log.file: {e}"))?;
             let mut accounts = config.accounts.clone();
             if !config.store.is_shared() {
+                tracing::warn!(
+                    "CGI with [state] store = \"memory\": every request is a new process, so \
+                     WeChat's retries are not recognised (a reply program may run again) and a \
+                     replayed signed query is not refused; set [state] store = \"sqlite:PATH\""
+                );
                 // Nothing outlives this process in memory: WeChat's attempts cannot be
                 // counted nor an answer kept for a pick-up, and holding every attempt
                 // would answer none. `check-config` says so.

@@ -307,7 +307,9 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                 crate::config::StoreSpec::Memory => println!(
                     "state: memory (answers live in one process: under CGI, mod_fcgid or \
                      several instances, a retry reaching another process is not recognised \
-                     and a program may run again; use [state] store = \"sqlite:PATH\")"
+                     and a program may run again, and a replayed signed query is refused \
+                     only by the process that saw it (in CGI, by none); use [state] store = \
+                     \"sqlite:PATH\")"
                 ),
                 spec => {
                     // Opening checks the file can be created and written.

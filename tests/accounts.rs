@@ -223,3 +223,71 @@ fn account_config_problems_name_the_account() {
     assert_eq!(single.accounts[0].path, None);
     assert_eq!(single.accounts[0].responder.rules.rules.len(), 1);
 }
+
+/// Two accounts, one follower's OpenID: a late answer of one waits for a pick-up at
+/// that account's path only. A pick-up word sent to the other account (by the same
+/// OpenID) gets that account's own answer and leaves the first one waiting; the
+/// follower gets it once, at the first account's path.
+#[test]
+fn late_answers_and_pick_ups_are_kept_per_account() {
+    let dir = TempDir::new("accounts-late");
+    write_executable(
+        &dir,
+        "slow.sh",
+        "#!/bin/sh\ncat >/dev/null\nsleep 0.6\necho \"the live answer\"\n",
+    );
+    let account = |name: &str, path: &str, token: &str| {
+        format!(
+            "[[account]]\nname = \"{name}\"\npath = \"{path}\"\ntoken = \"{token}\"\n\
+             [account.late]\nmode = \"hold\"\npickup = [\"1\"]\n\
+             [[account.rule]]\ntext = \"slow\"\nrun = {{ command = [\"./slow.sh\"], timeout_ms = 5000 }}\n\
+             [account.default]\nreply = {{ text = \"{name} default\" }}\n"
+        )
+    };
+    let config = dir.path("wechat-fcgi.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nreply_budget_ms = 100\n{}{}",
+            account("live", "/wechat", LIVE_TOKEN),
+            account("test", "/wechat-test", TEST_TOKEN)
+        ),
+    )
+    .unwrap();
+    let (server, fcgi) = start_server(&dir, &config);
+    let (_nginx, port) = start_nginx(&dir, &fcgi.to_string());
+    let post = move |path: &str, token: &str, text: &str, msg_id: u64, nonce: &str| {
+        let body = wechat_fcgi::sample::text_with_id("gh", "oSameOpenID", unix_now(), text, msg_id);
+        let query = wechat_fcgi::sample::signed_query(token, unix_now(), nonce);
+        let (status, reply) = http(port, "POST", &format!("{path}?{query}"), body.as_bytes());
+        assert_eq!(status, 200);
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    // WeChat's three attempts at a slow message to live (signed anew each time): the
+    // last one gets `pending`, the answer waits for a pick-up.
+    let attempts: Vec<_> = (0..3)
+        .map(|n| {
+            let post = post;
+            let handle = std::thread::spawn(move || {
+                post("/wechat", LIVE_TOKEN, "slow", 77, &format!("a{n}"))
+            });
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            handle
+        })
+        .collect();
+    let replies: Vec<String> = attempts.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        replies[2].contains("Send 1 to get the answer"),
+        "{replies:?}"
+    );
+    wait_for_log(&server, "program answered");
+    // The same OpenID sends `1` to the test account: its own default, nothing of live's.
+    let other = post("/wechat-test", TEST_TOKEN, "1", 78, "t1");
+    assert!(other.contains("test default"), "{other}");
+    assert!(!other.contains("the live answer"), "{other}");
+    // ... and at live's path, the answer, once.
+    let picked = post("/wechat", LIVE_TOKEN, "1", 79, "l1");
+    assert!(picked.contains("the live answer"), "{picked}");
+    let again = post("/wechat", LIVE_TOKEN, "1", 80, "l2");
+    assert!(again.contains("live default"), "{again}");
+}

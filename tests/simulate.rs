@@ -90,10 +90,10 @@ mod reported {
         }
     }
 
-    /// 1. Two instances on a shared store; the first claims a message, runs a 0.6 s
-    /// program (timeout 1 s) and is killed. WeChat's second attempt reaches the other:
-    /// it takes the lease over as soon as it ended, runs the program, and answers that
-    /// attempt (it got `pending`, and the program ran after it).
+    /// Reported 1: two instances on a shared store; the first claims a message, runs
+    /// a 0.6 s program (timeout 1 s) and is killed. WeChat's second attempt reaches the
+    /// other: it takes the lease over as soon as it ended, runs the program, and
+    /// answers that attempt (it got `pending`, and the program ran after it).
     #[test]
     fn a_lease_taken_over_after_a_crash_answers_the_next_attempt() {
         let sim = Sim::scripted(&setup(2, true, [LateMode::Hold; 2]), |sim| {
@@ -117,9 +117,9 @@ mod reported {
         );
     }
 
-    /// 2. The shared store down, one instance, a program rule: the program runs once,
-    /// its answer is not thrown away, and the retry gets it (not the fallback, not a
-    /// "max_programs_per_sender" refusal).
+    /// Reported 2: the shared store down, one instance, a program rule: the program
+    /// runs once, its answer is not thrown away, and the retry gets it (not the
+    /// fallback, not a "max_programs_per_sender" refusal).
     #[test]
     fn a_store_outage_runs_a_program_once_and_its_retry_gets_the_answer() {
         let sim = Sim::scripted(&setup(1, true, [LateMode::Hold; 2]), |sim| {
@@ -140,9 +140,9 @@ mod reported {
         );
     }
 
-    /// 3. Two accounts, one follower's OpenID: a pick-up at the other account's path
-    /// gets that account's own answer, never this one's late answer, which stays for
-    /// this account's pick-up.
+    /// Reported 3: two accounts, one follower's OpenID: a pick-up at the other
+    /// account's path gets that account's own answer, never this one's late answer,
+    /// which stays for this account's pick-up.
     #[test]
     fn pick_ups_never_cross_accounts() {
         let sim = Sim::scripted(&setup(1, false, [LateMode::Hold; 2]), |sim| {
@@ -178,8 +178,9 @@ mod reported {
         );
     }
 
-    /// 4. With the store down, a captured signed query is refused with another body
-    /// (the same message key or another), and so is a handshake's query with a body.
+    /// Reported 4: with the store down, a captured signed query is refused with
+    /// another body (the same message key or another), and so is a handshake's query
+    /// with a body.
     #[test]
     fn replay_binding_fails_closed_in_an_outage() {
         let sim = Sim::scripted(&setup(1, true, [LateMode::Hold; 2]), |sim| {
@@ -1825,17 +1826,28 @@ impl Sim {
         self.at(self.now + back, Ev::Restart { inst });
     }
 
-    /// Whether the message's record is marked late (a pick-up can deliver it).
+    /// Whether the message's record is marked late and listed (a pick-up can find
+    /// and deliver it).
     fn marked_late(&self, inst: usize, msg: usize) -> bool {
-        let key = &self.msgs[msg].key;
-        let record = match (&self.shared, self.down) {
-            (Some(s), false) => s.load(key, self.now).record,
-            _ => self.instances[inst].local.load(key, self.now).record,
+        let m = &self.msgs[msg];
+        let list = format!("w/{}/{}", ACCOUNTS[m.account], FOLLOWERS[m.follower]);
+        let store = match (&self.shared, self.down) {
+            (Some(s), false) => s,
+            _ => &self.instances[inst].local,
         };
-        record
+        let marked = store
+            .load(&m.key, self.now)
+            .record
             .as_ref()
             .and_then(Record::message)
-            .is_some_and(|m| m.late != wechat_fcgi::protocol::Late::No)
+            .is_some_and(|r| r.late != wechat_fcgi::protocol::Late::No);
+        let listed = store
+            .load(&list, self.now)
+            .record
+            .as_ref()
+            .and_then(Record::waiting)
+            .is_some_and(|w| w.keys.contains(&m.key));
+        marked && listed
     }
 
     /// The invariants that hold after every step.

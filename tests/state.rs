@@ -731,3 +731,136 @@ fn every_store_keeps_the_same_rules() {
         });
     }
 }
+
+/// How a shared store becomes unusable in [`an_outage_keeps_the_promises_per_process`].
+enum Outage {
+    /// redis-server stopped.
+    RedisStopped,
+    /// The SQLite file locked by another process (an exclusive transaction held).
+    SqliteLocked,
+}
+
+/// The store becomes unusable while serving. Decided and checked here: answers that
+/// need no program still go out; a program message runs once in the process and its
+/// retry there gets its answer; a query seen with another body is refused (and a
+/// handshake's query with a body); the log says once what is degraded; when the store
+/// is back, answers are shared again.
+fn an_outage_keeps_the_promises_per_process(outage: Outage) {
+    let dir = TempDir::new("outage");
+    write_executable(
+        &dir,
+        "count.sh",
+        "#!/bin/sh\ncat >/dev/null\necho run >> runs.log\nsleep 0.3\necho \"run $(wc -l < runs.log)\"\n",
+    );
+    let port = free_port();
+    let (redis, state) = match outage {
+        Outage::RedisStopped => (
+            Some(start_redis(&dir, port)),
+            format!("store = \"redis://127.0.0.1:{port}/0\""),
+        ),
+        Outage::SqliteLocked => (None, "store = \"sqlite:state.db\"".to_owned()),
+    };
+    let config = write_config(
+        &dir,
+        &format!(
+            "[state]\n{state}\n[[rule]]\ntext = \"count\"\nrun = {{ command = [\"./count.sh\"] }}\n{RULES}"
+        ),
+    );
+    let (server, addr) = start_server(&dir, &config);
+    let hi = |id: u64| wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", id);
+    assert!(
+        ask(addr, &hi(1)).contains("Hello!"),
+        "the store works first"
+    );
+    // The outage.
+    let mut redis = redis;
+    let lock = match outage {
+        Outage::RedisStopped => {
+            assert!(redis.as_mut().unwrap().signal_and_wait(15).success());
+            None
+        }
+        Outage::SqliteLocked => {
+            let conn = rusqlite::Connection::open(dir.path("state.db")).unwrap();
+            conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            Some(conn)
+        }
+    };
+    // Answers that need no program go out.
+    assert!(ask(addr, &hi(2)).contains("Hello!"));
+    // A program message: its first attempt and WeChat's retry (a new signature) reach
+    // this process; the program runs once and the retry gets its answer.
+    let count = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", 3);
+    let first = {
+        let count = count.clone();
+        std::thread::spawn(move || ask(addr, &count))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let retry = ask(addr, &count);
+    let first = first.join().unwrap();
+    assert!(
+        retry.contains("run 1"),
+        "the retry got the answer: {retry}\n{}",
+        server.log()
+    );
+    assert!(
+        first.ends_with("success"),
+        "the first stepped aside: {first}"
+    );
+    assert_eq!(runs(&dir), 1, "the program ran once");
+    // A captured signed query with another body: refused, never answered (and so never
+    // cached for the genuine message's retry).
+    let query = signed("captured");
+    let send = |query: &str, method: &str, body: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut out = Vec::new();
+        fcgi_request(&mut out, 1, true, method, query, body.as_bytes());
+        s.write_all(&out).unwrap();
+        fcgi_response(&mut s).unwrap()
+    };
+    assert!(send(&query, "POST", &hi(4)).contains("Hello!"));
+    let forged = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "count", 4);
+    assert!(
+        send(&query, "POST", &forged).starts_with("Status: 403"),
+        "forged body refused"
+    );
+    // A handshake's signed query, then as a POST with a body: refused.
+    let handshake = signed("url-check");
+    assert!(send(&format!("{handshake}&echostr=e"), "GET", "").ends_with("\r\n\r\ne"));
+    assert!(send(&handshake, "POST", &hi(5)).starts_with("Status: 403"));
+    let log = wait_for_log(&server, "state store unreachable");
+    assert_eq!(
+        log.matches("state store unreachable").count(),
+        1,
+        "once per outage"
+    );
+    // Back: shared again (a retry is found in the store), and the log says so.
+    match outage {
+        Outage::RedisStopped => redis = Some(start_redis(&dir, port)),
+        Outage::SqliteLocked => drop(lock),
+    }
+    let start = Instant::now();
+    loop {
+        let id = 100 + start.elapsed().as_millis() as u64;
+        assert!(ask(addr, &hi(id)).contains("Hello!"));
+        if server.log().contains("state store reachable again") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(redis);
+}
+
+#[test]
+fn a_redis_outage_keeps_the_promises_per_process() {
+    an_outage_keeps_the_promises_per_process(Outage::RedisStopped);
+}
+
+#[test]
+fn a_locked_sqlite_file_keeps_the_promises_per_process() {
+    an_outage_keeps_the_promises_per_process(Outage::SqliteLocked);
+}

@@ -358,14 +358,28 @@ impl MemoryStore {
                 g.long_order.remove(&old.rev);
             }
         }
+        // The oldest answers first (what takes the room), then anything oldest
+        // first: leases and the follower lists that index the answers go last.
+        let over = |g: &Inner| g.long_bytes > self.long_bytes || g.long.len() > self.long_entries;
         let mut dropped = 0;
-        while g.long_bytes > self.long_bytes || g.long.len() > self.long_entries {
-            let Some((_, key)) = g.long_order.pop_first() else {
-                break;
-            };
-            if let Some(old) = g.long.remove(&key) {
-                g.long_bytes -= old.bytes;
-                dropped += 1;
+        for answers_only in [true, false] {
+            let order: Vec<(u64, u128)> = g.long_order.iter().map(|(r, k)| (*r, *k)).collect();
+            for (rev, key) in order {
+                if !over(g) {
+                    break;
+                }
+                let is_answer = g
+                    .long
+                    .get(&key)
+                    .is_some_and(|s| s.record.message().is_some_and(|m| m.answer().is_some()));
+                if answers_only && !is_answer {
+                    continue;
+                }
+                if let Some(old) = g.long.remove(&key) {
+                    g.long_bytes -= old.bytes;
+                    g.long_order.remove(&rev);
+                    dropped += 1;
+                }
             }
         }
         if dropped > 0 {

@@ -31,6 +31,10 @@ use crate::protocol::{Loaded, Ms, Opened, Record, Rev, StoreError, Swapped};
 pub const POLL: Duration = Duration::from_millis(10);
 /// How long a statement waits for another process's write to finish.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed operation (the file locked past the busy timeout, the disk full),
+/// how long no operation is tried: requests go on without the store at once instead
+/// of each waiting out the busy timeout.
+pub const BACKOFF: Duration = Duration::from_secs(1);
 /// How often expired rows are deleted.
 pub const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// How often a serving process's checkpointer moves the write-ahead log into the
@@ -68,6 +72,8 @@ pub struct SqliteStore {
     _alive: Arc<mpsc::SyncSender<()>>,
     lives: Arc<Mutex<Option<mpsc::Receiver<()>>>>,
     path: PathBuf,
+    /// No operation is tried before this (after a failure).
+    down_until: Arc<Mutex<Option<Instant>>>,
 }
 
 /// A row's value and whether it is live, read inside a transaction.
@@ -156,6 +162,7 @@ impl SqliteStore {
             _alive: Arc::new(alive),
             lives: Arc::new(Mutex::new(Some(lives))),
             path: path.to_path_buf(),
+            down_until: Arc::default(),
         })
     }
 
@@ -414,6 +421,13 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let down = *self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        if down.is_some_and(|until| Instant::now() < until) {
+            return Err(StoreError(format!(
+                "{}: unusable a moment ago (tried again after a second)",
+                self.path.display()
+            )));
+        }
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let outcome = f(conn);
@@ -436,6 +450,7 @@ impl SqliteStore {
             }
         };
         crate::metrics::METRICS.store_error();
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + BACKOFF);
         Err(StoreError(format!("{}: {error}", self.path.display())))
     }
 }
