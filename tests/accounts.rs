@@ -267,7 +267,6 @@ fn late_answers_and_pick_ups_are_kept_per_account() {
     // last one gets `pending`, the answer waits for a pick-up.
     let attempts: Vec<_> = (0..3)
         .map(|n| {
-            let post = post;
             let handle = std::thread::spawn(move || {
                 post("/wechat", LIVE_TOKEN, "slow", 77, &format!("a{n}"))
             });
