@@ -341,6 +341,8 @@ struct Msg {
     forged_first: bool,
     /// When its record was first marked late.
     late_since: Option<Ms>,
+    /// Answers of it given in an outage and not yet marked in the shared store.
+    unreconciled: u32,
     /// What WeChat accepted for it: the attempt, and `answer`, `pending` or
     /// `success`.
     shown: Option<(u8, &'static str)>,
@@ -375,6 +377,9 @@ struct Instance {
     /// Bindings made in local memory during an outage, not yet written to the shared
     /// store (and whether a genuine request made them).
     unsynced: Vec<(Arc<str>, [u8; 16], bool)>,
+    /// Answers it gave from local memory in an outage, not yet marked in the shared
+    /// store.
+    given: Vec<usize>,
     /// Runs in progress: run id -> (message, follower, level, lease holder).
     runs: HashMap<u64, (usize, usize, Level, u64)>,
     /// Pushes in flight: task -> message.
@@ -680,6 +685,7 @@ impl Sim {
             silent: false,
             forged_first: false,
             late_since: None,
+            unreconciled: 0,
             shown: None,
             last: None,
             memory_lost: false,
@@ -794,7 +800,7 @@ impl Sim {
                 op,
             } => {
                 let genuine = self.genuine(inst, task);
-                if matches!(op, Action::Open { .. }) && self.live(inst, inc) {
+                if self.live(inst, inc) {
                     self.resync(inst);
                 }
                 let event = self.apply_shared(op, genuine);
@@ -1641,6 +1647,16 @@ impl Sim {
                 req.attempt, self.msgs[req.msg].key
             ));
         }
+        let degraded_answer = machine.level() == Level::Local
+            && self.shared.is_some()
+            && self.msgs[req.msg].kind == Kind::Run
+            && matches!(verdict, Final::Answer { .. });
+        if degraded_answer {
+            // As the driver: the shared store is told once it is back, whether WeChat
+            // heard this answer or not.
+            self.instances[inst].given.push(req.msg);
+            self.msgs[req.msg].unreconciled += 1;
+        }
         let m = &self.msgs[req.msg];
         if m.accepted || self.now >= req.sent + ATTEMPT_WINDOW {
             return Ok(()); // WeChat dropped the connection when it sent the next attempt
@@ -1731,6 +1747,14 @@ impl Sim {
                 "{text:?}: another message's rule answer on {}",
                 target.key
             ));
+        }
+        if !self.msgs[of].deliveries.is_empty() && self.msgs[of].unreconciled > 0 {
+            // Given in an outage by a process that has not spoken to the store since:
+            // another process gave it again meanwhile.
+            self.msgs[of]
+                .excuses
+                .push("given again before its outage answer was reported to the store".into());
+            return Ok(());
         }
         self.note(format!("DELIVERED {text} on {} ({how})", target.key));
         match how {
@@ -1949,6 +1973,7 @@ impl Instance {
             runs: HashMap::new(),
             pushes: HashMap::new(),
             unsynced: Vec::new(),
+            given: Vec::new(),
         }
     }
 }

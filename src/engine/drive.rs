@@ -8,9 +8,16 @@ use tokio::time::Instant;
 use super::{AccountEntry, Engine, Stores, ThreadRng};
 use crate::core::{Answer, Pending, Via};
 use crate::protocol::{
-    Action, Attempt, AttemptParams, Digest, Event, Final, PushFailed, Spawn, Work, Worker,
+    Action, Attempt, AttemptParams, Digest, Event, Final, Level, PushFailed, Spawn, Work, Worker,
     WorkerParams,
 };
+
+/// Whether a request's work runs a program (its answer may need reconciling after an
+/// outage).
+enum WorkKind {
+    Run,
+    Other,
+}
 
 impl Engine {
     /// Run one request's attempt to its end.
@@ -27,6 +34,10 @@ impl Engine {
         started: Instant,
     ) -> Final {
         use rand_core::RngCore;
+        let work_kind = match &work {
+            Work::Run { .. } => WorkKind::Run,
+            _ => WorkKind::Other,
+        };
         let stores = &self.stores;
         let now = stores.now();
         let started_ms = now.saturating_sub(started.elapsed().as_millis() as u64);
@@ -44,11 +55,22 @@ impl Engine {
             shared: stores.shared.is_some(),
             store_now: stores.store_now(),
         };
+        let runs = matches!(work_kind, WorkKind::Run);
         let (mut attempt, mut action) = Attempt::new(params, now);
         let seal = &account.seal;
         loop {
             let event = match action {
-                Action::Respond(verdict) => return verdict,
+                Action::Respond(verdict) => {
+                    if runs
+                        && attempt.level() == Level::Local
+                        && matches!(verdict, Final::Answer { .. })
+                    {
+                        // Given from local memory in an outage: the shared store is
+                        // told once it is back.
+                        stores.given_in_outage(seal, &attempt.key());
+                    }
+                    return verdict;
+                }
                 Action::Open {
                     level,
                     binding,

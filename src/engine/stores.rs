@@ -31,14 +31,23 @@ struct Outage {
     down: AtomicBool,
     since: Mutex<Option<Instant>>,
     degraded: AtomicU64,
-    /// Signed queries bound in local memory while the shared store failed: written to
-    /// it before this process's next operation there, so that no other process
-    /// accepts them with another body once the store is back.
-    bindings: Mutex<Vec<(Sealer, String, Digest)>>,
+    /// What this process decided in local memory while the shared store failed, to
+    /// write there before its next operation there: signed queries it bound (so that
+    /// no other process accepts them with another body), answers it gave (so that no
+    /// pick-up or push gives them again).
+    backlog: Mutex<Vec<Backlog>>,
+    /// Whether `backlog` holds anything (read on every shared operation, lock-free).
+    any_backlog: AtomicBool,
 }
 
-/// Most outage bindings kept for the shared store (the oldest go first).
-const OUTAGE_BINDINGS: usize = 10_000;
+/// One thing decided during an outage (see [`Outage::backlog`]).
+enum Backlog {
+    Binding(Sealer, String, Digest),
+    Given(Sealer, String),
+}
+
+/// Most outage decisions kept for the shared store (the oldest go first).
+const BACKLOG: usize = 10_000;
 
 impl Stores {
     /// Stores over `local` and `shared`.
@@ -153,68 +162,118 @@ impl Stores {
             (_, shared) => {
                 let opened = self.local.open(binding, digest, key, record, ttl, now);
                 if shared.is_some() && opened != Opened::Reused {
-                    let mut pending = self
-                        .outage
-                        .bindings
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    if pending.len() >= OUTAGE_BINDINGS {
-                        pending.remove(0);
-                    }
-                    pending.push((seal.clone(), binding.to_owned(), *digest));
+                    self.remember(Backlog::Binding(seal.clone(), binding.to_owned(), *digest));
                 }
                 Ok(opened)
             }
         }
     }
 
-    /// Write the bindings made during an outage to the shared store (each only where
-    /// it holds none); keep them when it still fails.
+    fn remember(&self, item: Backlog) {
+        let mut backlog = self
+            .outage
+            .backlog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if backlog.len() >= BACKLOG {
+            backlog.remove(0);
+        }
+        backlog.push(item);
+        self.outage.any_backlog.store(true, Ordering::Relaxed);
+    }
+
+    /// A degraded request gave the answer of the message `key` from local memory: the
+    /// shared store's record is marked given once it is back.
+    pub fn given_in_outage(&self, seal: &Sealer, key: &str) {
+        if self.shared.is_some() {
+            self.remember(Backlog::Given(seal.clone(), key.to_owned()));
+        }
+    }
+
+    /// Write what was decided during an outage to the shared store: each binding only
+    /// where it holds none, each answer given marked so; keep the rest when it still
+    /// fails.
     async fn resync(&self, shared: &Shared) {
-        let pending = {
-            let mut pending = self
+        if !self.outage.any_backlog.load(Ordering::Relaxed) {
+            return;
+        }
+        let backlog = {
+            let mut backlog = self
                 .outage
-                .bindings
+                .backlog
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            if pending.is_empty() {
-                return;
-            }
-            std::mem::take(&mut *pending)
+            self.outage.any_backlog.store(false, Ordering::Relaxed);
+            std::mem::take(&mut *backlog)
         };
         let mut left = Vec::new();
-        let mut pending = pending.into_iter();
-        for (seal, binding, digest) in pending.by_ref() {
-            let record = Record::Binding(digest);
-            let op = super::store::Opening {
-                binding: &binding,
-                digest: &digest,
-                key: None,
-                record: &record,
-                ttl: self.retention,
+        let mut backlog = backlog.into_iter();
+        for item in backlog.by_ref() {
+            let done = match &item {
+                Backlog::Binding(seal, binding, digest) => {
+                    let record = Record::Binding(*digest);
+                    let op = super::store::Opening {
+                        binding,
+                        digest,
+                        key: None,
+                        record: &record,
+                        ttl: self.retention,
+                    };
+                    shared.open(seal, op, self.retention).await.map(|_| ())
+                }
+                Backlog::Given(seal, key) => self.mark_given(shared, seal, key).await,
             };
-            let written = shared.open(&seal, op, self.retention).await;
-            if written.is_err() {
-                left.push((seal, binding, digest));
+            if done.is_err() {
+                left.push(item);
                 break;
             }
         }
-        left.extend(pending);
+        left.extend(backlog);
         if !left.is_empty() {
             let mut kept = self
                 .outage
-                .bindings
+                .backlog
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             left.append(&mut kept);
             *kept = left;
+            self.outage.any_backlog.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Mark a message's record as given (see [`crate::protocol::given_in_outage`]).
+    async fn mark_given(
+        &self,
+        shared: &Shared,
+        seal: &Sealer,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        for _ in 0..4 {
+            let loaded = shared.load(seal, key).await?;
+            let Some(Record::Message(m)) = &loaded.record else {
+                return Ok(());
+            };
+            let Some(next) = crate::protocol::given_in_outage(m) else {
+                return Ok(());
+            };
+            let ttl = crate::protocol::ttl_of(&next, loaded.now, self.retention, None)
+                .max(self.retention);
+            let record = Record::Message(next);
+            match shared.swap(seal, key, loaded.rev, &record, ttl).await? {
+                Swapped::Done { .. } => return Ok(()),
+                Swapped::Changed(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// See [`crate::protocol::Action::Load`].
     pub async fn load(&self, seal: &Sealer, level: Level, key: &str) -> Result<Loaded, StoreError> {
         match (level, &self.shared) {
-            (Level::Shared, Some(shared)) => self.noted(shared.load(seal, key).await),
+            (Level::Shared, Some(shared)) => {
+                self.resync(shared).await;
+                self.noted(shared.load(seal, key).await)
+            }
             _ => Ok(self.local.load(key, self.now())),
         }
     }
@@ -231,6 +290,7 @@ impl Stores {
     ) -> Result<Swapped, StoreError> {
         match (level, &self.shared) {
             (Level::Shared, Some(shared)) => {
+                self.resync(shared).await;
                 self.noted(shared.swap(seal, key, expected, &record, ttl).await)
             }
             _ => Ok(self.local.swap(key, expected, record, ttl, self.now())),

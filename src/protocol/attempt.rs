@@ -223,6 +223,11 @@ impl Attempt {
         &self.p.binding
     }
 
+    /// The message's record key.
+    pub fn key(&self) -> Arc<str> {
+        self.p.key.clone()
+    }
+
     /// The next action after `event` (the outcome of the last action), at `now`.
     pub fn step(&mut self, event: Event, now: Ms) -> Action {
         self.steps += 1;

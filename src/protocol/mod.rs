@@ -27,7 +27,7 @@ mod worker;
 use std::sync::Arc;
 
 pub use attempt::{Attempt, AttemptParams};
-pub use record::{Delivery, Job, Late, Message, Record, State, Waiting};
+pub use record::{given_in_outage, Delivery, Job, Late, Message, Record, State, Waiting};
 pub use worker::{Worker, WorkerParams};
 
 use crate::core::late::LateMode;
@@ -319,13 +319,8 @@ pub enum Event {
 }
 
 /// How long a message record lives: an answer the retention, a late one the pick-up
-/// time, a lease its length plus the retention.
-pub(crate) fn ttl_of(
-    message: &Message,
-    store_now: Ms,
-    retention: Ms,
-    late: Option<&LatePolicy>,
-) -> Ms {
+/// time (`late`), a lease its length plus the retention.
+pub fn ttl_of(message: &Message, store_now: Ms, retention: Ms, late: Option<&LatePolicy>) -> Ms {
     let base = match message.late {
         Late::No => retention,
         _ => late.map_or(retention, |l| l.pickup_ttl.max(retention)),

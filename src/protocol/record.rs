@@ -130,6 +130,20 @@ impl Message {
     }
 }
 
+/// A message whose answer a process gave from its own memory while the shared store
+/// was unreachable: what the store's record becomes once it is back, so that no
+/// pick-up or push gives it again (`None`: leave the record as it is).
+pub fn given_in_outage(m: &Message) -> Option<Message> {
+    match m.late {
+        Late::No | Late::Pending { .. } => {
+            let mut next = m.clone();
+            next.late = Late::Delivered(Delivery::Passive);
+            Some(next)
+        }
+        Late::Pushing { .. } | Late::Delivered(_) => None,
+    }
+}
+
 impl Record {
     /// The message record, if this is one.
     pub fn message(&self) -> Option<&Message> {
