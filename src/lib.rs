@@ -10,16 +10,21 @@
 //!   one place that maps a refusal to a status. [`core::late`] is the late-answer
 //!   policy (pick-up words, the `pending` reply, WeChat's custom-message JSON and API
 //!   errcodes). The WeChat facts it relies on are in `docs/protocol.md`.
-//! - [`engine`]: the async answer path both shells share: settles each message's
-//!   answer once through a store ([`engine::store`]: claims as leases, stored answers,
-//!   query bindings, waiting; in memory, in a SQLite file shared by the machine's
-//!   processes, or in Redis shared by every machine; plus small shared values: counters,
-//!   marks, lists), runs reply programs ([`engine::program`]: once, killed with their
-//!   process group on timeout, capped) and HTTP reply hooks ([`engine::http`]), keeps
-//!   the reply budget, and carries out late answers (`engine/late.rs`: holding
-//!   WeChat's early attempts, pick-ups, customer-service pushes through
-//!   [`engine::api`] with one access token shared in the store). Time is tokio's
-//!   clock, so tests pause and advance it.
+//! - [`protocol`]: sans-IO. The answer protocol as a state machine: one request
+//!   ([`protocol::Attempt`]) and one finished program ([`protocol::Worker`]) read and
+//!   write a message's record ([`protocol::record`]) by compare-and-swap, and return
+//!   actions (open, load, swap, wait, spawn, push, respond). Once per message, leases,
+//!   WeChat's attempts, hold, pick-ups, pushes and store outages are its transitions;
+//!   `docs/answer-protocol.md` draws it, `tests/simulate.rs` simulates it.
+//! - [`engine`]: the async path both shells share: the core's decision, then the
+//!   protocol driven (`engine/drive.rs`) over the stores ([`engine::stores`]: this
+//!   process's memory, and the shared `[state]` store: [`engine::store`], memory,
+//!   SQLite or Redis, each offering the same atomic operations, sealed in the shared
+//!   ones by [`engine::store::seal`]); reply programs ([`engine::program`]: killed
+//!   with their process group on timeout, capped) and HTTP reply hooks
+//!   ([`engine::http`]); customer-service pushes through [`engine::api`] with one
+//!   access token shared in the store. Time is tokio's clock, so tests pause and
+//!   advance it.
 //! - [`config`]: the TOML config: one `[account]` or several `[[account]]`s
 //!   (`config/accounts.rs`; the engine routes requests to them by path).
 //!   `Config::load` does the IO (the file, rules files, permissions, program paths);
@@ -56,9 +61,9 @@
 //!   constant time where compared and never logged (`Debug` redacts; config errors
 //!   never quote the file; HTTP errors are logged without their URL).
 //! - Nothing that came from the network or a file is `unwrap`ped.
-//! - A message's answer is decided once: retries and replays get it from the engine's
-//!   store; the store's interface assumes nothing about processes (leases, not
-//!   channels).
+//! - A message's answer is decided once, by `protocol` alone: the engine carries out
+//!   its actions, the stores keep what it writes. The stores assume nothing about
+//!   processes (leases on the store's clock, compare-and-swap, not channels).
 
 pub mod archive;
 pub mod cgi;

@@ -378,8 +378,9 @@ struct Instance {
     /// store (and whether a genuine request made them).
     unsynced: Vec<(Arc<str>, [u8; 16], bool)>,
     /// Answers it gave from local memory in an outage, not yet marked in the shared
-    /// store.
+    /// store; and late marks whose listing the outage cut.
     given: Vec<usize>,
+    unlisted: Vec<(Arc<str>, Arc<str>)>,
     /// Runs in progress: run id -> (message, follower, level, lease holder).
     runs: HashMap<u64, (usize, usize, Level, u64)>,
     /// Pushes in flight: task -> message.
@@ -1647,6 +1648,9 @@ impl Sim {
                 req.attempt, self.msgs[req.msg].key
             ));
         }
+        if let Some(unlisted) = machine.unlisted() {
+            self.instances[inst].unlisted.push(unlisted);
+        }
         let degraded_answer = machine.level() == Level::Local
             && self.shared.is_some()
             && self.msgs[req.msg].kind == Kind::Run
@@ -1974,6 +1978,7 @@ impl Instance {
             pushes: HashMap::new(),
             unsynced: Vec::new(),
             given: Vec::new(),
+            unlisted: Vec::new(),
         }
     }
 }

@@ -44,6 +44,9 @@ struct Outage {
 enum Backlog {
     Binding(Sealer, String, Digest),
     Given(Sealer, String),
+    /// A waiting list to add a message key to (its late mark was written, the list
+    /// not), and the list's time to live.
+    Listed(Sealer, String, String, Ms),
 }
 
 /// Most outage decisions kept for the shared store (the oldest go first).
@@ -182,6 +185,19 @@ impl Stores {
         self.outage.any_backlog.store(true, Ordering::Relaxed);
     }
 
+    /// A request marked a message late in the shared store, which failed before the
+    /// follower's list was written: it is written once the store is back.
+    pub fn list_after_outage(&self, seal: &Sealer, list: &str, key: &str, ttl: Ms) {
+        if self.shared.is_some() {
+            self.remember(Backlog::Listed(
+                seal.clone(),
+                list.to_owned(),
+                key.to_owned(),
+                ttl,
+            ));
+        }
+    }
+
     /// A degraded request gave the answer of the message `key` from local memory: the
     /// shared store's record is marked given once it is back.
     pub fn given_in_outage(&self, seal: &Sealer, key: &str) {
@@ -222,6 +238,9 @@ impl Stores {
                     shared.open(seal, op, self.retention).await.map(|_| ())
                 }
                 Backlog::Given(seal, key) => self.mark_given(shared, seal, key).await,
+                Backlog::Listed(seal, list, key, ttl) => {
+                    self.add_to_list(shared, seal, list, key, *ttl).await
+                }
             };
             if done.is_err() {
                 left.push(item);
@@ -239,6 +258,35 @@ impl Stores {
             *kept = left;
             self.outage.any_backlog.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Add a key to a waiting list (compare-and-swap, as the protocol's own edits).
+    async fn add_to_list(
+        &self,
+        shared: &Shared,
+        seal: &Sealer,
+        list: &str,
+        key: &str,
+        ttl: Ms,
+    ) -> Result<(), StoreError> {
+        for _ in 0..4 {
+            let loaded = shared.load(seal, list).await?;
+            let mut waiting = loaded
+                .record
+                .as_ref()
+                .and_then(Record::waiting)
+                .cloned()
+                .unwrap_or_default();
+            if waiting.keys.iter().any(|k| &**k == key) {
+                return Ok(());
+            }
+            waiting.keys.push(std::sync::Arc::from(key));
+            let record = Record::Waiting(waiting);
+            if let Swapped::Done { .. } = shared.swap(seal, list, loaded.rev, &record, ttl).await? {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Mark a message's record as given (see [`crate::protocol::given_in_outage`]).

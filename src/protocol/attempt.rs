@@ -71,6 +71,8 @@ pub struct Attempt {
     mirrored: bool,
     /// This request marked the message late (it is WeChat's last attempt).
     marked: bool,
+    /// Its late mark is on the follower's waiting list.
+    listed: bool,
     /// It marked it in the shared store, then lost that store: the answer waits there
     /// (a pick-up or a push delivers it once the store is back), so this request must
     /// not give it from local memory.
@@ -162,7 +164,8 @@ enum AfterOwn {
 
 #[derive(Debug)]
 enum AfterList {
-    Redecide,
+    /// This request's late mark is listed now.
+    Listed,
     Respond(Final),
     NextItem,
 }
@@ -195,6 +198,7 @@ impl Attempt {
             started_work: false,
             mirrored: false,
             marked: false,
+            listed: false,
             marked_shared: false,
             own: None,
             extend: None,
@@ -226,6 +230,13 @@ impl Attempt {
     /// The message's record key.
     pub fn key(&self) -> Arc<str> {
         self.p.key.clone()
+    }
+
+    /// When this request marked its message late in the shared store but the store
+    /// failed before the follower's waiting list said so: the list and the key to add
+    /// once the store is back (the driver does it, or no pick-up would find it).
+    pub fn unlisted(&self) -> Option<(Arc<str>, Arc<str>)> {
+        (self.marked_shared && !self.listed).then(|| (self.p.list.clone(), self.p.key.clone()))
     }
 
     /// The next action after `event` (the outcome of the last action), at `now`.
@@ -505,7 +516,7 @@ impl Attempt {
                     ttl,
                 );
                 let action = edit.start();
-                self.awaiting = Awaiting::List(edit, AfterList::Redecide);
+                self.awaiting = Awaiting::List(edit, AfterList::Listed);
                 action
             }
             Then::Own => {
@@ -557,7 +568,10 @@ impl Attempt {
 
     fn after_list(&mut self, after: AfterList, now: Ms) -> Action {
         match after {
-            AfterList::Redecide => self.decide(now),
+            AfterList::Listed => {
+                self.listed = true;
+                self.decide(now)
+            }
             AfterList::Respond(reply) => self.respond(reply),
             AfterList::NextItem => {
                 self.item += 1;
