@@ -1387,22 +1387,50 @@ impl Sim {
     /// As the driver before an open in the shared store: the bindings this instance
     /// made during an outage go there first (each only where it holds none).
     fn resync(&mut self, inst: usize) {
-        if self.down {
+        if self.down || self.shared.is_none() {
             return;
         }
+        let now = self.now;
+        let unsynced = std::mem::take(&mut self.instances[inst].unsynced);
+        let unlisted = std::mem::take(&mut self.instances[inst].unlisted);
+        let given = std::mem::take(&mut self.instances[inst].given);
+        if !unlisted.is_empty() || !given.is_empty() {
+            self.note(format!(
+                "instance {inst} reports its outage: listed {unlisted:?}, given {given:?}"
+            ));
+        }
         let Some(shared) = &self.shared else { return };
-        for (binding, digest, genuine) in std::mem::take(&mut self.instances[inst].unsynced) {
-            let opened = shared.open(
-                &binding,
-                &digest,
-                None,
-                &Record::Binding(digest),
-                RETENTION,
-                self.now,
-            );
+        for (binding, digest, genuine) in unsynced {
+            let record = Record::Binding(digest);
+            let opened = shared.open(&binding, &digest, None, &record, RETENTION, now);
             if opened != Opened::Reused && genuine {
                 self.bound.insert((None, binding));
             }
+        }
+        for (list, key) in unlisted {
+            let loaded = shared.load(&list, now);
+            let mut waiting = loaded
+                .record
+                .as_ref()
+                .and_then(Record::waiting)
+                .cloned()
+                .unwrap_or_default();
+            if !waiting.keys.contains(&key) {
+                waiting.keys.push(key);
+                let record = Record::Waiting(waiting);
+                let _ = shared.swap(&list, loaded.rev, record, self.pickup_ttl, now);
+            }
+        }
+        for msg in given {
+            let key = self.msgs[msg].key.clone();
+            let loaded = shared.load(&key, now);
+            if let Some(Record::Message(m)) = &loaded.record {
+                if let Some(next) = wechat_fcgi::protocol::given_in_outage(m) {
+                    let ttl = wechat_fcgi::protocol::ttl_of(&next, now, RETENTION, None);
+                    let _ = shared.swap(&key, loaded.rev, Record::Message(next), ttl, now);
+                }
+            }
+            self.msgs[msg].unreconciled = self.msgs[msg].unreconciled.saturating_sub(1);
         }
     }
 
@@ -1651,6 +1679,7 @@ impl Sim {
         if let Some(unlisted) = machine.unlisted() {
             self.instances[inst].unlisted.push(unlisted);
         }
+
         let degraded_answer = machine.level() == Level::Local
             && self.shared.is_some()
             && self.msgs[req.msg].kind == Kind::Run
