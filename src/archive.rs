@@ -10,9 +10,8 @@
 //! (full disk, permissions, Redis down), requests are answered all the same; a WARN
 //! with the count of lost records says so at most once a minute.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -265,21 +264,19 @@ impl Archive {
 }
 
 fn open(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
+    crate::files::open_append(path, 0o640)
 }
 
 /// Open (or create, mode 0640) a SQLite archive with its table.
 fn open_table(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
-    let _ = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path);
-    let conn = rusqlite::Connection::open(path)?;
+    crate::files::open_append(path, 0o640).map_err(|e| {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(e.to_string()),
+        )
+    })?;
+    let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = rusqlite::Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(2))?;
     // FULL: a committed record is on disk, as the archive promises.
     conn.execute_batch(

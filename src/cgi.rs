@@ -29,6 +29,7 @@ pub fn is_cgi() -> bool {
 /// request, write the response to stdout. A config that cannot be loaded answers 503
 /// (the cause goes to stderr, the web server's error log).
 pub fn main() -> anyhow::Result<std::process::ExitCode> {
+    crate::engine::program::adopt_orphans();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -93,6 +94,8 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
             close_stdout();
             engine.finish_programs().await;
         }
+        // What a program left behind outside its process group ends with the request.
+        crate::engine::program::kill_inherited();
         // The process ends here: everything the store needs is committed. Closing a
         // SQLite file as its last user would checkpoint and sync it (about 2 ms per
         // request); the next process picks the log up instead, and every few requests

@@ -312,12 +312,24 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                      \"sqlite:PATH\")"
                 ),
                 spec => {
-                    // Opening checks the file can be created and written.
-                    if let crate::config::StoreSpec::Sqlite(db) = spec {
-                        if let Err(e) = crate::engine::store::SqliteStore::open(db) {
-                            eprintln!("{}: state.store: {e:#}", path.display());
-                            return Ok(ExitCode::from(1));
+                    // Opening checks the file can be created and written, or the URL
+                    // is one `serve` accepts (without connecting).
+                    let opened = match spec {
+                        crate::config::StoreSpec::Sqlite(db) => {
+                            crate::engine::store::SqliteStore::open(db).map(drop)
                         }
+                        crate::config::StoreSpec::Redis { url, prefix } => {
+                            let runtime = tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()?;
+                            let _in_runtime = runtime.enter();
+                            crate::engine::store::RedisStore::open(url, prefix).map(drop)
+                        }
+                        crate::config::StoreSpec::Memory => Ok(()),
+                    };
+                    if let Err(e) = opened {
+                        eprintln!("{}: state.store: {e:#}", path.display());
+                        return Ok(ExitCode::from(1));
                     }
                     println!("state: {spec} (shared by every process that uses it)");
                 }
@@ -417,17 +429,6 @@ fn reopen_files(archive: Option<&crate::archive::Archive>) {
 
 fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
-    if let Err(e) = crate::log::configure(config.log.file.as_deref(), config.log.json) {
-        anyhow::bail!(
-            "log.file {}: {e}",
-            config
-                .log
-                .file
-                .as_deref()
-                .unwrap_or(Path::new(""))
-                .display()
-        );
-    }
     let config_path = config_path.map(Path::to_path_buf);
     let (listener, source) = listen::acquire(
         flag,
@@ -452,8 +453,9 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
             config.server.socket_owner.as_deref(),
             config.server.socket_group.as_deref(),
         )?;
+        crate::privileges::warn_if_unreachable(path, &config.server);
     }
-    // Bound: give up root before serving anything.
+    // Bound: give up root before serving anything, and before opening any file.
     let run_as = match &config.server.user {
         Some(user) => Some(
             crate::privileges::RunAs::resolve(user, config.server.group.as_deref())
@@ -462,6 +464,18 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         None => None,
     };
     crate::privileges::drop_to(run_as.as_ref())?;
+    // The log file is opened as the user the server runs as, never through a link.
+    if let Err(e) = crate::log::configure(config.log.file.as_deref(), config.log.json) {
+        anyhow::bail!(
+            "log.file {}: {e}",
+            config
+                .log
+                .file
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display()
+        );
+    }
     // Request log lines are batched (see `crate::log`): the flusher task writes them,
     // and they are written at exit however serving ends.
     struct FlushLog;
@@ -471,10 +485,26 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
         }
     }
     let _flush = FlushLog;
+    // What a reply program leaves behind outside its process group is handed to this
+    // process, which ends it (after each program, every few seconds, and at exit).
+    crate::engine::program::adopt_orphans();
+    struct KillInherited;
+    impl Drop for KillInherited {
+        fn drop(&mut self) {
+            crate::engine::program::kill_inherited();
+        }
+    }
+    let _inherited = KillInherited;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        tokio::spawn(async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let _ = tokio::task::spawn_blocking(crate::engine::program::kill_inherited).await;
+            }
+        });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -485,14 +515,14 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
             }
             let _ = stop_tx.send(true);
         });
-        let rules: usize = config.accounts.iter().map(|a| a.responder.rules.rules.len()).sum();
-        tracing::info!(listen = %source, accounts = config.accounts.len(), rules, "wechat-fcgi serving");
         let entries = config.accounts.iter().map(|a| a.entry()).collect();
         let mut engine =
             crate::engine::Engine::open(entries, config.server.engine, &config.store)?;
         if let Some(spec) = &config.archive {
             engine = engine.with_archive(crate::archive::Archive::open(spec)?);
         }
+        let rules: usize = config.accounts.iter().map(|a| a.responder.rules.rules.len()).sum();
+        tracing::info!(listen = %source, accounts = config.accounts.len(), rules, "wechat-fcgi serving");
         if config.server.status.is_some() {
             crate::metrics::METRICS.enable(
                 config.server.engine.reply_budget,
@@ -519,13 +549,19 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
                 shared.maintain().await;
             }
         });
-        let server_settings = config.server.clone();
+        let running = config.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let reloading = engine.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 reopen_files(reloading.archive());
-                reload(&reloading, config_path.as_deref(), &server_settings);
+                // Read off the serving thread: a slow disk (or a FIFO put in the file's
+                // place) never stalls a request.
+                let path = config_path.clone();
+                let loaded = tokio::task::spawn_blocking(move || path.map(|p| Config::load(&p)))
+                    .await
+                    .unwrap_or(None);
+                reload(&reloading, loaded, &running);
             }
         });
         if config.server.allowed_clients.is_some() && matches!(listener, listen::Listener::Unix(_)) {
@@ -541,22 +577,29 @@ fn serve(config_path: Option<&Path>, flag: Option<&ListenAddr>) -> anyhow::Resul
 /// the new file is invalid. `[server]` settings need a restart.
 fn reload(
     engine: &crate::engine::Engine,
-    path: Option<&Path>,
-    running: &crate::config::ServerConfig,
+    loaded: Option<anyhow::Result<Config>>,
+    running: &Config,
 ) {
-    let Some(path) = path else {
+    let Some(loaded) = loaded else {
         tracing::warn!("SIGHUP: no config file to reload");
         return;
     };
-    match Config::load(path) {
+    match loaded {
         Ok(config) => {
             for w in &config.warnings {
                 tracing::warn!("config: {w}");
             }
-            if &config.server != running {
-                tracing::warn!(
-                    "SIGHUP: [server] settings changed; they take effect after a restart"
-                );
+            for (changed, what) in [
+                (config.server != running.server, "[server]"),
+                (config.store != running.store, "[state]"),
+                (config.archive != running.archive, "[archive]"),
+                (config.log != running.log, "[log]"),
+            ] {
+                if changed {
+                    tracing::warn!(
+                        "SIGHUP: {what} settings changed; they take effect after a restart (the old ones stay in force)"
+                    );
+                }
             }
             let rules: usize = config
                 .accounts

@@ -34,6 +34,8 @@
 //!   ([`fcgi::record`], [`fcgi::params`]), the per-connection state machine
 //!   ([`fcgi::conn`], sans-IO, table-tested) and the tokio server ([`fcgi::server`]:
 //!   connection cap, timeouts, allowed clients, SIGTERM drain).
+//! - [`files`]: files opened for writing never through a symbolic link nor when others
+//!   can write them; what programs and CA files may be trusted.
 //! - [`listen`]: where the listening socket comes from (flag, systemd, fd 0, config).
 //! - [`privileges`]: `[server] user`/`group`: root is given up after binding; the
 //!   socket's owner and group.
@@ -72,6 +74,7 @@ pub mod config;
 pub mod core;
 pub mod engine;
 pub mod fcgi;
+pub mod files;
 pub mod listen;
 pub mod log;
 pub mod metrics;

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 /// An address from `--listen` or `[server] listen`: `unix:PATH` or `tcp:HOST:PORT`.
@@ -223,15 +223,12 @@ fn bind(addr: &ListenAddr, socket_mode: u32, backlog: u32) -> anyhow::Result<Lis
         }
         ListenAddr::Unix(path) => {
             remove_stale_socket(path)?;
-            // The socket file is created with the umask's mode: make that no more than
-            // socket_mode, so it never exists with more (under umask 0 it would be 0777
-            // until the chmod below).
+            // The socket file is created with the umask's mode: exactly socket_mode. No
+            // chmod afterwards, which would follow a link someone put in its place.
             let bound = with_umask(!socket_mode & 0o777, || {
                 std::os::unix::net::UnixListener::bind(path)
             });
-            let l = bound.map_err(|e| anyhow::anyhow!("bind {addr}: {e}"))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(socket_mode))
-                .map_err(|e| anyhow::anyhow!("chmod {addr} to {socket_mode:o}: {e}"))?;
+            let l = bound.map_err(|e| bind_error(addr, path, e))?;
             Listener::Unix(l)
         }
     };
@@ -253,17 +250,28 @@ fn bind(addr: &ListenAddr, socket_mode: u32, backlog: u32) -> anyhow::Result<Lis
 /// Run `f` with this umask, then put the old one back. The umask is process-wide: call
 /// only at start-up, before other threads create files.
 fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
-    // SAFETY: umask(2) only swaps the process's file mode creation mask; it takes no
-    // pointers and cannot fail.
-    #[allow(unsafe_code)]
-    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    use nix::sys::stat::{umask, Mode};
+    let old = umask(Mode::from_bits_truncate(mask as libc::mode_t));
     let result = f();
-    // SAFETY: as above, putting the previous mask back.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::umask(old);
-    }
+    umask(old);
     result
+}
+
+/// A bind error that says what to do: name the missing folder, or who cannot write it.
+fn bind_error(addr: &ListenAddr, path: &Path, e: std::io::Error) -> anyhow::Error {
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+    match (e.kind(), folder) {
+        (std::io::ErrorKind::NotFound, Some(dir)) if !dir.exists() => anyhow::anyhow!(
+            "bind {addr}: the folder {} does not exist: create it (mkdir -p {}; with systemd, RuntimeDirectory= does it)",
+            dir.display(),
+            dir.display()
+        ),
+        (std::io::ErrorKind::PermissionDenied, Some(dir)) => anyhow::anyhow!(
+            "bind {addr}: this user cannot create a file in {}: {e}",
+            dir.display()
+        ),
+        _ => anyhow::anyhow!("bind {addr}: {e}"),
+    }
 }
 
 /// Remove a socket file left by a process that is gone; refuse if one still answers.

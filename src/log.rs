@@ -118,12 +118,7 @@ pub fn to_file() -> bool {
 }
 
 fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
+    crate::files::open_append(path, 0o640)
 }
 
 /// Write finished lines to the log file, or to stderr.

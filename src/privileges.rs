@@ -71,10 +71,55 @@ pub fn chown_socket(
         ),
         None => None,
     };
-    nix::unistd::chown(path, uid, gid).map_err(|e| {
-        anyhow::anyhow!("chown {} (socket_owner/socket_group): {e}", path.display())
-    })?;
+    // Never through a path someone could have swapped for a link to another file:
+    // the socket must still be a socket, its owner changed without following a link,
+    // and the same file afterwards.
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let identity = |what: &str| -> anyhow::Result<(u64, u64)> {
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "{} is no longer the socket this process bound ({what}): someone who can write to its folder replaced it; nothing was changed",
+                path.display()
+            );
+        }
+        Ok((meta.dev(), meta.ino()))
+    };
+    let before = identity("before setting its owner")?;
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        uid,
+        gid,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| anyhow::anyhow!("chown {} (socket_owner/socket_group): {e}", path.display()))?;
+    if identity("after setting its owner")? != before {
+        anyhow::bail!(
+            "{} was replaced while its owner was set: someone can write to its folder",
+            path.display()
+        );
+    }
     Ok(())
+}
+
+/// Say at start when the web server probably cannot connect to the socket: it is
+/// root's, no `socket_group`/`socket_owner` gives it away, and the mode admits no one
+/// else (nginx then answers 502 with nothing in this log).
+pub fn warn_if_unreachable(path: &std::path::Path, server: &crate::config::ServerConfig) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let others = server.socket_mode & 0o007 != 0;
+    if meta.uid() == 0 && meta.gid() == 0 && !others {
+        tracing::warn!(
+            socket = %path.display(),
+            mode = %format!("{:o}", server.socket_mode),
+            "the socket is root:root and admits no other user: the web server (www-data) cannot connect and answers 502; set [server] socket_group = \"www-data\""
+        );
+    }
 }
 
 /// Switch to `run_as` for good: supplementary groups, group, then user (the order that

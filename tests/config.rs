@@ -691,3 +691,217 @@ fn status_keys_are_checked() {
     assert_eq!(status.ping_path.as_deref(), Some("/p"));
     assert_eq!(status.allowed.len(), 2, "loopback by default");
 }
+
+/// No secret is printed in any error: a token or AppSecret written with the wrong type
+/// (the type error would quote it), a store URL's password (refused by `check-config`
+/// as `serve` refuses it).
+#[test]
+fn secrets_never_appear_in_errors() {
+    let dir = TempDir::new("config-secrets");
+    let path = dir.path("c.toml");
+    let rows = [
+        ("[account]\ntoken = 987654321987\n", "987654321987", "token"),
+        (
+            "[account]\ntoken = \"abc123\"\nappid = \"wx1\"\nappsecret = 55512345678901\n",
+            "55512345678901",
+            "appsecret",
+        ),
+        (
+            "[state]\nstore = \"redis://:S3cretPassw0rd@127.0.0.1:99999/0\"\n[account]\ntoken = \"abc123\"\n",
+            "S3cretPassw0rd",
+            "state",
+        ),
+        (
+            "[state]\nstore = \"rediz://u:S3cretPassw0rd@h/0\"\n[account]\ntoken = \"abc123\"\n",
+            "S3cretPassw0rd",
+            "state",
+        ),
+    ];
+    for (text, secret, needle) in rows {
+        std::fs::write(&path, text).unwrap();
+        for command in [
+            &["check-config"][..],
+            &["serve", "--listen", "tcp:127.0.0.1:1"][..],
+        ] {
+            let out = Command::new(BIN)
+                .args(command)
+                .arg("--config")
+                .arg(&path)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let output = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command:?} {text}: {output}");
+            assert!(output.contains(needle), "{command:?} {text}: {output}");
+            assert!(
+                !output.contains(secret),
+                "{command:?} leaked {secret}: {output}"
+            );
+        }
+    }
+}
+
+/// What the server runs or trusts must not be changeable by other users, and the
+/// AppSecret never travels in clear: refused by `check-config` and `serve`, naming the
+/// file and the fix.
+#[test]
+fn files_others_could_change_are_refused() {
+    fn set_mode(p: &std::path::Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    }
+    let ca = rcgen_ca_pem();
+    // (name, setup in a fresh folder returning the config's extra lines, needle)
+    type Setup = Box<dyn Fn(&TempDir) -> String>;
+    let rows: Vec<(&str, Setup, &str)> = vec![
+        (
+            "a program every user can write",
+            Box::new(|d: &TempDir| {
+                write_executable(d, "bot.sh", "#!/bin/sh\necho hi\n");
+                set_mode(&d.path("bot.sh"), 0o777);
+                "[[rule]]\ntext = \"x\"\nrun = { command = [\"./bot.sh\"] }\n".into()
+            }),
+            "bot.sh: is writable by every user",
+        ),
+        (
+            "a program in a folder every user can write",
+            Box::new(|d: &TempDir| {
+                std::fs::create_dir(d.path("bin")).unwrap();
+                std::fs::write(d.path("bin/bot.sh"), "#!/bin/sh\necho hi\n").unwrap();
+                set_mode(&d.path("bin/bot.sh"), 0o755);
+                set_mode(&d.path("bin"), 0o777);
+                "[[rule]]\ntext = \"x\"\nrun = { command = [\"./bin/bot.sh\"] }\n".into()
+            }),
+            "is writable by every user (mode 777) and not sticky",
+        ),
+        (
+            "a CA file every user can write",
+            Box::new(move |d: &TempDir| {
+                std::fs::write(d.path("ca.pem"), &ca).unwrap();
+                set_mode(&d.path("ca.pem"), 0o666);
+                "appid = \"wx0123456789abcdef\"\nappsecret = \"abc123secret\"\napi_ca_file = \"ca.pem\"\n".into()
+            }),
+            "api_ca_file",
+        ),
+        (
+            "the AppSecret over plain http",
+            Box::new(|_: &TempDir| {
+                "appid = \"wx0123456789abcdef\"\nappsecret = \"abc123secret\"\napi_base = \"http://api.example.com\"\n".into()
+            }),
+            "would travel in clear",
+        ),
+        (
+            "a store file every user can write",
+            Box::new(|d: &TempDir| {
+                std::fs::write(d.path("state.db"), b"").unwrap();
+                set_mode(&d.path("state.db"), 0o666);
+                "[state]\nstore = \"sqlite:state.db\"\n".into()
+            }),
+            "state.db: is writable by every user",
+        ),
+        (
+            "an archive every user can write",
+            Box::new(|d: &TempDir| {
+                std::fs::write(d.path("a.jsonl"), b"").unwrap();
+                set_mode(&d.path("a.jsonl"), 0o666);
+                "[archive]\nto = \"jsonl:a.jsonl\"\n".into()
+            }),
+            "is writable by every user",
+        ),
+    ];
+    for (what, setup, needle) in rows {
+        let dir = TempDir::new("config-untrusted");
+        set_mode(&dir.0, 0o755);
+        let extra = setup(&dir);
+        // Keys of [account] first, then the tables.
+        let (account_keys, tables) = match extra.find('[') {
+            Some(0) => (String::new(), extra),
+            Some(i) => (extra[..i].to_owned(), extra[i..].to_owned()),
+            None => (extra, String::new()),
+        };
+        let config = dir.path("c.toml");
+        std::fs::write(
+            &config,
+            format!("[account]\ntoken = \"abc123\"\n{account_keys}{tables}"),
+        )
+        .unwrap();
+        set_mode(&config, 0o600);
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let output = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {output}");
+        assert!(output.contains(needle), "{what}: {output}");
+    }
+    // A config in a folder anyone can write to (and not sticky) is refused; in a
+    // sticky one (like /tmp) it is fine.
+    let dir = TempDir::new("config-open-folder");
+    let config = write_config(&dir, "");
+    set_mode(&config, 0o600);
+    set_mode(&dir.0, 0o777);
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not sticky"));
+    set_mode(&dir.0, 0o1777);
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A FIFO put in the config's place never blocks: check-config, serve and a CGI
+/// request refuse it at once.
+#[test]
+fn a_fifo_as_the_config_is_refused_without_blocking() {
+    let dir = TempDir::new("config-fifo");
+    let fifo = dir.path("c.toml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let start = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+    let cgi = Command::new(BIN)
+        .env_clear()
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .env("REQUEST_METHOD", "GET")
+        .env("WECHAT_FCGI_CONFIG", &fifo)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&cgi.stdout).starts_with("Status: 503"));
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "it blocked"
+    );
+}
+
+/// A self-signed CA certificate in PEM (a valid file, to fail on its mode only).
+fn rcgen_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}

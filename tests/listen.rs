@@ -187,3 +187,108 @@ fn the_shipped_conf_files_use_one_address() {
     assert!(active(&conf("wechat-fcgi.toml")).contains(&format!("listen = \"unix:{address}\"")));
     assert!(active(&conf("spawn-fcgi.txt")).contains(&format!("spawn-fcgi -s {address}")));
 }
+
+/// A user who can write to the socket's folder swaps the socket for a link to a file
+/// of root's between the bind and the ownership change (a racer replacing it as soon
+/// as it appears, over twenty starts): that file's owner and mode never change, and a
+/// start that lost its socket says so and exits.
+#[test]
+fn a_socket_swapped_for_a_link_never_changes_another_file() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    if !nix_is_root() {
+        eprintln!("ignored: giving a socket away needs root");
+        return;
+    }
+    let dir = TempDir::new("socket-race");
+    let secret = dir.path("root-only");
+    std::fs::write(&secret, b"root's").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let run = dir.path("run");
+    std::fs::create_dir(&run).unwrap();
+    let sock = run.join("s.sock");
+    let config = write_config(
+        &dir,
+        "[server]\nsocket_owner = \"nobody\"\nsocket_group = \"nogroup\"\n",
+    );
+    let mut swapped = 0;
+    for round in 0..20 {
+        let _ = std::fs::remove_file(&sock);
+        let stop = Arc::new(AtomicBool::new(false));
+        let racer = {
+            let (stop, sock, secret, run) =
+                (stop.clone(), sock.clone(), secret.clone(), run.clone());
+            std::thread::spawn(move || {
+                let link = run.join(format!("link{round}"));
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(&secret, &link).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    if std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+                        // Atomically replace the socket with the link.
+                        return std::fs::rename(&link, &sock).is_ok();
+                    }
+                    std::hint::spin_loop();
+                }
+                false
+            })
+        };
+        let log = dir.path(&format!("log{round}"));
+        let mut child = Command::new(BIN)
+            .process_group(0)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // Serving (then stopped) or refused (exits by itself).
+        let start = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("wechat-fcgi serving") {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .status();
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                assert!(
+                    text.contains("no longer the socket") || text.contains("was replaced"),
+                    "{text}"
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        if racer.join().unwrap() {
+            swapped += 1;
+        }
+        let meta = std::fs::metadata(&secret).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.permissions().mode() & 0o7777),
+            (0, 0, 0o600),
+            "round {round}: the root-only file was changed"
+        );
+    }
+    assert!(
+        swapped > 0,
+        "the racer never won a race: the test proves nothing"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}

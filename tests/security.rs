@@ -972,3 +972,138 @@ fn user_and_group_drop_root_after_binding() {
     let (root_server, _) = start_server(&plain, &config);
     wait_for_log(&root_server, "serving as root: set [server] user");
 }
+
+/// `[log] file` in a folder the service user owns: a link placed there to a file of
+/// root's is refused (never followed, never appended to), and the log is opened as
+/// the service user, after root is given up.
+#[test]
+fn the_log_file_is_never_opened_through_a_link_nor_as_root() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if uid_of(std::process::id()) != Some(0) {
+        eprintln!("ignored: switching users needs the tests to run as root");
+        return;
+    }
+    let dir = TempDir::new("log-link");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = dir.path("root-only");
+    std::fs::write(&secret, b"root's\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let logs = dir.path("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let nobody = std::fs::metadata("/proc/self")
+        .map(|_| {
+            let out = std::process::Command::new("id")
+                .args(["-u", "nobody"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u32>()
+                .unwrap()
+        })
+        .unwrap();
+    std::os::unix::fs::chown(&logs, Some(nobody), None).unwrap();
+    let log = logs.join("wechat-fcgi.log");
+    std::os::unix::fs::symlink(&secret, &log).unwrap();
+    let config = write_config(
+        &dir,
+        &format!(
+            "[server]\nuser = \"nobody\"\ngroup = \"nogroup\"\n[log]\nfile = \"{}\"\n",
+            log.display()
+        ),
+    );
+    let run = || {
+        std::process::Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--listen")
+            .arg(format!("tcp:127.0.0.1:{}", free_port()))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&secret).unwrap(),
+        b"root's\n",
+        "nothing appended"
+    );
+    assert_eq!(std::fs::metadata(&secret).unwrap().uid(), 0);
+    // Without the link, the service user creates and owns its log.
+    std::fs::remove_file(&log).unwrap();
+    let mut server = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--listen")
+        .arg(format!("tcp:127.0.0.1:{}", free_port()))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("serving")
+    {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().uid(),
+        nobody,
+        "opened as the service user"
+    );
+    let _ = std::process::Command::new("kill")
+        .arg(server.id().to_string())
+        .status();
+    server.wait().unwrap();
+}
+
+/// A program's children that leave its process group (`setsid`) end with it: after
+/// its timeout, and when it exits normally leaving them behind.
+#[test]
+fn descendants_in_a_new_session_do_not_outlive_their_program() {
+    let dir = TempDir::new("setsid-programs");
+    // Prints its daemon's pid at once, then sleeps past its timeout (or exits at once).
+    write_executable(
+        &dir,
+        "daemonize.sh",
+        "#!/bin/sh\ncat >/dev/null\nsetsid sleep 301 < /dev/null > /dev/null 2>&1 &\n\
+         echo $! > \"$1.pid\"\nif [ \"$1\" = slow ]; then sleep 30; fi\necho done\n",
+    );
+    let config = write_config(
+        &dir,
+        "[server]\nreply_budget_ms = 300\n[late]\nmode = \"off\"\n\
+         [[rule]]\ntext = \"slow\"\nrun = { command = [\"./daemonize.sh\", \"slow\"], timeout_ms = 1000 }\n\
+         [[rule]]\ntext = \"quick\"\nrun = { command = [\"./daemonize.sh\", \"quick\"], timeout_ms = 5000 }\n",
+    );
+    let (_server, addr) = start_server(&dir, &config);
+    for (word, id) in [("slow", 1), ("quick", 2)] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let body = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), word, id);
+        ask(&mut s, "POST", &signed(word), body.as_bytes());
+        let start = std::time::Instant::now();
+        let pid = loop {
+            if let Ok(pid) = std::fs::read_to_string(dir.path(&format!("{word}.pid"))) {
+                if !pid.trim().is_empty() {
+                    break pid.trim().to_owned();
+                }
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no pid"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        while !gone(&pid) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{word}: `setsid sleep 301` left running (pid {pid})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}

@@ -5,9 +5,7 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
-
-use super::raw::{RawAccount, RawAction, RawLate, RawRule, RawRulesFile};
+use super::raw::{RawAccount, RawAccounts, RawAction, RawLate, RawRule, RawRulesFile};
 use super::{late, rules, ApiSpec};
 use crate::core::rules::Rules;
 use crate::core::Responder;
@@ -58,13 +56,13 @@ pub(super) struct Shared<'a> {
 /// Build every account; problems name the account (`account[live].token: ..`) when
 /// there are several.
 pub(super) fn accounts(
-    value: toml::Value,
+    value: RawAccounts,
     shared: Shared<'_>,
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Vec<AccountConfig> {
     match value {
-        toml::Value::Array(list) => {
+        RawAccounts::Many(list) => {
             if !shared.rule.is_empty() || shared.default.is_some() {
                 problems.push(
                     "rule, default: with several [[account]]s, rules go in each account ([[account.rule]], [account.default], or rules = \"FILE\")"
@@ -75,14 +73,7 @@ pub(super) fn accounts(
                 problems.push("account: no account".to_owned());
             }
             let mut built = Vec::new();
-            for (i, item) in list.into_iter().enumerate() {
-                let raw = match RawAccount::deserialize(item) {
-                    Ok(raw) => raw,
-                    Err(e) => {
-                        problems.push(format!("account[{i}]: {}", e.message()));
-                        continue;
-                    }
-                };
+            for (i, raw) in list.into_iter().enumerate() {
                 let label = raw.name.clone().unwrap_or_else(|| i.to_string());
                 let mut own = Vec::new();
                 if let Some(account) = one(raw, &shared, true, &mut own, warnings) {
@@ -107,19 +98,9 @@ pub(super) fn accounts(
             }
             built
         }
-        table @ toml::Value::Table(_) => match RawAccount::deserialize(table) {
-            Ok(raw) => one(raw, &shared, false, problems, warnings)
-                .into_iter()
-                .collect(),
-            Err(e) => {
-                problems.push(format!("account: {}", e.message()));
-                Vec::new()
-            }
-        },
-        _ => {
-            problems.push("account: must be a table ([account]) or tables ([[account]])".into());
-            Vec::new()
-        }
+        RawAccounts::One(raw) => one(*raw, &shared, false, problems, warnings)
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -182,7 +163,7 @@ fn one(
     if let Some(file) = file {
         let path = shared.base.join(&file);
         match (shared.read)(&path).and_then(|text| {
-            toml::from_str::<RawRulesFile>(&text).map_err(|e| e.message().to_owned())
+            toml::from_str::<RawRulesFile>(&text).map_err(|e| super::toml_problem(&text, &e))
         }) {
             Ok(parsed) => {
                 rule_list.extend(parsed.rule);

@@ -50,6 +50,23 @@ impl RawApi {
         let api_base = api_base.trim_end_matches('/').to_owned();
         if let Err(e) = super::rules::check_hook_url(&api_base) {
             problems.push(format!("account.api_base: {e}"));
+        } else if let Some(rest) = api_base.strip_prefix("http://") {
+            // The AppSecret and the access token travel to it: in clear only on this
+            // machine.
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host = match authority.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or_default(),
+                None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+            };
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.to_canonical().is_loopback());
+            if !loopback {
+                problems.push(format!(
+                    "account.api_base: {api_base:?} is plain http to another machine: the AppSecret and the access token would travel in clear; use https:// (http:// only to this machine)"
+                ));
+            }
         }
         let ca_file = self.api_ca_file.map(|f| base.join(f));
         let secret = self.appsecret?;

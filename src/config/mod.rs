@@ -63,7 +63,7 @@ impl Config {
     /// is relative to the config file's folder (which is also where programs run); a
     /// bare name is looked up in `PATH`.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let (text, mode) = read_config(path)
+        let (text, mode, owner) = read_config(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         let base = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => {
@@ -80,9 +80,14 @@ impl Config {
                 mode & 0o777
             )]));
         }
+        if let Some(why) = crate::files::folder_open_to_others(&base) {
+            return Err(fail(vec![format!(
+                "the config: {why} (and add a rule that runs a program)"
+            )]));
+        }
         // A rules file gets the same checks as the config: it can run programs too.
         let read = |file: &Path| -> Result<String, String> {
-            let (text, mode) = read_config(file).map_err(|e| e.to_string())?;
+            let (text, mode, _) = read_config(file).map_err(|e| e.to_string())?;
             if mode & 0o002 != 0 {
                 return Err(format!(
                     "writable by every user (mode {:o}): chmod o-w it",
@@ -93,7 +98,29 @@ impl Config {
         };
         let mut config = Config::parse_with(&text, &base, &read).map_err(|e| fail(e.problems))?;
         let mut problems = Vec::new();
-        config.resolve_programs(&mut problems);
+        // Who may own what the server runs or trusts: root, the user it runs as, and
+        // the config's owner (who could change the config anyway).
+        let runs_as = config
+            .server
+            .user
+            .as_deref()
+            .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |u| u.uid.as_raw());
+        let trust = Trust {
+            runs_as,
+            owner: Some(owner),
+        };
+        config.resolve_programs(&mut problems, &trust);
+        for account in &config.accounts {
+            let ca = account.api.as_ref().and_then(|a| a.ca_file.as_deref());
+            if let Some(why) = ca.and_then(|f| crate::files::untrusted(f, runs_as, Some(owner))) {
+                problems.push(format!(
+                    "{}api_ca_file {}: {why} (a CA anyone can replace lets them read the AppSecret)",
+                    account_prefix(&config.accounts, &account.name),
+                    ca.unwrap_or(Path::new("")).display()
+                ));
+            }
+        }
         if !problems.is_empty() {
             return Err(fail(problems));
         }
@@ -230,16 +257,31 @@ impl Config {
     }
 
     /// Resolve every program's path (see [`Config::load`]) and check it is an
-    /// executable file.
-    fn resolve_programs(&mut self, problems: &mut Vec<String>) {
+    /// executable file nobody untrusted can change.
+    fn resolve_programs(&mut self, problems: &mut Vec<String>, trust: &Trust) {
         for account in &mut self.accounts {
-            resolve_account_programs(&mut account.responder.rules, problems);
+            resolve_account_programs(&mut account.responder.rules, problems, trust);
         }
     }
 }
 
+/// Who may own a program or a CA file the server uses.
+struct Trust {
+    runs_as: u32,
+    owner: Option<u32>,
+}
+
+/// `account.` or `account[NAME].` for a problem's key.
+fn account_prefix(accounts: &[AccountConfig], name: &str) -> String {
+    if accounts.len() > 1 {
+        format!("account[{name}].")
+    } else {
+        "account.".to_owned()
+    }
+}
+
 /// Resolve the program paths of one account's rules.
-fn resolve_account_programs(rules: &mut Rules, problems: &mut Vec<String>) {
+fn resolve_account_programs(rules: &mut Rules, problems: &mut Vec<String>, trust: &Trust) {
     let actions = rules
         .rules
         .iter_mut()
@@ -252,7 +294,14 @@ fn resolve_account_programs(rules: &mut Rules, problems: &mut Vec<String>) {
             if let Some(first) = program.command.first_mut() {
                 let key = format!("{label}.run.command");
                 match resolve_program(first, &program.dir) {
-                    Ok(path) => *first = path.to_string_lossy().into_owned(),
+                    Ok(path) => {
+                        if let Some(why) =
+                            crate::files::untrusted(&path, trust.runs_as, trust.owner)
+                        {
+                            problems.push(format!("{key}: {}: {why}", path.display()));
+                        }
+                        *first = path.to_string_lossy().into_owned();
+                    }
                     Err(problem) => problems.push(format!("{key}: {problem}")),
                 }
             }
@@ -349,7 +398,8 @@ impl StoreSpec {
             return Ok(StoreSpec::Sqlite(base.join(path)));
         }
         Err(format!(
-            "{text:?} is not \"memory\", \"sqlite:PATH\" or \"redis://HOST:PORT/DB\""
+            "{:?} is not \"memory\", \"sqlite:PATH\" or \"redis://HOST:PORT/DB\"",
+            redact_url(text)
         ))
     }
 }
@@ -368,9 +418,15 @@ impl std::fmt::Display for StoreSpec {
 }
 
 /// Read the file, refusing what is not a regular file or is larger than
-/// [`defaults::MAX_CONFIG_BYTES`]; returns its text and permission bits.
-fn read_config(path: &Path) -> std::io::Result<(String, u32)> {
-    let file = std::fs::File::open(path)?;
+/// [`defaults::MAX_CONFIG_BYTES`]; returns its text, permission bits and owner. Opened
+/// without blocking (a FIFO put in its place would block the opening process forever)
+/// and checked before anything is read.
+fn read_config(path: &Path) -> std::io::Result<(String, u32, u32)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
     let meta = file.metadata()?;
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
     if !meta.is_file() {
@@ -385,12 +441,12 @@ fn read_config(path: &Path) -> std::io::Result<(String, u32)> {
     if text.len() as u64 > max {
         return Err(invalid(format!("larger than {max} bytes")));
     }
-    Ok((text, meta.permissions().mode()))
+    Ok((text, meta.permissions().mode(), meta.uid()))
 }
 
 /// A TOML syntax or type error as one line, with its line, column and key but without
 /// the source line toml would quote: that line may hold the token or an AES key.
-fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+pub(super) fn toml_problem(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim_end();
     let Some(span) = e.span() else {
         return message.to_owned();
@@ -406,10 +462,45 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> String {
             && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
     });
+    // A secret written with the wrong type (a token as a number) is quoted by the
+    // type error: never print it.
+    let secret = key.is_some_and(|k| {
+        let last = k.rsplit('.').next().unwrap_or(k);
+        SECRET_KEYS.contains(&last)
+    });
+    let message = if secret {
+        redact_quoted(message)
+    } else {
+        message.to_owned()
+    };
     match key {
         Some(key) => format!("line {line}, column {column} (`{key}`): {message}"),
         None => format!("line {line}, column {column}: {message}"),
     }
+}
+
+/// Config keys that hold secrets: their values are never printed.
+const SECRET_KEYS: &[&str] = &[
+    "token",
+    "encoding_aes_key",
+    "previous_encoding_aes_key",
+    "appsecret",
+    "corp_secret",
+    "secret",
+    "store",
+];
+
+/// A message with every `quoted` part replaced by `…`.
+fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push_str("`…`");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 /// Where a program is: a path with a `/` against `base`, a bare name in `PATH`. It must

@@ -10,8 +10,8 @@ use crate::core::reply::Reply;
 pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) server: RawServer,
-    /// `[account]` (one) or `[[account]]` (several): read by `accounts.rs`.
-    pub(super) account: toml::Value,
+    /// `[account]` (one) or `[[account]]` (several).
+    pub(super) account: RawAccounts,
     #[serde(default)]
     pub(super) rule: Vec<RawRule>,
     #[serde(default)]
@@ -97,6 +97,40 @@ pub(super) struct RawServer {
     pub(super) status_path: Option<String>,
     pub(super) ping_path: Option<String>,
     pub(super) status_allowed: Option<Vec<String>>,
+}
+
+/// `[account]` or `[[account]]`s, read in the same pass as the file (so an error in
+/// them has its line and key).
+pub(super) enum RawAccounts {
+    One(Box<RawAccount>),
+    Many(Vec<RawAccount>),
+}
+
+impl<'de> Deserialize<'de> for RawAccounts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawAccounts, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = RawAccounts;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table ([account]) or tables ([[account]])")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawAccounts, A::Error> {
+                RawAccount::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|a| RawAccounts::One(Box::new(a)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<RawAccounts, A::Error> {
+                Vec::<RawAccount>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawAccounts::Many)
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 /// `[account]`, or one `[[account]]`.

@@ -45,16 +45,26 @@ pub async fn run(
     }
     command.env("WECHAT_RULE", rule);
     command.envs(program.env.iter().map(|(k, v)| (k, v)));
-    let mut child = command
+    command
         .args(args)
         .current_dir(&program.dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {name}: {e}"))?;
+        .kill_on_drop(true);
+    // Listed as running while [`RUNNING`] is held, so a sweep of inherited processes
+    // never takes it for one.
+    let (mut child, pid) = {
+        let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        let pid = child.id();
+        running.extend(pid);
+        (child, pid)
+    };
+    let _listed = Listed(pid);
     // However this function ends (also when its task is dropped at shutdown), the
     // program's whole process group goes: children it left behind included.
     let mut group = KillGroupOnDrop(child.id());
@@ -93,10 +103,27 @@ pub async fn run(
     };
     // Kill what is left of the program's process group (a timed-out program, or
     // children it left behind), then reap the program itself (the group is killed
-    // before the leader is reaped, while its id cannot have been reused).
+    // before the leader is reaped, while its id cannot have been reused); then what
+    // escaped the group (`setsid`) and was handed to this process.
     group.kill();
     let _ = child.wait().await;
+    drop(_listed);
+    let _ = tokio::task::spawn_blocking(kill_inherited).await;
     outcome
+}
+
+/// A program listed in [`RUNNING`] until dropped.
+struct Listed(Option<u32>);
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            RUNNING
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|p| *p != pid);
+        }
+    }
 }
 
 /// One of `permits` (`max_programs`) for a program or hook, waited for within its
@@ -137,15 +164,13 @@ impl Drop for KillGroupOnDrop {
 
 /// SIGKILL the process group led by `pid` (programs run as group leaders).
 fn kill_group(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+    let Ok(pid) = i32::try_from(pid) else {
         return;
     };
-    // SAFETY: kill(2) with a negative pid signals that process group; it takes no
-    // pointers and has no memory effects. std offers no way to signal a group.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-    }
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Read a pipe to its end, up to [`MAX_PROGRAM_OUTPUT`] bytes; `None` when larger.
@@ -157,4 +182,84 @@ async fn read_capped(pipe: Option<impl AsyncRead + Unpin>) -> Option<Vec<u8>> {
     let mut limited = pipe.take(MAX_PROGRAM_OUTPUT as u64 + 1);
     let _ = limited.read_to_end(&mut out).await;
     (out.len() <= MAX_PROGRAM_OUTPUT).then_some(out)
+}
+
+/// Programs running now (their process ids), so that what the server inherits can be
+/// told from them.
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Make this process a child subreaper: a program's descendants that leave its process
+/// group (`setsid`) and outlive it are handed to the server instead of to init, and
+/// [`kill_inherited`] ends them. Call once at start-up (serve and CGI).
+pub fn adopt_orphans() {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become a child subreaper: a reply program's daemonized children may outlive it");
+    }
+}
+
+/// Kill and reap every child of this process that is not a running program: the
+/// descendants of finished programs that escaped their process group. Repeated while
+/// killing one hands over its own children.
+pub fn kill_inherited() {
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
+    let me = std::process::id();
+    for _ in 0..16 {
+        // Found and killed while no program can start (a new one is not yet listed).
+        let inherited: Vec<u32> = {
+            let running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+            let inherited: Vec<u32> = children_of(me)
+                .into_iter()
+                .filter(|pid| !running.contains(pid))
+                .collect();
+            for pid in &inherited {
+                if let Ok(raw) = i32::try_from(*pid) {
+                    let _ = nix::sys::signal::kill(
+                        Pid::from_raw(raw),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            inherited
+        };
+        if inherited.is_empty() {
+            return;
+        }
+        for pid in &inherited {
+            let Ok(raw) = i32::try_from(*pid) else {
+                continue;
+            };
+            // Reap it (tokio reaps only the children it started).
+            for _ in 0..100 {
+                match waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                        std::thread::sleep(std::time::Duration::from_millis(1))
+                    }
+                    _ => break,
+                }
+            }
+            tracing::info!(pid, "killed a process a reply program left behind");
+        }
+    }
+}
+
+/// The processes whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // After the command name in parentheses: state, then the parent.
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split(' ').nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
 }

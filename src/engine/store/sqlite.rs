@@ -120,23 +120,11 @@ impl SqliteStore {
     /// start-up. A file writable by other users is refused (anyone could change the
     /// answers it holds).
     pub fn open(path: &Path) -> anyhow::Result<SqliteStore> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        // Create the file ourselves so that it never exists with a wider mode; SQLite
-        // gives its -wal and -shm files the database's permissions.
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
+        // Create the file ourselves so that it never exists with a wider mode (SQLite
+        // gives its -wal and -shm files the database's permissions), never through a
+        // symbolic link, and refuse one every user can write.
+        crate::files::open_append(path, 0o600)
             .map_err(|e| anyhow::anyhow!("state store {}: {e}", path.display()))?;
-        let mode = file.metadata()?.permissions().mode();
-        if mode & 0o002 != 0 {
-            anyhow::bail!(
-                "state store {}: writable by every user (mode {:o}): anyone could change the answers it holds; chmod o-w it (0600 is right)",
-                path.display(),
-                mode & 0o777
-            );
-        }
         // Several processes starting at once on a new file contend for the switch to
         // WAL and the schema, which the busy timeout does not cover: try again.
         let started = std::time::Instant::now();
@@ -358,7 +346,7 @@ impl SqliteStore {
         let Some(lives) = self.lives.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
-        let conn = match Connection::open(&self.path) {
+        let conn = match open_nofollow(&self.path) {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(store = %self.path.display(), error = %e, "state store: no checkpointer thread; commits checkpoint");
@@ -400,7 +388,7 @@ impl SqliteStore {
         if !long {
             return;
         }
-        let emptied = Connection::open(&self.path).and_then(|conn| {
+        let emptied = open_nofollow(&self.path).and_then(|conn| {
             conn.busy_timeout(BUSY_TIMEOUT)?;
             delete_expired(&conn)?;
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -507,8 +495,14 @@ fn delete_expired(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Open the database in WAL mode with the schema in place.
+/// Open the database without following a symbolic link.
+fn open_nofollow(path: &Path) -> rusqlite::Result<Connection> {
+    let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    Connection::open_with_flags(path, flags)
+}
+
 fn prepare(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+    let conn = open_nofollow(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
