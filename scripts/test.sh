@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install what the tests need when missing (nginx, libfcgi-bin's cgi-fcgi, redis-server,
-# apache2 with mod_fcgid, lighttpd, caddy, spawn-fcgi, python3 for the hook example and
-# python3-prometheus-client to parse the metrics;
+# Install what the tests need when missing (nginx, libfcgi-bin's cgi-fcgi, redis-server
+# and redis-cli, apache2 with mod_fcgid, lighttpd, caddy, spawn-fcgi, logrotate,
+# systemd's systemd-analyze, python3 for the hook example and python3-prometheus-client
+# to parse the metrics;
 # the tests start their own on free loopback ports), then run the
 # gates and every test: rustfmt, clippy (warnings are errors), the fuzz targets build,
 # cargo test. Usage: scripts/test.sh [extra cargo test args]
@@ -18,6 +19,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v spawn-fcgi >/dev/null 2>&1 || need+=(spawn-fcgi)
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+[ -x /usr/sbin/logrotate ] || need+=(logrotate)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # Debian's python3 (a python3 earlier in PATH, like pyenv's, lacks Debian's modules).
 /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 if [ ${#need[@]} -gt 0 ]; then
