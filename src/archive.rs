@@ -34,6 +34,8 @@ pub enum ArchiveSpec {
     Redis {
         /// The `[state]` Redis URL.
         url: String,
+        /// Its `[state] ca_file` (`rediss://`).
+        ca_file: Option<PathBuf>,
         /// The stream's key (`[state] key_prefix` + `messages`).
         key: String,
         /// `XADD ... MAXLEN ~`.
@@ -50,12 +52,13 @@ impl ArchiveSpec {
     pub fn parse(
         text: &str,
         base: &Path,
-        state: Option<(&str, &str)>,
+        state: Option<(&str, &str, Option<&Path>)>,
     ) -> Result<ArchiveSpec, String> {
         if text == "redis" {
             return match state {
-                Some((url, prefix)) => Ok(ArchiveSpec::Redis {
+                Some((url, prefix, ca_file)) => Ok(ArchiveSpec::Redis {
                     url: url.to_owned(),
+                    ca_file: ca_file.map(Path::to_path_buf),
                     key: format!("{prefix}messages"),
                     max_len: REDIS_MAX_LEN,
                 }),
@@ -148,15 +151,21 @@ impl Archive {
                     .map_err(|e| anyhow::anyhow!("archive {}: {e}", path.display()))?;
                 (Sink::Sqlite(conn), path.clone())
             }
-            ArchiveSpec::Redis { url, key, max_len } => {
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| anyhow::anyhow!("archive {url}: {e}"))?;
+            ArchiveSpec::Redis {
+                url,
+                ca_file,
+                key,
+                max_len,
+            } => {
+                let shown = crate::config::redact_url(url);
+                let client = crate::engine::store::redis::client(url, ca_file.as_deref())
+                    .map_err(|e| anyhow::anyhow!("archive {shown}: {e}"))?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_millis(500)))
                     .set_response_timeout(Some(Duration::from_millis(500)))
                     .set_number_of_retries(1);
                 let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(|e| anyhow::anyhow!("archive {url}: {e}"))?;
+                    .map_err(|_| anyhow::anyhow!("archive {shown}: cannot make a connection"))?;
                 let shared = Arc::new(Shared {
                     path: PathBuf::from(key),
                     reopen: AtomicBool::new(false),

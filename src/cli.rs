@@ -318,12 +318,17 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<ExitCode> {
                         crate::config::StoreSpec::Sqlite(db) => {
                             crate::engine::store::SqliteStore::open(db).map(drop)
                         }
-                        crate::config::StoreSpec::Redis { url, prefix } => {
+                        crate::config::StoreSpec::Redis {
+                            url,
+                            prefix,
+                            ca_file,
+                        } => {
                             let runtime = tokio::runtime::Builder::new_current_thread()
                                 .enable_all()
                                 .build()?;
                             let _in_runtime = runtime.enter();
-                            crate::engine::store::RedisStore::open(url, prefix).map(drop)
+                            crate::engine::store::RedisStore::open(url, prefix, ca_file.as_deref())
+                                .map(drop)
                         }
                         crate::config::StoreSpec::Memory => Ok(()),
                     };

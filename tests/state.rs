@@ -445,7 +445,7 @@ fn shared_stores(
         let url = format!("redis://127.0.0.1:{port}/0");
         [
             Shared::Sqlite(SqliteStore::open(&dir.path("state.db")).unwrap()),
-            Shared::Redis(RedisStore::open(&url, "t:").unwrap()),
+            Shared::Redis(RedisStore::open(&url, "t:", None).unwrap()),
         ]
     };
     (redis, runtime, stores, port)
@@ -863,4 +863,142 @@ fn a_redis_outage_keeps_the_promises_per_process() {
 #[test]
 fn a_locked_sqlite_file_keeps_the_promises_per_process() {
     an_outage_keeps_the_promises_per_process(Outage::SqliteLocked);
+}
+
+/// Write a test CA and a server certificate for 127.0.0.1 (PEM files in `dir`).
+fn tls_files(dir: &TempDir) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "wechat-fcgi test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.path("ca.pem"), ca.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.path("server.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.path("server.key"), key.serialize_pem()).unwrap();
+}
+
+/// `rediss://`: Redis over TLS, trusting `[state] ca_file` (the test's own CA); a
+/// retry reaching the server is answered from Redis.
+#[test]
+fn redis_over_tls_with_a_ca_of_our_own() {
+    let dir = TempDir::new("rediss");
+    tls_files(&dir);
+    let port = free_port();
+    let path = |name: &str| dir.path(name).display().to_string();
+    let _redis = start_redis_with(
+        &dir,
+        0,
+        &[
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path("server.pem"),
+            "--tls-key-file".into(),
+            path("server.key"),
+            "--tls-ca-cert-file".into(),
+            path("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ],
+    );
+    let config = write_config(
+        &dir,
+        &format!("[state]\nstore = \"rediss://127.0.0.1:{port}/0\"\nca_file = \"ca.pem\"\n{RULES}"),
+    );
+    let (server, addr) = start_server(&dir, &config);
+    let hi = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", 1);
+    assert!(ask(addr, &hi).contains("Hello!"));
+    assert!(ask(addr, &hi).contains("Hello!"));
+    let log = wait_for_log(&server, "via=retry");
+    assert!(!log.contains("state store unreachable"), "{log}");
+    // Without the CA, the server's certificate is not trusted: no store (and the log
+    // says so), answers still go out.
+    let config = write_config(
+        &dir,
+        &format!("[state]\nstore = \"rediss://127.0.0.1:{port}/0\"\n{RULES}"),
+    );
+    let (untrusting, addr) = start_server(&dir, &config);
+    assert!(ask(addr, &hi).contains("Hello!"));
+    wait_for_log(&untrusting, "state store unreachable");
+}
+
+/// The shipped ACL recipe: the server works under a user confined to its prefix (the
+/// shared store and the archive stream), and that user can read no other key.
+#[test]
+fn the_redis_acl_recipe_confines_the_server_to_its_prefix() {
+    let dir = TempDir::new("redis-acl");
+    let recipe = std::fs::read_to_string(format!(
+        "{}/conf/redis-acl.conf",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let user = recipe
+        .lines()
+        .find(|l| l.starts_with("user "))
+        .unwrap()
+        .replace(">change-this-password", ">s3cret-acl-pass");
+    std::fs::write(
+        dir.path("users.acl"),
+        format!("{user}\nuser default on nopass ~* &* +@all\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let _redis = start_redis_with(
+        &dir,
+        port,
+        &[
+            "--aclfile".into(),
+            dir.path("users.acl").display().to_string(),
+        ],
+    );
+    write_executable(
+        &dir,
+        "slow.sh",
+        "#!/bin/sh\ncat >/dev/null\nsleep 0.3\necho slow answer\n",
+    );
+    let config = write_config(
+        &dir,
+        &format!(
+            "[state]\nstore = \"redis://wechat-fcgi:s3cret-acl-pass@127.0.0.1:{port}/0\"\n\
+             [archive]\nto = \"redis\"\n\
+             [[rule]]\ntext = \"slow\"\nrun = {{ command = [\"./slow.sh\"] }}\n{RULES}"
+        ),
+    );
+    let (server, addr) = start_server(&dir, &config);
+    let hi = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "hi", 1);
+    assert!(ask(addr, &hi).contains("Hello!"));
+    assert!(ask(addr, &hi).contains("Hello!"));
+    let slow = wechat_fcgi::sample::text_with_id("gh", "oF", unix_now(), "slow", 2);
+    assert!(ask(addr, &slow).contains("slow answer"));
+    let log = wait_for_log(&server, "via=retry");
+    assert!(!log.contains("unreachable"), "{log}");
+    assert!(!log.contains("NOPERM") && !log.contains("archive"), "{log}");
+    // Everything it wrote is under its prefix; it can read nothing else.
+    let keys = redis_cli(port, &["--no-auth-warning", "KEYS", "*"]);
+    assert!(!keys.trim().is_empty());
+    assert!(
+        keys.lines().all(|k| k.starts_with("wechat-fcgi:")),
+        "{keys}"
+    );
+    redis_cli(port, &["SET", "other:secret", "x"]);
+    let denied = redis_cli(
+        port,
+        &[
+            "--no-auth-warning",
+            "--user",
+            "wechat-fcgi",
+            "--pass",
+            "s3cret-acl-pass",
+            "GET",
+            "other:secret",
+        ],
+    );
+    assert!(denied.contains("NOPERM"), "{denied}");
 }

@@ -183,6 +183,14 @@ impl Config {
             }
             _ => {}
         }
+        match (&mut store, raw.state.ca_file) {
+            (StoreSpec::Redis { url, ca_file, .. }, Some(file)) if url.starts_with("rediss://") => {
+                *ca_file = Some(base.join(file));
+            }
+            (_, Some(_)) => problems
+                .push("state.ca_file: only goes with a rediss:// store (Redis over TLS)".into()),
+            _ => {}
+        }
         let state_secret = match raw.state.secret {
             Some(secret) if !(16..=256).contains(&secret.len()) => {
                 problems.push(
@@ -203,7 +211,11 @@ impl Config {
                 &to,
                 base,
                 match &store {
-                    StoreSpec::Redis { url, prefix } => Some((url.as_str(), prefix.as_str())),
+                    StoreSpec::Redis {
+                        url,
+                        prefix,
+                        ca_file,
+                    } => Some((url.as_str(), prefix.as_str(), ca_file.as_deref())),
                     _ => None,
                 },
             ) {
@@ -365,6 +377,8 @@ pub enum StoreSpec {
         url: String,
         /// The prefix of every key.
         prefix: String,
+        /// `rediss://`: a CA (PEM) to trust instead of the system's roots.
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -386,6 +400,7 @@ impl StoreSpec {
             return Ok(StoreSpec::Redis {
                 url: text.to_owned(),
                 prefix: DEFAULT_KEY_PREFIX.to_owned(),
+                ca_file: None,
             });
         }
         if let Some(path) = text.strip_prefix("sqlite:") {
@@ -410,7 +425,7 @@ impl std::fmt::Display for StoreSpec {
             StoreSpec::Memory => f.write_str("memory"),
             StoreSpec::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
             // Without a password that the URL may hold.
-            StoreSpec::Redis { url, prefix } => {
+            StoreSpec::Redis { url, prefix, .. } => {
                 write!(f, "{} (keys {prefix}*)", redact_url(url))
             }
         }

@@ -67,6 +67,7 @@ pub(super) struct RawState {
     pub(super) store: Option<String>,
     pub(super) key_prefix: Option<String>,
     pub(super) secret: Option<String>,
+    pub(super) ca_file: Option<String>,
 }
 
 /// `[server]`.

@@ -189,9 +189,15 @@ impl Engine {
             crate::config::StoreSpec::Sqlite(path) => {
                 Some(Shared::Sqlite(store::SqliteStore::open(path)?))
             }
-            crate::config::StoreSpec::Redis { url, prefix } => {
-                Some(Shared::Redis(store::RedisStore::open(url, prefix)?))
-            }
+            crate::config::StoreSpec::Redis {
+                url,
+                prefix,
+                ca_file,
+            } => Some(Shared::Redis(store::RedisStore::open(
+                url,
+                prefix,
+                ca_file.as_deref(),
+            )?)),
         };
         Ok(Engine::with_shared(accounts, config, shared))
     }

@@ -239,10 +239,16 @@ pub fn start_server_with_env(
 
 /// A real redis-server on a free loopback port, stopped (TERM) on drop.
 pub fn start_redis(dir: &TempDir, port: u16) -> Proc {
-    let log = dir.path(&format!("redis-{port}.log"));
+    start_redis_with(dir, port, &[])
+}
+
+/// [`start_redis`] with more arguments (TLS, an ACL file); `port` 0 with `--tls-port`.
+pub fn start_redis_with(dir: &TempDir, port: u16, more: &[String]) -> Proc {
+    let log = dir.path(&format!("redis-{port}-{}.log", more.len()));
     let child = std::process::Command::new("redis-server")
         .process_group(0)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(more)
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .arg("--dir")
         .arg(&dir.0)

@@ -85,20 +85,25 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `url` (`redis://HOST:PORT/DB`), its keys starting with
+    /// A store on the Redis at `url` (`redis://HOST:PORT/DB`, or `rediss://` for TLS,
+    /// trusting `ca_file` when given, else the system's roots), its keys starting with
     /// `prefix`. Connects lazily: a Redis that is down at start-up is tried again later.
-    /// Errors never quote the URL (it may hold a password).
-    pub fn open(url: &str, prefix: &str) -> anyhow::Result<RedisStore> {
+    /// Errors never quote the URL's password.
+    pub fn open(
+        url: &str,
+        prefix: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<RedisStore> {
         let shown = crate::config::redact_url(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("state store {shown}: {}", redact_error(&e, url)))?;
+        let refused = |e: anyhow::Error| anyhow::anyhow!("state store {shown}: {e}");
+        let client = client(url, ca_file).map_err(refused)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| anyhow::anyhow!("state store {shown}: {}", redact_error(&e, url)))?;
+            .map_err(|e| refused(anyhow::anyhow!(redact_error(&e, url))))?;
         let script = |body: &str| redis::Script::new(&format!("{NOW}\n{body}"));
         Ok(RedisStore {
             conn,
@@ -350,6 +355,32 @@ impl RedisStore {
         *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + BACKOFF);
         Err(StoreError(error))
     }
+}
+
+/// A client for `url` (`redis://`, or `rediss://` trusting `ca_file` when given, else
+/// the system's roots). Errors never quote the URL's password.
+pub fn client(url: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<redis::Client> {
+    let refused = |e: redis::RedisError| anyhow::anyhow!(redact_error(&e, url));
+    if !url.starts_with("rediss://") {
+        return redis::Client::open(url).map_err(refused);
+    }
+    // redis-rs takes rustls's process-wide provider: ours (ring), as for the API.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root_cert = match ca_file {
+        Some(file) => Some(
+            std::fs::read(file)
+                .map_err(|e| anyhow::anyhow!("state.ca_file {}: {e}", file.display()))?,
+        ),
+        None => None,
+    };
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert,
+        },
+    )
+    .map_err(refused)
 }
 
 /// A redis-rs error's text without the URL's password (some errors quote the URL).
