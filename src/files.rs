@@ -11,6 +11,13 @@ use std::path::Path;
 /// Open `path` for appending, creating it with `mode`; never through a symbolic link
 /// (the last component), and only a regular file that other users cannot write.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
+    if let Some(why) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .and_then(folder_open_to_others)
+    {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    }
     let file = OpenOptions::new()
         .create(true)
         .append(true)
