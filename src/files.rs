@@ -9,7 +9,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Open `path` for appending, creating it with `mode`; never through a symbolic link
-/// (the last component), and only a regular file that other users cannot write.
+/// (the last component), and only a regular file that other users cannot write (or a
+/// character device, like `/dev/null`), in a folder they cannot replace it in.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
     if let Some(why) = path
         .parent()
@@ -32,6 +33,10 @@ pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
             _ => e,
         })?;
     let meta = file.metadata()?;
+    // A device (/dev/null, /dev/stderr) holds nothing anyone could change.
+    if std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()) {
+        return Ok(file);
+    }
     if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

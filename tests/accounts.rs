@@ -202,7 +202,7 @@ fn account_config_problems_name_the_account() {
         ),
         (
             format!("{}tokn = \"x\"\n", account("a", "/x")),
-            "account[0]: unknown field `tokn`",
+            "line 5, column 1 (`tokn`): unknown field `tokn`",
         ),
         (
             format!("{}[[account.rule]]\ntext = \"x\"\n", account("a", "/x")),

@@ -250,11 +250,15 @@ fn cgi_runs_reply_programs_and_safe_mode() {
 }
 
 /// In CGI mode every line lands in the web server's error log (Apache marks each one
-/// `[cgi:error]`): by default only warnings and errors are written.
+/// `[cgi:error]`): by default only warnings and errors are written. With the memory
+/// store, each request says that retries and replays are not recognised.
 #[test]
 fn cgi_mode_logs_warnings_only_by_default() {
     let dir = TempDir::new("cgi-quiet");
-    let config = write_config(&dir, RULES);
+    let config = write_config(
+        &dir,
+        &format!("[state]\nstore = \"sqlite:state.db\"\n{RULES}"),
+    );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
     let query = signed("1");
@@ -267,4 +271,15 @@ fn cgi_mode_logs_warnings_only_by_default() {
     };
     assert_eq!(run(&[]), "", "nothing logged for an answered request");
     assert!(run(&[("WECHAT_FCGI_LOG", "info")]).contains("outcome=reply"));
+    // The memory store: said on each request (each is the first its process sees).
+    let memory = write_config(&dir, RULES);
+    std::fs::set_permissions(&memory, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let child = spawn_cgi(&memory, &signed("2"), hi.as_bytes(), &[]);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("retries are not recognised"), "{stderr}");
+    assert!(
+        stderr.contains("replayed signed query is not refused"),
+        "{stderr}"
+    );
 }
